@@ -1,0 +1,911 @@
+//! Configuration: schema, layering (TOML file, then `OIDC_GATEWAY__SECTION__KEY`
+//! environment overrides, then `*_file` secrets) and validation.
+//!
+//! The environment is passed in as a list of pairs so that tests never touch the
+//! process environment. Every error names the key, where its value came from,
+//! what is wrong and how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use http::Uri;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// Prefix of environment overrides: `OIDC_GATEWAY__OIDC__CLIENT_SECRET`.
+pub const ENV_PREFIX: &str = "OIDC_GATEWAY__";
+/// Environment variable naming the config file (same as `--config`).
+pub const ENV_CONFIG_PATH: &str = "OIDC_GATEWAY_CONFIG";
+/// The config file read when neither `--config` nor `OIDC_GATEWAY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    pub oidc: OidcConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub redirect_http: Option<String>,
+    pub public_url: Option<String>,
+    pub trusted_proxies: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8443".into(),
+            redirect_http: None,
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub self_signed: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: "certs/gateway.crt".into(),
+            key: "certs/gateway.key".into(),
+            self_signed: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    Query,
+    FormPost,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: String,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_response_mode")]
+    pub response_mode: ResponseMode,
+    #[serde(default = "default_callback_path")]
+    pub callback_path: String,
+}
+
+// Hand-written so that the client secret can never reach a log line through `{:?}`.
+impl fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("response_mode", &self.response_mode)
+            .field("callback_path", &self.callback_path)
+            .finish()
+    }
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "offline_access"].map(String::from).to_vec()
+}
+fn default_response_mode() -> ResponseMode {
+    ResponseMode::Query
+}
+fn default_callback_path() -> String {
+    "/api/oidc/callback".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub url: String,
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_pool_idle_timeout", deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub secret: String,
+    pub secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            secret: String::new(),
+            secret_file: None,
+            ttl: Duration::from_secs(12 * 3600),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("secret", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Accepts `"90s"`, `"12h"`, `"1h 30m"` (humantime) or a bare number of seconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration ({e}); write it like \"30s\", \"5m\" or \"12h\""
+            ))
+        }),
+    }
+}
+
+/// Everything checked and derived from [`Config`] that the running gateway needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub listen: SocketAddr,
+    pub redirect_http: Option<SocketAddr>,
+    pub public_url: Option<Uri>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub upstream: Uri,
+    /// Where the config came from, for messages (`config.toml`, or "environment only").
+    pub origin: String,
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {message}")]
+pub struct ConfigError {
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the configuration is read from.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The TOML file. `explicit` is false when it is the default `./config.toml`,
+    /// which may then be absent (all keys from the environment).
+    pub path: PathBuf,
+    pub explicit: bool,
+    /// Environment variables; only those starting with [`ENV_PREFIX`] are used.
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// The source for a process: `--config` / `OIDC_GATEWAY_CONFIG`, and the process environment.
+    pub fn from_process(config_flag: Option<PathBuf>) -> Self {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let from_env = env
+            .iter()
+            .find(|(k, _)| k == ENV_CONFIG_PATH)
+            .map(|(_, v)| PathBuf::from(v));
+        match config_flag.or(from_env) {
+            Some(path) => ConfigSource {
+                path,
+                explicit: true,
+                env,
+            },
+            None => ConfigSource {
+                path: DEFAULT_CONFIG_PATH.into(),
+                explicit: false,
+                env,
+            },
+        }
+    }
+}
+
+/// `OIDC_GATEWAY__SECTION__KEY=value` pairs as a figment provider. Scalars stay
+/// strings (figment's lossy extraction turns "true"/"8" into bools/numbers where
+/// the schema wants them, and a numeric secret stays a string); a value starting
+/// with `[` is parsed as a list.
+struct EnvOverrides {
+    pairs: Vec<(String, String)>,
+}
+
+impl EnvOverrides {
+    fn new(env: &[(String, String)]) -> Self {
+        let pairs = env
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(ENV_PREFIX)?;
+                let key = rest.split("__").collect::<Vec<_>>().join(".").to_lowercase();
+                (!key.is_empty()).then(|| (key, v.clone()))
+            })
+            .collect();
+        EnvOverrides { pairs }
+    }
+}
+
+impl Provider for EnvOverrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable").interpolater(|_profile, keys| {
+            format!("{ENV_PREFIX}{}", keys.join("__").to_uppercase())
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in &self.pairs {
+            let value = if raw.trim_start().starts_with('[') {
+                raw.parse::<Value>().unwrap_or_else(|never| match never {})
+            } else {
+                Value::from(raw.clone())
+            };
+            insert_path(&mut dict, key, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Inserts `value` at the dotted `path`, creating the tables on the way.
+fn insert_path(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Loads, layers and validates the configuration.
+pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
+    let file_present = source.path.is_file();
+    if source.explicit && !file_present {
+        return Err(ConfigError::new(format!(
+            "config file {} does not exist or is not a file; pass --config PATH (or set {ENV_CONFIG_PATH}) \
+             pointing at a copy of the shipped config.toml",
+            source.path.display()
+        )));
+    }
+    let mut figment = Figment::new();
+    let origin = if file_present {
+        if let Err(e) = std::fs::read_to_string(&source.path) {
+            return Err(ConfigError::new(format!(
+                "cannot read config file {}: {e}; check the path and its permissions",
+                source.path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(&source.path));
+        source.path.display().to_string()
+    } else {
+        format!(
+            "environment only (no {} found)",
+            source.path.display()
+        )
+    };
+    figment = figment.merge(EnvOverrides::new(&source.env));
+    let config: Config = figment
+        .extract_lossy()
+        .map_err(|e| describe_figment_error(e, &origin))?;
+    Validator {
+        figment: &figment,
+        origin: &origin,
+    }
+    .validate(config)
+}
+
+/// Parses a TOML text (as if it were the file `name`) plus environment pairs.
+/// Used by tests and by the built-in demo configuration.
+pub fn load_str(toml: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let figment = Figment::new()
+        .merge(Toml::string(toml))
+        .merge(EnvOverrides::new(env));
+    let origin = "inline configuration".to_string();
+    let config: Config = figment
+        .extract_lossy()
+        .map_err(|e| describe_figment_error(e, &origin))?;
+    Validator {
+        figment: &figment,
+        origin: &origin,
+    }
+    .validate(config)
+}
+
+fn describe_figment_error(errors: figment::Error, origin: &str) -> ConfigError {
+    use figment::error::Kind;
+    let mut lines = Vec::new();
+    for e in errors {
+        let key = e.path.join(".");
+        let place = match &e.metadata {
+            Some(md) if md.name == "environment variable" => {
+                format!("environment variable {}", md.interpolate(&e.profile.clone().unwrap_or_default(), &e.path))
+            }
+            Some(md) => match &md.source {
+                Some(src) => format!("{src}"),
+                None => md.name.to_string(),
+            },
+            None => origin.to_string(),
+        };
+        let fix = match &e.kind {
+            Kind::UnknownField(field, expected) => format!(
+                "unknown key `{field}`{}; remove it or fix its spelling (valid keys here: {})",
+                if key.is_empty() { String::new() } else { format!(" in `{}`", parent(&key)) },
+                expected.join(", ")
+            ),
+            Kind::MissingField(field) => {
+                let full = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+                format!(
+                    "required key `{full}` is missing; add it (see the shipped config.toml) or set {}",
+                    env_name(&full)
+                )
+            }
+            Kind::InvalidType(actual, expected) => {
+                format!("key `{key}` has the wrong type: found {actual}, expected {expected}")
+            }
+            Kind::InvalidValue(actual, expected) => {
+                format!("key `{key}` has an invalid value: found {actual}, expected {expected}")
+            }
+            Kind::UnknownVariant(found, expected) => format!(
+                "key `{key}` cannot be {found:?}; use one of: {}",
+                expected.join(", ")
+            ),
+            Kind::Message(msg) => format!("key `{key}`: {msg}"),
+            other => format!("key `{key}`: {other}"),
+        };
+        lines.push(format!("{fix} (in {place})"));
+    }
+    ConfigError::new(lines.join("\n"))
+}
+
+fn parent(key: &str) -> &str {
+    key.rsplit_once('.').map(|(p, _)| p).unwrap_or(key)
+}
+
+/// The environment variable that overrides `section.key`.
+pub fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+struct Validator<'a> {
+    figment: &'a Figment,
+    origin: &'a str,
+}
+
+impl Validator<'_> {
+    /// Where the value of `key` came from: the env var name or the file.
+    fn place(&self, key: &str) -> String {
+        match self.figment.find_metadata(key) {
+            Some(md) if md.name == "environment variable" => {
+                format!("environment variable {}", env_name(key))
+            }
+            Some(md) => md
+                .source
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| self.origin.to_string()),
+            None => format!("default value; {}", self.origin),
+        }
+    }
+
+    fn err(&self, key: &str, problem: impl fmt::Display, fix: impl fmt::Display) -> ConfigError {
+        ConfigError::new(format!(
+            "key `{key}` (in {}): {problem}; {fix}",
+            self.place(key)
+        ))
+    }
+
+    fn socket_addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.trim().parse().map_err(|_| {
+            self.err(
+                key,
+                format!("{value:?} is not an address:port"),
+                "write it like \"0.0.0.0:8443\" or \"[::]:8443\"",
+            )
+        })
+    }
+
+    fn validate(&self, mut config: Config) -> Result<Settings, ConfigError> {
+        let listen = self.socket_addr("server.listen", &config.server.listen)?;
+        let redirect_http = match &config.server.redirect_http {
+            Some(a) if !a.trim().is_empty() => Some(self.socket_addr("server.redirect_http", a)?),
+            _ => None,
+        };
+        if redirect_http == Some(listen) {
+            return Err(self.err(
+                "server.redirect_http",
+                "is the same address as server.listen",
+                "give the plain-HTTP listener its own port, e.g. \"0.0.0.0:8080\"",
+            ));
+        }
+        let public_url = match &config.server.public_url {
+            Some(u) if !u.trim().is_empty() => Some(self.public_url(u)?),
+            _ => None,
+        };
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| parse_net(p).ok_or_else(|| {
+                self.err(
+                    "server.trusted_proxies",
+                    format!("{p:?} is not an IP address or CIDR range"),
+                    "write entries like \"10.0.0.0/8\" or \"192.168.1.10\"",
+                )
+            }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if config.server.max_header_bytes < 8192 {
+            return Err(self.err(
+                "server.max_header_bytes",
+                format!("{} is too small", config.server.max_header_bytes),
+                "use at least 8192 (the default is 65536)",
+            ));
+        }
+        for key in ["server.header_read_timeout", "server.tls_handshake_timeout"] {
+            let d = if key.ends_with("header_read_timeout") {
+                config.server.header_read_timeout
+            } else {
+                config.server.tls_handshake_timeout
+            };
+            if d.is_zero() {
+                return Err(self.err(key, "is zero", "use a positive duration like \"10s\""));
+            }
+        }
+
+        self.oidc(&mut config.oidc)?;
+        let upstream = self.upstream(&config.upstream)?;
+        self.session(&mut config.session)?;
+        if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
+            return Err(self.err(
+                "log.level",
+                format!("{:?} is not a log filter", config.log.level),
+                "use error, warn, info, debug or trace (or a RUST_LOG-style directive)",
+            ));
+        }
+
+        Ok(Settings {
+            config,
+            listen,
+            redirect_http,
+            public_url,
+            trusted_proxies,
+            upstream,
+            origin: self.origin.to_string(),
+        })
+    }
+
+    fn public_url(&self, raw: &str) -> Result<Uri, ConfigError> {
+        let key = "server.public_url";
+        let uri: Uri = raw.trim().parse().map_err(|e| {
+            self.err(key, format!("{raw:?} is not a URL ({e})"), "write it like \"https://console.example.com\"")
+        })?;
+        let host = uri.host().unwrap_or_default();
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback_host(host) => {}
+            _ => {
+                return Err(self.err(
+                    key,
+                    format!("{raw:?} is not an https:// URL"),
+                    "browsers reach the gateway over TLS: use https://host[:port] (http:// only for localhost)",
+                ))
+            }
+        }
+        if host.is_empty() {
+            return Err(self.err(key, format!("{raw:?} has no host"), "write it like \"https://console.example.com\""));
+        }
+        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+            return Err(self.err(
+                key,
+                format!("{raw:?} has a path or query"),
+                "give only the origin, scheme://host[:port]; the callback path is oidc.callback_path",
+            ));
+        }
+        Ok(uri)
+    }
+
+    fn oidc(&self, oidc: &mut OidcConfig) -> Result<(), ConfigError> {
+        let issuer = oidc.issuer.trim();
+        if issuer.contains('<') || issuer.is_empty() {
+            return Err(self.err(
+                "oidc.issuer",
+                "still holds the placeholder",
+                "set it to https://login.microsoftonline.com/<Directory (tenant) ID>/v2.0 from the Azure app registration",
+            ));
+        }
+        let uri: Uri = issuer.parse().map_err(|e| {
+            self.err("oidc.issuer", format!("{issuer:?} is not a URL ({e})"), "use the issuer URL shown in Azure")
+        })?;
+        let host = uri.host().unwrap_or_default();
+        match uri.scheme_str() {
+            Some("https") if !host.is_empty() => {}
+            Some("http") if is_loopback_host(host) => {}
+            Some("http") => {
+                return Err(self.err(
+                    "oidc.issuer",
+                    format!("{issuer:?} uses http:// on a non-loopback host"),
+                    "an issuer must be https:// (http:// is accepted only for localhost/127.0.0.1/::1 in development)",
+                ))
+            }
+            _ => {
+                return Err(self.err(
+                    "oidc.issuer",
+                    format!("{issuer:?} is not an https:// URL"),
+                    "use https://login.microsoftonline.com/<tenant-id>/v2.0",
+                ))
+            }
+        }
+        if oidc.client_id.trim().is_empty() || oidc.client_id.contains('<') {
+            return Err(self.err(
+                "oidc.client_id",
+                "is empty or still holds the placeholder",
+                "copy the Application (client) ID from the Azure app registration",
+            ));
+        }
+        if let Some(path) = &oidc.client_secret_file {
+            if !oidc.client_secret.is_empty() {
+                return Err(self.err(
+                    "oidc.client_secret_file",
+                    "is set together with oidc.client_secret",
+                    "set only one of them",
+                ));
+            }
+            oidc.client_secret = self.read_secret_file("oidc.client_secret_file", path)?;
+        }
+        if oidc.client_secret.is_empty() {
+            return Err(self.err(
+                "oidc.client_secret",
+                "is empty",
+                format!(
+                    "set it, or oidc.client_secret_file (a Docker/Kubernetes secret), or {}",
+                    env_name("oidc.client_secret")
+                ),
+            ));
+        }
+        if !oidc.scopes.iter().any(|s| s == "openid") {
+            return Err(self.err(
+                "oidc.scopes",
+                "does not contain \"openid\"",
+                "OpenID Connect needs the openid scope: add it to the list",
+            ));
+        }
+        if !oidc.callback_path.starts_with('/') || oidc.callback_path.starts_with("//") {
+            return Err(self.err(
+                "oidc.callback_path",
+                format!("{:?} is not an absolute path", oidc.callback_path),
+                "use a path like \"/api/oidc/callback\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn upstream(&self, upstream: &UpstreamConfig) -> Result<Uri, ConfigError> {
+        let key = "upstream.url";
+        let raw = upstream.url.trim();
+        let uri: Uri = raw.parse().map_err(|e| {
+            self.err(key, format!("{raw:?} is not a URL ({e})"), "write it like \"http://127.0.0.1:21114\"")
+        })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(self.err(
+                key,
+                format!("{raw:?} is not an http:// or https:// URL with a host"),
+                "write it like \"http://127.0.0.1:21114\"",
+            ));
+        }
+        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+            return Err(self.err(
+                key,
+                format!("{raw:?} has a path or query"),
+                "give only scheme://host[:port]; request paths are forwarded unchanged",
+            ));
+        }
+        if let Some(ca) = &upstream.ca_file {
+            if !ca.is_file() {
+                return Err(self.err(
+                    "upstream.ca_file",
+                    format!("{} does not exist", ca.display()),
+                    "point it at a PEM file with the CA that signed the upstream's certificate",
+                ));
+            }
+        }
+        if upstream.connect_timeout.is_zero() || upstream.response_timeout.is_zero() {
+            return Err(self.err(
+                "upstream.connect_timeout",
+                "upstream timeouts must be positive",
+                "use durations like \"5s\" (connect) and \"60s\" (response)",
+            ));
+        }
+        Ok(uri)
+    }
+
+    fn session(&self, session: &mut SessionConfig) -> Result<(), ConfigError> {
+        if let Some(path) = &session.secret_file {
+            if !session.secret.is_empty() {
+                return Err(self.err(
+                    "session.secret_file",
+                    "is set together with session.secret",
+                    "set only one of them",
+                ));
+            }
+            session.secret = self.read_secret_file("session.secret_file", path)?;
+        }
+        if !session.secret.is_empty() {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(session.secret.trim())
+                .map_err(|_| {
+                    self.err(
+                        "session.secret",
+                        "is not base64",
+                        "generate one with: openssl rand -base64 32 (or head -c32 /dev/urandom | base64)",
+                    )
+                })?;
+            if decoded.len() < 32 {
+                return Err(self.err(
+                    "session.secret",
+                    format!("decodes to {} bytes, fewer than 32", decoded.len()),
+                    "generate one with: openssl rand -base64 32",
+                ));
+            }
+        }
+        if session.ttl.is_zero() || session.idle_timeout.is_zero() {
+            return Err(self.err(
+                "session.ttl",
+                "session lifetimes must be positive",
+                "use durations like \"12h\" (ttl) and \"1h\" (idle_timeout)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_secret_file(&self, key: &str, path: &Path) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            self.err(
+                key,
+                format!("cannot read {}: {e}", path.display()),
+                "check that the secret is mounted there and readable by the gateway's user",
+            )
+        })?;
+        let secret = text.trim_end_matches(['\r', '\n']).to_string();
+        if secret.is_empty() {
+            return Err(self.err(key, format!("{} is empty", path.display()), "put the secret in the file"));
+        }
+        Ok(secret)
+    }
+}
+
+fn parse_net(raw: &str) -> Option<IpNet> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>()
+        .ok()
+        .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// `localhost`, `127.0.0.0/8` and `::1`: the only hosts where plain http is tolerated.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Key → value summary for `oidc-gateway check` (secrets shown only as set/unset).
+pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
+    let c = &settings.config;
+    let mut m = BTreeMap::new();
+    m.insert("config", settings.origin.clone());
+    m.insert("server.listen", settings.listen.to_string());
+    m.insert(
+        "server.redirect_http",
+        settings.redirect_http.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+    );
+    m.insert(
+        "server.public_url",
+        settings
+            .public_url
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "(the origin each request was made to)".into()),
+    );
+    m.insert(
+        "server.trusted_proxies",
+        if settings.trusted_proxies.is_empty() {
+            "none (X-Forwarded-* from clients are replaced)".into()
+        } else {
+            settings.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+        },
+    );
+    m.insert("tls.cert", c.tls.cert.display().to_string());
+    m.insert("tls.key", c.tls.key.display().to_string());
+    m.insert("oidc.issuer", c.oidc.issuer.clone());
+    m.insert("oidc.client_id", c.oidc.client_id.clone());
+    m.insert("oidc.client_secret", "(set)".into());
+    m.insert("upstream.url", settings.upstream.to_string());
+    m.insert(
+        "session.secret",
+        if c.session.secret.is_empty() {
+            "(not set: random per start, sessions end on restart)".into()
+        } else {
+            "(set)".into()
+        },
+    );
+    m.insert("log.format", format!("{:?}", c.log.format).to_lowercase());
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[oidc]
+issuer = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+client_id = "abc"
+client_secret = "s3cret"
+[upstream]
+url = "http://127.0.0.1:21114"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(s.config.oidc.callback_path, "/api/oidc/callback");
+        assert_eq!(s.config.session.ttl, Duration::from_secs(12 * 3600));
+    }
+
+    #[test]
+    fn env_overrides_win_and_numeric_secret_stays_a_string() {
+        let s = load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY__OIDC__CLIENT_SECRET", "12345"),
+                ("OIDC_GATEWAY__SERVER__MAX_HEADER_BYTES", "16384"),
+                ("OIDC_GATEWAY__TLS__SELF_SIGNED", "false"),
+                ("OIDC_GATEWAY__SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\", \"192.168.1.1\"]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.config.oidc.client_secret, "12345");
+        assert_eq!(s.config.server.max_header_bytes, 16384);
+        assert!(!s.config.tls.self_signed);
+        assert_eq!(s.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        let dbg = format!("{:?}", s.config);
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+    }
+
+    #[test]
+    fn http_issuer_only_for_loopback() {
+        let bad = MINIMAL.replace(
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+            "http://idp.example.com/v2.0",
+        );
+        let e = load_str(&bad, &[]).unwrap_err().to_string();
+        assert!(e.contains("oidc.issuer") && e.contains("http://"), "{e}");
+        let ok = MINIMAL.replace(
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+            "http://127.0.0.1:9999/tenant/v2.0",
+        );
+        load_str(&ok, &[]).unwrap();
+    }
+}

@@ -1,0 +1,77 @@
+//! `/healthz` (alive: the process serves) and `/readyz` (ready: every component
+//! reports ready and the gateway is not draining). Exact paths, GET/HEAD only;
+//! answered by the gateway itself and never forwarded.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Response, StatusCode};
+
+use crate::pages;
+use crate::Body;
+
+pub const LIVENESS_PATH: &str = "/healthz";
+pub const READINESS_PATH: &str = "/readyz";
+
+/// Components that are not ready, each with a reason shown by `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    not_ready: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Readiness {
+    pub fn set_not_ready(&self, component: &'static str, reason: impl Into<String>) {
+        if let Ok(mut map) = self.not_ready.lock() {
+            map.insert(component, reason.into());
+        }
+    }
+
+    pub fn set_ready(&self, component: &'static str) {
+        if let Ok(mut map) = self.not_ready.lock() {
+            map.remove(component);
+        }
+    }
+
+    /// `component: reason` for every component that is not ready.
+    pub fn reasons(&self) -> Vec<String> {
+        match self.not_ready.lock() {
+            Ok(map) => map.iter().map(|(c, r)| format!("{c}: {r}")).collect(),
+            Err(_) => vec!["internal: readiness state poisoned".into()],
+        }
+    }
+}
+
+pub fn is_health_path(path: &str) -> bool {
+    path == LIVENESS_PATH || path == READINESS_PATH
+}
+
+/// Answers a request for a health path, or `None` when it is not one.
+pub fn answer(method: &Method, path: &str, readiness: &Readiness) -> Option<Response<Body>> {
+    if !is_health_path(path) {
+        return None;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = pages::json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "method_not_allowed", "allow": "GET, HEAD"}),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return Some(response);
+    }
+    let response = if path == LIVENESS_PATH {
+        pages::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+    } else {
+        let reasons = readiness.reasons();
+        if reasons.is_empty() {
+            pages::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+        } else {
+            pages::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reasons": reasons}),
+            )
+        }
+    };
+    Some(response)
+}

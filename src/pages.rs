@@ -1,0 +1,120 @@
+//! Answers the gateway writes itself: a small HTML page for browsers, JSON for
+//! everything else (API clients such as RustDesk desktop clients break on HTML).
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::{full_body, Body};
+
+/// Does the client want an HTML page? Browsers navigating send `Accept: text/html`;
+/// XHR/fetch, curl and API clients do not.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    let xhr = headers
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"xmlhttprequest"));
+    !xhr && headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// One error answer: a stable machine `code`, a human title and detail.
+pub struct ErrorPage<'a> {
+    pub status: StatusCode,
+    pub code: &'a str,
+    pub title: &'a str,
+    pub detail: &'a str,
+    pub request_id: &'a str,
+}
+
+impl ErrorPage<'_> {
+    pub fn render(&self, html: bool) -> Response<Body> {
+        let (content_type, body) = if html {
+            ("text/html; charset=utf-8", self.html())
+        } else {
+            ("application/json", self.json())
+        };
+        let mut response = Response::new(full_body(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    fn json(&self) -> String {
+        serde_json::json!({
+            "error": self.code,
+            "message": self.detail,
+            "status": self.status.as_u16(),
+            "request_id": self.request_id,
+        })
+        .to_string()
+    }
+
+    fn html(&self) -> String {
+        format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{status} {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}}p.meta{{color:#777;font-size:.85rem}}a{{color:#0067b8}}</style></head>
+<body><h1>{title}</h1><p>{detail}</p><p><a href="javascript:location.reload()">Try again</a></p>
+<p class="meta">Error {status} &middot; request id {request_id}</p></body></html>
+"#,
+            status = self.status.as_u16(),
+            title = escape_html(self.title),
+            detail = escape_html(self.detail),
+            request_id = escape_html(self.request_id),
+        )
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A small JSON answer (health endpoints, API answers).
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full_body(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browsers_get_html_xhr_and_apis_get_json() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_html(&h));
+        h.insert("accept", "text/html,application/xhtml+xml".parse().unwrap());
+        assert!(wants_html(&h));
+        h.insert("x-requested-with", "XMLHttpRequest".parse().unwrap());
+        assert!(!wants_html(&h));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(escape_html("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+    }
+}

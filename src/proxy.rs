@@ -1,0 +1,506 @@
+//! The upstream side: a pooled HTTP/1.1 client, the header policy of a reverse
+//! proxy (RFC 9110 §7.6.1 hop-by-hop removal, X-Forwarded-*), streaming bodies,
+//! and tunnels for upgraded connections (WebSocket over HTTP/1.1 Upgrade, and
+//! over HTTP/2 extended CONNECT, RFC 8441, translated to an HTTP/1.1 upgrade).
+//!
+//! The proxy knows nothing about authentication: the gateway hands it a request
+//! whose identity headers are already what they must be.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::pages::ErrorPage;
+use crate::tls::{self, TlsError};
+use crate::{empty_body, Body};
+
+/// Per-request facts the proxy needs from the connection and the gateway.
+pub struct ForwardContext<'a> {
+    pub request_id: &'a HeaderValue,
+    pub client: &'a ClientAddress,
+    /// Scheme the client used to reach us (the listener's).
+    pub scheme: &'static str,
+    pub wants_html: bool,
+}
+
+/// What came back from forwarding: the response and how long the upstream took
+/// to answer (None when it never answered).
+pub struct Forwarded {
+    pub response: Response<Body>,
+    pub upstream_time: Option<Duration>,
+}
+
+/// Upgraded connections (WebSocket) outlive their request; they are tracked so
+/// that shutdown can wait for them, then close them when the grace period ends.
+#[derive(Clone, Default)]
+pub struct Tunnels {
+    pub tracker: TaskTracker,
+    pub close: CancellationToken,
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    preserve_host: bool,
+    response_timeout: Duration,
+    tunnels: Tunnels,
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus
+/// `proxy-*` (we are no forward proxy) and `expect` (answered by our server already).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::EXPECT,
+];
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl Upstream {
+    pub fn new(settings: &Settings, tunnels: Tunnels) -> Result<Self, TlsError> {
+        let cfg = &settings.config.upstream;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = tls::upstream_client_config(cfg.ca_file.as_deref())?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .build(connector);
+        let scheme = settings.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = settings
+            .upstream
+            .authority()
+            .cloned()
+            .ok_or_else(|| TlsError::Pair("upstream.url has no host".into()))?;
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            preserve_host: cfg.preserve_host,
+            response_timeout: cfg.response_timeout,
+            tunnels,
+        })
+    }
+
+    /// Sends `request` upstream and streams the answer back. Never fails: upstream
+    /// problems become 502/504 answers (HTML or JSON as the client prefers).
+    pub async fn forward(&self, request: Request<Incoming>, ctx: &ForwardContext<'_>) -> Forwarded {
+        let (mut parts, body) = request.into_parts();
+        let upgrade = Upgrade::detect(&parts);
+        let client_upgrade = match upgrade {
+            Upgrade::None => None,
+            _ => parts.extensions.remove::<OnUpgrade>(),
+        };
+
+        let mut headers = std::mem::take(&mut parts.headers);
+        let original_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        let upgrade_protocol = headers.get(header::UPGRADE).cloned();
+        remove_hop_by_hop(&mut headers);
+        if parts.version == Version::HTTP_2 {
+            merge_cookie_headers(&mut headers);
+        }
+        set_forwarding_headers(&mut headers, ctx, original_host.as_deref());
+        match (self.preserve_host, original_host.as_deref()) {
+            (true, Some(host)) => {
+                if let Ok(value) = HeaderValue::from_str(host) {
+                    headers.insert(header::HOST, value);
+                }
+            }
+            _ => {
+                headers.remove(header::HOST);
+            }
+        }
+
+        let mut method = parts.method;
+        let mut upstream_body: Body = body.map_err(Into::into).boxed_unsync();
+        match &upgrade {
+            Upgrade::None => {}
+            Upgrade::Http1 => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(protocol) = upgrade_protocol {
+                    headers.insert(header::UPGRADE, protocol);
+                }
+            }
+            Upgrade::H2WebSocket => {
+                // RFC 8441: the h2 stream is the tunnel; upstream gets a classic
+                // HTTP/1.1 WebSocket handshake with a key of our own.
+                method = Method::GET;
+                upstream_body = empty_body();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+                headers
+                    .entry(header::SEC_WEBSOCKET_VERSION)
+                    .or_insert(HeaderValue::from_static("13"));
+            }
+        }
+
+        let uri = match self.upstream_uri(parts.uri.path_and_query()) {
+            Ok(uri) => uri,
+            Err(e) => {
+                tracing::warn!(request_id = ?ctx.request_id, error = %e, "cannot build upstream URI");
+                return self.failure(StatusCode::BAD_REQUEST, "bad_request", "The request target is invalid.", ctx);
+            }
+        };
+        let mut upstream_request = Request::new(upstream_body);
+        *upstream_request.method_mut() = method;
+        *upstream_request.uri_mut() = uri;
+        *upstream_request.version_mut() = Version::HTTP_11;
+        *upstream_request.headers_mut() = headers;
+
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_request)).await;
+        let upstream_time = started.elapsed();
+        let mut response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                tracing::warn!(
+                    request_id = ?ctx.request_id,
+                    upstream = %self.authority,
+                    error = %error_chain(&e),
+                    "upstream request failed"
+                );
+                let detail = if connect {
+                    "The console behind this gateway is not reachable right now."
+                } else {
+                    "The console behind this gateway closed the connection or sent an invalid response."
+                };
+                return self.failure(StatusCode::BAD_GATEWAY, "upstream_unavailable", detail, ctx);
+            }
+            Err(_elapsed) => {
+                tracing::warn!(
+                    request_id = ?ctx.request_id,
+                    upstream = %self.authority,
+                    timeout_ms = self.response_timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                return self.failure(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "The console behind this gateway did not answer in time.",
+                    ctx,
+                );
+            }
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade != Upgrade::None {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                self.spawn_tunnel(client_upgrade, upstream_upgrade, ctx.request_id.clone());
+                let mut answer = Response::new(empty_body());
+                *answer.headers_mut() = std::mem::take(response.headers_mut());
+                if upgrade == Upgrade::H2WebSocket {
+                    // An h2 CONNECT succeeds with 200 and carries no handshake headers.
+                    *answer.status_mut() = StatusCode::OK;
+                    for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
+                        answer.headers_mut().remove(name);
+                    }
+                } else {
+                    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                }
+                return Forwarded {
+                    response: answer,
+                    upstream_time: Some(upstream_time),
+                };
+            }
+        }
+
+        remove_hop_by_hop(response.headers_mut());
+        let response = response.map(|body| body.map_err(Into::into).boxed_unsync());
+        Forwarded {
+            response,
+            upstream_time: Some(upstream_time),
+        }
+    }
+
+    fn upstream_uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(
+                path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
+            .build()
+    }
+
+    fn failure(&self, status: StatusCode, code: &str, detail: &str, ctx: &ForwardContext<'_>) -> Forwarded {
+        let request_id = ctx.request_id.to_str().unwrap_or_default();
+        let title = status.canonical_reason().unwrap_or("Error");
+        Forwarded {
+            response: ErrorPage {
+                status,
+                code,
+                title,
+                detail,
+                request_id,
+            }
+            .render(ctx.wants_html),
+            upstream_time: None,
+        }
+    }
+
+    fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
+        let close = self.tunnels.close.clone();
+        self.tunnels.tracker.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(request_id = ?request_id, error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Ok((sent, received)) = result {
+                        tracing::debug!(request_id = ?request_id, sent, received, "tunnel closed");
+                    }
+                }
+                _ = close.cancelled() => {
+                    tracing::info!(request_id = ?request_id, "tunnel closed at the end of the shutdown grace period");
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    None,
+    /// HTTP/1.1 `Connection: upgrade` + `Upgrade: <protocol>`.
+    Http1,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441).
+    H2WebSocket,
+}
+
+impl Upgrade {
+    fn detect(parts: &http::request::Parts) -> Self {
+        if parts.version == Version::HTTP_2 {
+            let websocket = parts.method == Method::CONNECT
+                && parts
+                    .extensions
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+            return if websocket { Upgrade::H2WebSocket } else { Upgrade::None };
+        }
+        let wants_upgrade = parts.headers.contains_key(header::UPGRADE)
+            && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+        if wants_upgrade {
+            Upgrade::Http1
+        } else {
+            Upgrade::None
+        }
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+/// HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn merge_cookie_headers(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a trusted
+/// proxy, X-Forwarded-For is appended to and -Proto/-Host are kept; from anyone
+/// else all of them (and `Forwarded`) are replaced by what we saw ourselves.
+fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, host: Option<&str>) {
+    let peer = ctx.client.peer.ip();
+    let trusted = ctx.client.peer_trusted;
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted && !prior.trim().is_empty() => format!("{prior}, {peer}"),
+        _ => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme));
+    }
+    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(value) => {
+                headers.insert(&X_FORWARDED_HOST, value);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !trusted {
+        headers.remove(header::FORWARDED);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ctx.client.client_ip.to_string()) {
+        headers.insert(&X_REAL_IP, value);
+    }
+    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+}
+
+/// Who is on the other end: the TCP peer, whether it is a trusted proxy, and the
+/// client address derived from X-Forwarded-For when it is.
+#[derive(Debug, Clone)]
+pub struct ClientAddress {
+    pub peer: SocketAddr,
+    pub peer_trusted: bool,
+    pub client_ip: IpAddr,
+}
+
+impl ClientAddress {
+    pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> Self {
+        let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+        let peer_trusted = is_trusted(&peer.ip());
+        let mut client_ip = peer.ip();
+        if peer_trusted {
+            // Walk X-Forwarded-For from the right: the first hop we do not trust is the client.
+            let hops: Vec<IpAddr> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|h| h.trim().parse().ok())
+                .collect();
+            for hop in hops.iter().rev() {
+                client_ip = *hop;
+                if !is_trusted(hop) {
+                    break;
+                }
+            }
+        }
+        ClientAddress {
+            peer,
+            peer_trusted,
+            client_ip,
+        }
+    }
+}
+
+fn websocket_key() -> HeaderValue {
+    let mut nonce = [0u8; 16];
+    // SystemRandom failing leaves zeros; the key is a handshake nonce, not a secret.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// "a: b: c" from an error and its sources (hyper's top-level messages are terse).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("x-end-to-end", "stays".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn client_address_only_believes_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.2".parse().unwrap());
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let via_proxy = ClientAddress::resolve("10.0.0.1:5000".parse().unwrap(), &h, &trusted);
+        assert!(via_proxy.peer_trusted);
+        assert_eq!(via_proxy.client_ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+        let direct = ClientAddress::resolve("198.51.100.1:5000".parse().unwrap(), &h, &trusted);
+        assert!(!direct.peer_trusted);
+        assert_eq!(direct.client_ip, "198.51.100.1".parse::<IpAddr>().unwrap());
+    }
+}

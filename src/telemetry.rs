@@ -1,0 +1,146 @@
+//! Logging setup and the access log.
+//!
+//! The access log line is written when the response body has been sent (or the
+//! client went away), so it carries the real byte count and total duration.
+//! Health probes log at debug, everything else at info, on target `access`.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::{Body, BoxError};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
+/// Returns quietly if a subscriber is already installed (tests, demo).
+pub fn init(log: &LogConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let _ = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What the access log records about one request.
+pub struct AccessRecord {
+    pub request_id: String,
+    pub client: IpAddr,
+    pub method: Method,
+    /// The path without its query: queries carry codes and tokens.
+    pub path: String,
+    pub status: StatusCode,
+    pub started: Instant,
+    pub upstream: Option<Duration>,
+    /// Health probes are logged at debug only.
+    pub quiet: bool,
+}
+
+impl AccessRecord {
+    fn emit(&self, bytes: u64, completed: bool) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0);
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "access",
+                    request_id = %self.request_id,
+                    client = %self.client,
+                    method = %self.method,
+                    path = %self.path,
+                    status = self.status.as_u16(),
+                    bytes,
+                    duration_ms,
+                    upstream_ms,
+                    completed,
+                    "request"
+                )
+            };
+        }
+        if self.quiet {
+            line!(debug)
+        } else {
+            line!(info)
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and writes the access log line
+    /// when it ends or is dropped (client gone: `completed = false`).
+    pub struct AccessLogBody {
+        #[pin]
+        inner: Body,
+        record: Option<AccessRecord>,
+        bytes: u64,
+    }
+
+    impl PinnedDrop for AccessLogBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                // An empty body is never polled: it still counts as complete.
+                let completed = this.inner.is_end_stream();
+                record.emit(*this.bytes, completed);
+            }
+        }
+    }
+}
+
+impl AccessLogBody {
+    pub fn new(inner: Body, record: AccessRecord) -> Self {
+        AccessLogBody {
+            inner,
+            record: Some(record),
+            bytes: 0,
+        }
+    }
+}
+
+impl HttpBody for AccessLogBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.take() {
+                    record.emit(*this.bytes, true);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
