@@ -522,7 +522,7 @@ impl Validator<'_> {
             Some(a) if !a.trim().is_empty() => Some(self.socket_addr("server.redirect_http", a)?),
             _ => None,
         };
-        if redirect_http == Some(listen) {
+        if redirect_http == Some(listen) && listen.port() != 0 {
             return Err(self.err(
                 "server.redirect_http",
                 "is the same address as server.listen",
