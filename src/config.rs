@@ -128,7 +128,9 @@ impl fmt::Debug for OidcConfig {
 }
 
 fn default_scopes() -> Vec<String> {
-    ["openid", "profile", "email", "offline_access"].map(String::from).to_vec()
+    ["openid", "profile", "email", "offline_access"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_response_mode() -> ResponseMode {
     ResponseMode::Query
@@ -320,7 +322,11 @@ impl EnvOverrides {
             .iter()
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix(ENV_PREFIX)?;
-                let key = rest.split("__").collect::<Vec<_>>().join(".").to_lowercase();
+                let key = rest
+                    .split("__")
+                    .collect::<Vec<_>>()
+                    .join(".")
+                    .to_lowercase();
                 (!key.is_empty()).then(|| (key, v.clone()))
             })
             .collect();
@@ -390,10 +396,7 @@ pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
         figment = figment.merge(Toml::file(&source.path));
         source.path.display().to_string()
     } else {
-        format!(
-            "environment only (no {} found)",
-            source.path.display()
-        )
+        format!("environment only (no {} found)", source.path.display())
     };
     figment = figment.merge(EnvOverrides::new(&source.env));
     let config: Config = figment
@@ -430,7 +433,10 @@ fn describe_figment_error(errors: figment::Error, origin: &str) -> ConfigError {
         let key = e.path.join(".");
         let place = match &e.metadata {
             Some(md) if md.name == "environment variable" => {
-                format!("environment variable {}", md.interpolate(&e.profile.clone().unwrap_or_default(), &e.path))
+                format!(
+                    "environment variable {}",
+                    md.interpolate(&e.profile.clone().unwrap_or_default(), &e.path)
+                )
             }
             Some(md) => match &md.source {
                 Some(src) => format!("{src}"),
@@ -438,39 +444,49 @@ fn describe_figment_error(errors: figment::Error, origin: &str) -> ConfigError {
             },
             None => origin.to_string(),
         };
+        let hint = "see the comment above this key in the shipped config.toml";
         let fix = match &e.kind {
-            Kind::UnknownField(field, expected) => format!(
-                "unknown key `{field}`{}; remove it or fix its spelling (valid keys here: {})",
-                if key.is_empty() { String::new() } else { format!(" in `{}`", parent(&key)) },
+            // figment's path already ends in the unknown field: `server.listn`.
+            Kind::UnknownField(_, expected) => format!(
+                "unknown key `{key}`; remove it or fix its spelling (valid keys{}: {})",
+                match key.rsplit_once('.') {
+                    Some((section, _)) => format!(" in [{section}]"),
+                    None => " at the top level".to_string(),
+                },
                 expected.join(", ")
             ),
             Kind::MissingField(field) => {
-                let full = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+                let full = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
                 format!(
                     "required key `{full}` is missing; add it (see the shipped config.toml) or set {}",
                     env_name(&full)
                 )
             }
-            Kind::InvalidType(actual, expected) => {
-                format!("key `{key}` has the wrong type: found {actual}, expected {expected}")
-            }
-            Kind::InvalidValue(actual, expected) => {
-                format!("key `{key}` has an invalid value: found {actual}, expected {expected}")
-            }
+            Kind::InvalidType(actual, expected) => format!(
+                "key `{key}` has the wrong type: found {actual}, expected {expected}; write it as {expected} ({hint})"
+            ),
+            Kind::InvalidValue(actual, expected) => format!(
+                "key `{key}` has an invalid value: found {actual}, expected {expected}; {hint}"
+            ),
             Kind::UnknownVariant(found, expected) => format!(
                 "key `{key}` cannot be {found:?}; use one of: {}",
                 expected.join(", ")
             ),
+            // TOML syntax errors come without a key: the message carries line and column.
+            Kind::Message(msg) if key.is_empty() => {
+                format!("{msg}; fix the syntax at the line shown")
+            }
             Kind::Message(msg) => format!("key `{key}`: {msg}"),
+            other if key.is_empty() => other.to_string(),
             other => format!("key `{key}`: {other}"),
         };
         lines.push(format!("{fix} (in {place})"));
     }
     ConfigError::new(lines.join("\n"))
-}
-
-fn parent(key: &str) -> &str {
-    key.rsplit_once('.').map(|(p, _)| p).unwrap_or(key)
 }
 
 /// The environment variable that overrides `section.key`.
@@ -537,13 +553,15 @@ impl Validator<'_> {
             .server
             .trusted_proxies
             .iter()
-            .map(|p| parse_net(p).ok_or_else(|| {
-                self.err(
-                    "server.trusted_proxies",
-                    format!("{p:?} is not an IP address or CIDR range"),
-                    "write entries like \"10.0.0.0/8\" or \"192.168.1.10\"",
-                )
-            }))
+            .map(|p| {
+                parse_net(p).ok_or_else(|| {
+                    self.err(
+                        "server.trusted_proxies",
+                        format!("{p:?} is not an IP address or CIDR range"),
+                        "write entries like \"10.0.0.0/8\" or \"192.168.1.10\"",
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if config.server.max_header_bytes < 8192 {
             return Err(self.err(
@@ -588,7 +606,11 @@ impl Validator<'_> {
     fn public_url(&self, raw: &str) -> Result<Uri, ConfigError> {
         let key = "server.public_url";
         let uri: Uri = raw.trim().parse().map_err(|e| {
-            self.err(key, format!("{raw:?} is not a URL ({e})"), "write it like \"https://console.example.com\"")
+            self.err(
+                key,
+                format!("{raw:?} is not a URL ({e})"),
+                "write it like \"https://console.example.com\"",
+            )
         })?;
         let host = uri.host().unwrap_or_default();
         match uri.scheme_str() {
@@ -603,9 +625,16 @@ impl Validator<'_> {
             }
         }
         if host.is_empty() {
-            return Err(self.err(key, format!("{raw:?} has no host"), "write it like \"https://console.example.com\""));
+            return Err(self.err(
+                key,
+                format!("{raw:?} has no host"),
+                "write it like \"https://console.example.com\"",
+            ));
         }
-        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+        if uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+        {
             return Err(self.err(
                 key,
                 format!("{raw:?} has a path or query"),
@@ -625,7 +654,11 @@ impl Validator<'_> {
             ));
         }
         let uri: Uri = issuer.parse().map_err(|e| {
-            self.err("oidc.issuer", format!("{issuer:?} is not a URL ({e})"), "use the issuer URL shown in Azure")
+            self.err(
+                "oidc.issuer",
+                format!("{issuer:?} is not a URL ({e})"),
+                "use the issuer URL shown in Azure",
+            )
         })?;
         let host = uri.host().unwrap_or_default();
         match uri.scheme_str() {
@@ -694,7 +727,11 @@ impl Validator<'_> {
         let key = "upstream.url";
         let raw = upstream.url.trim();
         let uri: Uri = raw.parse().map_err(|e| {
-            self.err(key, format!("{raw:?} is not a URL ({e})"), "write it like \"http://127.0.0.1:21114\"")
+            self.err(
+                key,
+                format!("{raw:?} is not a URL ({e})"),
+                "write it like \"http://127.0.0.1:21114\"",
+            )
         })?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(self.err(
@@ -703,7 +740,10 @@ impl Validator<'_> {
                 "write it like \"http://127.0.0.1:21114\"",
             ));
         }
-        if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+        if uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+        {
             return Err(self.err(
                 key,
                 format!("{raw:?} has a path or query"),
@@ -779,7 +819,11 @@ impl Validator<'_> {
         })?;
         let secret = text.trim_end_matches(['\r', '\n']).to_string();
         if secret.is_empty() {
-            return Err(self.err(key, format!("{} is empty", path.display()), "put the secret in the file"));
+            return Err(self.err(
+                key,
+                format!("{} is empty", path.display()),
+                "put the secret in the file",
+            ));
         }
         Ok(secret)
     }
@@ -807,7 +851,10 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
     m.insert("server.listen", settings.listen.to_string());
     m.insert(
         "server.redirect_http",
-        settings.redirect_http.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        settings
+            .redirect_http
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
     );
     m.insert(
         "server.public_url",
@@ -822,7 +869,12 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
         if settings.trusted_proxies.is_empty() {
             "none (X-Forwarded-* from clients are replaced)".into()
         } else {
-            settings.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            settings
+                .trusted_proxies
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         },
     );
     m.insert("tls.cert", c.tls.cert.display().to_string());
@@ -857,7 +909,10 @@ url = "http://127.0.0.1:21114"
 "#;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -876,7 +931,10 @@ url = "http://127.0.0.1:21114"
                 ("OIDC_GATEWAY__OIDC__CLIENT_SECRET", "12345"),
                 ("OIDC_GATEWAY__SERVER__MAX_HEADER_BYTES", "16384"),
                 ("OIDC_GATEWAY__TLS__SELF_SIGNED", "false"),
-                ("OIDC_GATEWAY__SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\", \"192.168.1.1\"]"),
+                (
+                    "OIDC_GATEWAY__SERVER__TRUSTED_PROXIES",
+                    "[\"10.0.0.0/8\", \"192.168.1.1\"]",
+                ),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -907,5 +965,89 @@ url = "http://127.0.0.1:21114"
             "http://127.0.0.1:9999/tenant/v2.0",
         );
         load_str(&ok, &[]).unwrap();
+    }
+
+    fn required_overrides() -> Vec<(String, String)> {
+        env(&[
+            (
+                "OIDC_GATEWAY__OIDC__ISSUER",
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+            ),
+            ("OIDC_GATEWAY__OIDC__CLIENT_ID", "abc"),
+            ("OIDC_GATEWAY__OIDC__CLIENT_SECRET", "s3cret"),
+        ])
+    }
+
+    #[test]
+    fn shipped_config_toml_states_exactly_the_defaults() {
+        let shipped = load_str(include_str!("../config.toml"), &required_overrides()).unwrap();
+        let minimal = load_str(MINIMAL, &required_overrides()).unwrap();
+        assert_eq!(
+            format!("{:?}", shipped.config),
+            format!("{:?}", minimal.config)
+        );
+    }
+
+    #[test]
+    fn shipped_config_toml_documents_every_key() {
+        let text = include_str!("../config.toml");
+        let keys = [
+            "listen",
+            "redirect_http",
+            "public_url",
+            "trusted_proxies",
+            "header_read_timeout",
+            "tls_handshake_timeout",
+            "max_header_bytes",
+            "shutdown_grace",
+            "cert",
+            "key",
+            "self_signed",
+            "issuer",
+            "client_id",
+            "client_secret",
+            "client_secret_file",
+            "scopes",
+            "response_mode",
+            "callback_path",
+            "url",
+            "preserve_host",
+            "connect_timeout",
+            "response_timeout",
+            "pool_idle_timeout",
+            "pool_max_idle_per_host",
+            "ca_file",
+            "secret",
+            "secret_file",
+            "ttl",
+            "idle_timeout",
+            "format",
+            "level",
+        ];
+        for key in keys {
+            let line = text
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start_matches('#').trim();
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+                })
+                .unwrap_or_else(|| panic!("config.toml does not mention `{key}`"));
+            let previous = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+            assert!(
+                previous.trim_start().starts_with('#'),
+                "`{key}` has no comment above it"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_config_toml_refuses_to_run_with_placeholders() {
+        let e = load_str(include_str!("../config.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oidc.issuer") && e.contains("placeholder"),
+            "{e}"
+        );
     }
 }

@@ -47,7 +47,9 @@ pub async fn start_demo_upstream() -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(|request: Request<Incoming>| async move {
                     Ok::<_, Infallible>(demo_page(&request))
@@ -66,7 +68,8 @@ fn demo_page(request: &Request<Incoming>) -> Response<Body> {
         .headers()
         .iter()
         .map(|(name, value)| {
-            let highlight = name.as_str().starts_with("x-forwarded") || name.as_str().starts_with("x-re");
+            let highlight =
+                name.as_str().starts_with("x-forwarded") || name.as_str().starts_with("x-re");
             format!(
                 "<tr{}><td>{}</td><td>{}</td></tr>",
                 if highlight { " class=\"gw\"" } else { "" },
@@ -87,8 +90,9 @@ tr.gw{{background:#eef6ff}}.banner{{background:#fff3cd;padding:.5rem 1rem;border
         uri = escape_html(&request.uri().to_string()),
     );
     let mut response = Response::new(full_body(page));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
 }

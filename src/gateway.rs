@@ -48,7 +48,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(settings: Arc<Settings>, readiness: Readiness, tunnels: Tunnels) -> Result<Self, TlsError> {
+    pub fn new(
+        settings: Arc<Settings>,
+        readiness: Readiness,
+        tunnels: Tunnels,
+    ) -> Result<Self, TlsError> {
         let upstream = Upstream::new(&settings, tunnels)?;
         Ok(Gateway {
             settings,
@@ -63,10 +67,17 @@ impl Gateway {
     }
 
     /// Runs one request through the pipeline.
-    pub async fn handle(&self, mut request: Request<Incoming>, conn: ConnectionInfo) -> Response<AccessLogBody> {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        conn: ConnectionInfo,
+    ) -> Response<AccessLogBody> {
         let started = Instant::now();
-        let client = ClientAddress::resolve(conn.peer, request.headers(), &self.settings.trusted_proxies);
-        let request_id = self.request_ids.for_request(request.headers(), client.peer_trusted);
+        let client =
+            ClientAddress::resolve(conn.peer, request.headers(), &self.settings.trusted_proxies);
+        let request_id = self
+            .request_ids
+            .for_request(request.headers(), client.peer_trusted);
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let quiet = health::is_health_path(&path);
@@ -91,7 +102,9 @@ impl Gateway {
                 (forwarded.response, forwarded.upstream_time)
             }
         };
-        response.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, request_id.clone());
         let record = AccessRecord {
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
             client: client.client_ip,
@@ -107,7 +120,9 @@ impl Gateway {
 
     /// The decision steps, in order. The first that answers wins.
     fn classify(&self, request: &Request<Incoming>) -> Decision {
-        if let Some(answer) = health::answer(request.method(), request.uri().path(), &self.readiness) {
+        if let Some(answer) =
+            health::answer(request.method(), request.uri().path(), &self.readiness)
+        {
             return Decision::Respond(answer);
         }
         Decision::Forward
@@ -133,7 +148,10 @@ impl RequestIds {
 
     fn for_request(&self, headers: &http::HeaderMap, trusted: bool) -> HeaderValue {
         if trusted {
-            if let Some(id) = headers.get(&X_REQUEST_ID).filter(|v| is_valid_request_id(v.as_bytes())) {
+            if let Some(id) = headers
+                .get(&X_REQUEST_ID)
+                .filter(|v| is_valid_request_id(v.as_bytes()))
+            {
                 return id.clone();
             }
         }

@@ -55,9 +55,10 @@ pub fn answer(method: &Method, path: &str, readiness: &Readiness) -> Option<Resp
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": "method_not_allowed", "allow": "GET, HEAD"}),
         );
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
         return Some(response);
     }
     let response = if path == LIVENESS_PATH {

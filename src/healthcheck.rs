@@ -27,13 +27,22 @@ pub fn probe_address(listen: SocketAddr) -> SocketAddr {
 }
 
 /// GETs `path` from the gateway at `addr`; the answer's status, or why there was none.
-pub async fn probe(settings: &Settings, addr: SocketAddr, path: &str, timeout: Duration) -> Result<StatusCode, String> {
+pub async fn probe(
+    settings: &Settings,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
     tokio::time::timeout(timeout, probe_inner(settings, addr, path))
         .await
         .map_err(|_| format!("no answer from {addr} within {}s", timeout.as_secs_f64()))?
 }
 
-async fn probe_inner(settings: &Settings, addr: SocketAddr, path: &str) -> Result<StatusCode, String> {
+async fn probe_inner(
+    settings: &Settings,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<StatusCode, String> {
     tls::install_crypto_provider();
     let cert_path = &settings.config.tls.cert;
     let cert = tls::load_certs(cert_path)

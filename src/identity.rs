@@ -21,14 +21,20 @@ pub const IDENTITY_HEADERS: &[&str] = &[
 fn same_header(name: &str, canonical: &str) -> bool {
     name.len() == canonical.len()
         && name.bytes().zip(canonical.bytes()).all(|(a, b)| {
-            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
             a == b
         })
 }
 
 /// Is `name` an identity header (or an underscore/case variant of one)?
 pub fn is_identity_header(name: &str) -> bool {
-    IDENTITY_HEADERS.iter().any(|canonical| same_header(name, canonical))
+    IDENTITY_HEADERS
+        .iter()
+        .any(|canonical| same_header(name, canonical))
 }
 
 /// Removes every header whose name is a variant of an identity header.
@@ -53,10 +59,20 @@ mod tests {
 
     #[test]
     fn variants_are_recognised() {
-        for name in ["x-forwarded-user", "x_forwarded_user", "x-forwarded_email", "x_gateway_assertion"] {
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x-forwarded_email",
+            "x_gateway_assertion",
+        ] {
             assert!(is_identity_header(name), "{name}");
         }
-        for name in ["x-forwarded-for", "x-forwarded-users", "x-forwarded-use", "cookie"] {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-users",
+            "x-forwarded-use",
+            "cookie",
+        ] {
             assert!(!is_identity_header(name), "{name}");
         }
     }

@@ -56,7 +56,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oidc-gateway: cannot start the async runtime: {e}");
@@ -98,6 +101,9 @@ async fn run(settings: Settings) -> ExitCode {
 }
 
 async fn serve_until_signal(settings: Arc<Settings>) -> ExitCode {
+    // Listen for signals before the port opens: a SIGTERM right after start-up
+    // must drain, not kill the process with the default action.
+    let signal = shutdown_signal();
     let server = match server::start(settings).await {
         Ok(server) => server,
         Err(e) => {
@@ -106,32 +112,39 @@ async fn serve_until_signal(settings: Arc<Settings>) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("signal received: draining");
     server.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Registers the SIGTERM/SIGINT handlers now (synchronously); the returned
+/// future completes when either arrives.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = interrupt => {},
                     _ = term.recv() => {},
+                    _ = interrupt.recv() => {},
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -150,7 +163,8 @@ fn check(settings: &Settings) -> ExitCode {
         ),
         Ok(_) => {
             tls::install_crypto_provider();
-            if let Err(e) = tls::server_config(&settings.config.tls.cert, &settings.config.tls.key) {
+            if let Err(e) = tls::server_config(&settings.config.tls.cert, &settings.config.tls.key)
+            {
                 eprintln!("oidc-gateway: configuration error: {e}");
                 return ExitCode::from(2);
             }

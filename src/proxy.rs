@@ -134,7 +134,12 @@ impl Upstream {
             .uri
             .authority()
             .map(|a| a.as_str().to_owned())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
         let upgrade_protocol = headers.get(header::UPGRADE).cloned();
         remove_hop_by_hop(&mut headers);
         if parts.version == Version::HTTP_2 {
@@ -180,7 +185,12 @@ impl Upstream {
             Ok(uri) => uri,
             Err(e) => {
                 tracing::warn!(request_id = ?ctx.request_id, error = %e, "cannot build upstream URI");
-                return self.failure(StatusCode::BAD_REQUEST, "bad_request", "The request target is invalid.", ctx);
+                return self.failure(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "The request target is invalid.",
+                    ctx,
+                );
             }
         };
         let mut upstream_request = Request::new(upstream_body);
@@ -190,7 +200,9 @@ impl Upstream {
         *upstream_request.headers_mut() = headers;
 
         let started = Instant::now();
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(upstream_request)).await;
+        let result =
+            tokio::time::timeout(self.response_timeout, self.client.request(upstream_request))
+                .await;
         let upstream_time = started.elapsed();
         let mut response = match result {
             Ok(Ok(response)) => response,
@@ -234,7 +246,11 @@ impl Upstream {
                 if upgrade == Upgrade::H2WebSocket {
                     // An h2 CONNECT succeeds with 200 and carries no handshake headers.
                     *answer.status_mut() = StatusCode::OK;
-                    for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT] {
+                    for name in [
+                        header::CONNECTION,
+                        header::UPGRADE,
+                        header::SEC_WEBSOCKET_ACCEPT,
+                    ] {
                         answer.headers_mut().remove(name);
                     }
                 } else {
@@ -267,7 +283,13 @@ impl Upstream {
             .build()
     }
 
-    fn failure(&self, status: StatusCode, code: &str, detail: &str, ctx: &ForwardContext<'_>) -> Forwarded {
+    fn failure(
+        &self,
+        status: StatusCode,
+        code: &str,
+        detail: &str,
+        ctx: &ForwardContext<'_>,
+    ) -> Forwarded {
         let request_id = ctx.request_id.to_str().unwrap_or_default();
         let title = status.canonical_reason().unwrap_or("Error");
         Forwarded {
@@ -326,7 +348,11 @@ impl Upgrade {
                     .extensions
                     .get::<hyper::ext::Protocol>()
                     .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-            return if websocket { Upgrade::H2WebSocket } else { Upgrade::None };
+            return if websocket {
+                Upgrade::H2WebSocket
+            } else {
+                Upgrade::None
+            };
         }
         let wants_upgrade = parts.headers.contains_key(header::UPGRADE)
             && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
@@ -498,7 +524,10 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let via_proxy = ClientAddress::resolve("10.0.0.1:5000".parse().unwrap(), &h, &trusted);
         assert!(via_proxy.peer_trusted);
-        assert_eq!(via_proxy.client_ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            via_proxy.client_ip,
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         let direct = ClientAddress::resolve("198.51.100.1:5000".parse().unwrap(), &h, &trusted);
         assert!(!direct.peer_trusted);
         assert_eq!(direct.client_ip, "198.51.100.1".parse::<IpAddr>().unwrap());

@@ -106,7 +106,11 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
 
     let readiness = Readiness::default();
     let tunnels = Tunnels::default();
-    let gateway = Arc::new(Gateway::new(settings.clone(), readiness.clone(), tunnels.clone())?);
+    let gateway = Arc::new(Gateway::new(
+        settings.clone(),
+        readiness.clone(),
+        tunnels.clone(),
+    )?);
     let stop = CancellationToken::new();
     let builder = connection_builder(&settings);
 
@@ -142,7 +146,11 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-fn local_addr(key: &'static str, listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+fn local_addr(
+    key: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { key, addr, source })
@@ -226,21 +234,36 @@ async fn run(listeners: Listeners) {
     drop(https);
     drop(http);
     let grace = settings.config.server.shutdown_grace;
-    tracing::info!(grace_secs = grace.as_secs_f64(), connections = graceful.count(), "shutting down: draining connections");
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        connections = graceful.count(),
+        "shutting down: draining connections"
+    );
     let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period ended with requests still in flight; closing them");
     }
     tunnels.tracker.close();
-    if tokio::time::timeout_at(deadline, tunnels.tracker.wait()).await.is_err() {
-        tracing::warn!(tunnels = tunnels.tracker.len(), "grace period ended with open tunnels; closing them");
+    if tokio::time::timeout_at(deadline, tunnels.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tunnels = tunnels.tracker.len(),
+            "grace period ended with open tunnels; closing them"
+        );
         tunnels.close.cancel();
         tunnels.tracker.wait().await;
     }
     tracing::info!("shutdown complete");
 }
 
-async fn accept_optional(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+async fn accept_optional(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
@@ -286,7 +309,10 @@ async fn serve_tls(
             return;
         }
     };
-    let conn_info = ConnectionInfo { peer, scheme: "https" };
+    let conn_info = ConnectionInfo {
+        peer,
+        scheme: "https",
+    };
     let service = service_fn(move |request: Request<Incoming>| {
         let gateway = gateway.clone();
         async move { Ok::<_, Infallible>(gateway.handle(request, conn_info).await) }
@@ -318,12 +344,19 @@ impl RedirectTarget {
             let s = u.to_string();
             s.trim_end_matches('/').to_string()
         });
-        RedirectTarget { fixed_origin, https_port }
+        RedirectTarget {
+            fixed_origin,
+            https_port,
+        }
     }
 
     /// The https URL for a plain-HTTP request, or None when its Host is unusable.
     fn location(&self, request: &Request<Incoming>) -> Option<String> {
-        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         if let Some(origin) = &self.fixed_origin {
             return Some(format!("{origin}{path}"));
         }
@@ -353,18 +386,27 @@ async fn serve_redirect(
         let answer = redirect_answer(&request, &target, &readiness);
         async move { Ok::<_, Infallible>(answer) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "plain-HTTP connection ended with an error");
     }
 }
 
-fn redirect_answer(request: &Request<Incoming>, target: &RedirectTarget, readiness: &Readiness) -> Response<Body> {
+fn redirect_answer(
+    request: &Request<Incoming>,
+    target: &RedirectTarget,
+    readiness: &Readiness,
+) -> Response<Body> {
     if let Some(answer) = health::answer(request.method(), request.uri().path(), readiness) {
         return answer;
     }
     let mut response = Response::new(empty_body());
-    match target.location(request).and_then(|l| HeaderValue::from_str(&l).ok()) {
+    match target
+        .location(request)
+        .and_then(|l| HeaderValue::from_str(&l).ok())
+    {
         Some(location) => {
             *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
             response.headers_mut().insert(LOCATION, location);
@@ -374,7 +416,9 @@ fn redirect_answer(request: &Request<Incoming>, target: &RedirectTarget, readine
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            *response.body_mut() = crate::full_body("Missing or invalid Host header; use https:// to reach this site.\n");
+            *response.body_mut() = crate::full_body(
+                "Missing or invalid Host header; use https:// to reach this site.\n",
+            );
         }
     }
     response

@@ -54,7 +54,10 @@ pub enum CertificateSource {
 /// Makes sure the configured certificate files exist: with `self_signed = true` and
 /// both files missing, writes a new self-signed pair (key at mode 0600).
 /// With `dry_run`, only reports what it would do.
-pub fn ensure_certificate(settings: &Settings, dry_run: bool) -> Result<CertificateSource, TlsError> {
+pub fn ensure_certificate(
+    settings: &Settings,
+    dry_run: bool,
+) -> Result<CertificateSource, TlsError> {
     let tls = &settings.config.tls;
     match (tls.cert.exists(), tls.key.exists()) {
         (true, true) => Ok(CertificateSource::Files),
@@ -83,7 +86,10 @@ pub fn ensure_certificate(settings: &Settings, dry_run: bool) -> Result<Certific
 pub fn self_signed_names(settings: &Settings) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if let Some(host) = settings.public_url.as_ref().and_then(|u| u.host()) {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if !names.contains(&host) {
             names.push(host);
         }
@@ -91,7 +97,11 @@ pub fn self_signed_names(settings: &Settings) -> Vec<String> {
     names
 }
 
-fn write_self_signed(cert_path: &Path, key_path: &Path, names: Vec<String>) -> Result<(), TlsError> {
+fn write_self_signed(
+    cert_path: &Path,
+    key_path: &Path,
+    names: Vec<String>,
+) -> Result<(), TlsError> {
     let generated = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Write {
         path: cert_path.to_path_buf(),
         reason: e.to_string(),
@@ -155,7 +165,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| TlsError::Pair(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Pair(format!("certificate and key do not form a usable pair: {e}")))?;
+        .map_err(|e| {
+            TlsError::Pair(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -240,7 +254,12 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -249,10 +268,17 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -32,8 +32,15 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
 #[tokio::test]
 async fn get_is_proxied_over_http1_and_http2_negotiated_by_alpn() {
     let gw = gateway(echo_upstream().await).start().await;
-    for (client, expected) in [(gw.http1(), reqwest::Version::HTTP_11), (gw.http2(), reqwest::Version::HTTP_2)] {
-        let response = client.get(gw.url("/console/page?x=1&y=%20")).send().await.unwrap();
+    for (client, expected) in [
+        (gw.http1(), reqwest::Version::HTTP_11),
+        (gw.http2(), reqwest::Version::HTTP_2),
+    ] {
+        let response = client
+            .get(gw.url("/console/page?x=1&y=%20"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.version(), expected);
         assert_eq!(response.status(), 200);
         assert!(response.headers().contains_key("x-request-id"));
@@ -48,11 +55,17 @@ async fn get_is_proxied_over_http1_and_http2_negotiated_by_alpn() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_in_both_directions() {
     let upstream = upstream(|req: Request<Incoming>| async move {
-        let leaked: Vec<String> = ["x-client-hop", "keep-alive", "te", "proxy-authorization", "upgrade"]
-            .iter()
-            .filter(|h| req.headers().contains_key(**h))
-            .map(|h| h.to_string())
-            .collect();
+        let leaked: Vec<String> = [
+            "x-client-hop",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ]
+        .iter()
+        .filter(|h| req.headers().contains_key(**h))
+        .map(|h| h.to_string())
+        .collect();
         Response::builder()
             .header("connection", "x-upstream-hop")
             .header("x-upstream-hop", "secret")
@@ -78,7 +91,11 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
     assert!(!response.headers().contains_key("x-upstream-hop"));
     assert!(!response.headers().contains_key("keep-alive"));
     assert_eq!(response.headers()["x-end-to-end"], "kept");
-    assert_eq!(response.text().await.unwrap(), "", "hop-by-hop headers reached the upstream");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "",
+        "hop-by-hop headers reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +118,10 @@ async fn forwarded_headers_are_replaced_for_untrusted_clients() {
         .unwrap();
     assert_eq!(echoed(&echo, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed(&echo, "x-forwarded-proto"), ["https"]);
-    assert_eq!(echoed(&echo, "x-forwarded-host"), [format!("localhost:{}", gw.addr.port())]);
+    assert_eq!(
+        echoed(&echo, "x-forwarded-host"),
+        [format!("localhost:{}", gw.addr.port())]
+    );
     assert_eq!(echoed(&echo, "x-real-ip"), ["127.0.0.1"]);
     assert!(echoed(&echo, "forwarded").is_empty());
     let request_id = echoed(&echo, "x-request-id");
@@ -155,8 +175,14 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         for name in &names {
             let normalized = name.replace('_', "-");
             assert!(
-                !["x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username", "x-gateway-assertion"]
-                    .contains(&normalized.as_str()),
+                ![
+                    "x-forwarded-user",
+                    "x-forwarded-email",
+                    "x-forwarded-groups",
+                    "x-forwarded-preferred-username",
+                    "x-gateway-assertion"
+                ]
+                .contains(&normalized.as_str()),
                 "{name} reached the upstream: {echo}"
             );
         }
@@ -167,11 +193,33 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 async fn host_is_preserved_by_default_and_rewritten_on_request() {
     let upstream = echo_upstream().await;
     let preserved = gateway(upstream).start().await;
-    let echo: serde_json::Value = preserved.http2().get(preserved.url("/")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(echoed(&echo, "host"), [format!("localhost:{}", preserved.addr.port())]);
+    let echo: serde_json::Value = preserved
+        .http2()
+        .get(preserved.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed(&echo, "host"),
+        [format!("localhost:{}", preserved.addr.port())]
+    );
 
-    let rewritten = gateway(upstream).upstream_option("preserve_host = false").start().await;
-    let echo: serde_json::Value = rewritten.http1().get(rewritten.url("/")).send().await.unwrap().json().await.unwrap();
+    let rewritten = gateway(upstream)
+        .upstream_option("preserve_host = false")
+        .start()
+        .await;
+    let echo: serde_json::Value = rewritten
+        .http1()
+        .get(rewritten.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(echoed(&echo, "host"), [upstream.to_string()]);
 }
 
@@ -194,7 +242,12 @@ async fn multiple_set_cookie_headers_and_h2_cookies_survive() {
     .await;
     let gw = gateway(upstream).start().await;
     for client in [gw.http1(), gw.http2()] {
-        let response = client.get(gw.url("/")).header("cookie", "x=1; y=2").send().await.unwrap();
+        let response = client
+            .get(gw.url("/"))
+            .header("cookie", "x=1; y=2")
+            .send()
+            .await
+            .unwrap();
         let set: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
         assert_eq!(set.len(), 3, "{set:?}");
         let cookies: Vec<String> = response.json().await.unwrap();
@@ -215,7 +268,9 @@ async fn download_streams_before_the_upstream_has_finished() {
         async move {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, oidc_gateway::BoxError>>(4);
             tokio::spawn(async move {
-                let _ = tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; CHUNK])))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'a'; CHUNK]))))
+                    .await;
                 if let Some(gate) = first_seen_rx.lock().await.take() {
                     let _ = gate.await;
                 }
@@ -288,16 +343,23 @@ async fn upload_streams_before_the_client_has_finished() {
         }
     });
     let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
-    let response = bounded("streamed upload", gw.http2().post(gw.url("/upload")).body(body).send())
-        .await
-        .unwrap();
+    let response = bounded(
+        "streamed upload",
+        gw.http2().post(gw.url("/upload")).body(body).send(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
     let total: usize = response.text().await.unwrap().parse().unwrap();
     assert_eq!(total, CHUNK * (REST_CHUNKS + 1));
 }
 
-fn tokio_stream_from<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+fn tokio_stream_from<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// An upstream that accepts WebSocket upgrades and echoes every message.
@@ -310,8 +372,11 @@ async fn websocket_echo_upstream() -> std::net::SocketAddr {
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else { return };
-            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             while let Some(Ok(message)) = ws.next().await {
                 if message.is_close() {
                     break;
@@ -337,16 +402,21 @@ async fn websocket_over_http1_upgrade_is_tunneled() {
     let gw = gateway(websocket_echo_upstream().await).start().await;
     let tls = gw.tls_connect(&[b"http/1.1"]).await;
     let url = format!("wss://localhost:{}/ws/id", gw.addr.port());
-    let (mut ws, response) = bounded("websocket handshake", tokio_tungstenite::client_async(url, tls))
-        .await
-        .expect("handshake through the gateway");
+    let (mut ws, response) = bounded(
+        "websocket handshake",
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("handshake through the gateway");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     for text in ["hello", "through", "the gateway"] {
         ws.send(Message::text(text)).await.unwrap();
         let echo = bounded("echo", ws.next()).await.unwrap().unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), text);
     }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
     let echo = bounded("binary echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echo.into_data().as_ref(), &[0u8, 1, 2, 255]);
 }
@@ -356,9 +426,12 @@ async fn websocket_over_http2_extended_connect_is_tunneled() {
     let gw = gateway(websocket_echo_upstream().await).start().await;
     let tls = gw.tls_connect(&[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     // One ordinary request first, so the server's SETTINGS (with
     // ENABLE_CONNECT_PROTOCOL) have certainly arrived.
@@ -377,9 +450,13 @@ async fn websocket_over_http2_extended_connect_is_tunneled() {
     request
         .extensions_mut()
         .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut response = bounded("extended CONNECT", sender.send_request(request)).await.unwrap();
+    let mut response = bounded("extended CONNECT", sender.send_request(request))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let upgraded = bounded("h2 upgrade", hyper::upgrade::on(&mut response)).await.unwrap();
+    let upgraded = bounded("h2 upgrade", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
     ws.send(Message::text("over h2")).await.unwrap();
     let echo = bounded("h2 echo", ws.next()).await.unwrap().unwrap();
@@ -397,7 +474,10 @@ async fn upstream_down_gives_502_html_for_browsers_and_json_for_apis() {
         .await
         .unwrap();
     assert_eq!(browser.status(), 502);
-    assert!(browser.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(browser.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let page = browser.text().await.unwrap();
     assert!(page.contains("not reachable"), "{page}");
 
@@ -425,8 +505,13 @@ async fn slow_upstream_gives_504_after_the_response_timeout() {
             held.push(stream);
         }
     });
-    let gw = gateway(addr).upstream_option(r#"response_timeout = "300ms""#).start().await;
-    let response = bounded("504", gw.http1().get(gw.url("/slow")).send()).await.unwrap();
+    let gw = gateway(addr)
+        .upstream_option(r#"response_timeout = "300ms""#)
+        .start()
+        .await;
+    let response = bounded("504", gw.http1().get(gw.url("/slow")).send())
+        .await
+        .unwrap();
     assert_eq!(response.status(), 504);
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"], "upstream_timeout");
@@ -454,7 +539,9 @@ async fn https_upstream_with_a_private_ca_is_verified() {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
                     Ok::<_, std::convert::Infallible>(Response::new(full_body("over tls")))
                 });
@@ -476,7 +563,12 @@ async fn https_upstream_with_a_private_ca_is_verified() {
 
     // Without the CA the upstream's certificate is rejected: 502, never plaintext fallback.
     let untrusted = gateway(addr).upstream_url(&url).start().await;
-    let response = untrusted.http1().get(untrusted.url("/")).send().await.unwrap();
+    let response = untrusted
+        .http1()
+        .get(untrusted.url("/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
 }
 
@@ -493,12 +585,19 @@ async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
     let client = gw.http1();
     let live = client.get(gw.url("/healthz")).send().await.unwrap();
     assert_eq!(live.status(), 200);
-    assert_eq!(live.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+    assert_eq!(
+        live.json::<serde_json::Value>().await.unwrap()["status"],
+        "ok"
+    );
     let ready = client.head(gw.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let post = client.post(gw.url("/healthz")).send().await.unwrap();
     assert_eq!(post.status(), 405);
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a health request reached the upstream");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a health request reached the upstream"
+    );
 
     // Exact paths only: look-alikes belong to the console.
     for path in ["/healthz/", "/healthz.json", "/api/readyz"] {
@@ -507,12 +606,22 @@ async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 
-    gw.server.readiness.set_not_ready("test", "a component is not ready");
+    gw.server
+        .readiness
+        .set_not_ready("test", "a component is not ready");
     let not_ready = client.get(gw.url("/readyz")).send().await.unwrap();
     assert_eq!(not_ready.status(), 503);
     let body: serde_json::Value = not_ready.json().await.unwrap();
     assert_eq!(body["reasons"][0], "test: a component is not ready");
-    assert_eq!(client.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -535,7 +644,9 @@ async fn shutdown_drains_an_in_flight_request_and_stops_accepting() {
     let gw = gateway(upstream).start().await;
     let client = gw.http1();
     let in_flight = tokio::spawn(client.get(gw.url("/slow-report")).send());
-    bounded("request reaches upstream", arrived_rx.recv()).await.unwrap();
+    bounded("request reaches upstream", arrived_rx.recv())
+        .await
+        .unwrap();
 
     let TestGateway { server, addr, .. } = gw;
     let readiness = server.readiness.clone();
@@ -551,11 +662,21 @@ async fn shutdown_drains_an_in_flight_request_and_stops_accepting() {
         }
     })
     .await;
-    assert!(readiness.reasons().iter().any(|r| r.contains("draining")), "{:?}", readiness.reasons());
-    assert!(!drained.is_finished(), "shutdown finished while a request was in flight");
+    assert!(
+        readiness.reasons().iter().any(|r| r.contains("draining")),
+        "{:?}",
+        readiness.reasons()
+    );
+    assert!(
+        !drained.is_finished(),
+        "shutdown finished while a request was in flight"
+    );
 
     release_tx.send(()).unwrap();
-    let response = bounded("in-flight request", in_flight).await.unwrap().unwrap();
+    let response = bounded("in-flight request", in_flight)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "finished");
     bounded("shutdown completes", drained).await.unwrap();
@@ -575,7 +696,10 @@ async fn shutdown_lets_open_websockets_finish_then_closes_them_at_the_grace_peri
     let drained = tokio::spawn(server.wait());
     // The tunnel still works while draining…
     ws.send(Message::text("still here")).await.unwrap();
-    let echo = bounded("echo while draining", ws.next()).await.unwrap().unwrap();
+    let echo = bounded("echo while draining", ws.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "still here");
     // …and is closed when the grace period ends, which lets shutdown complete.
     bounded("shutdown completes", drained).await.unwrap();
@@ -590,12 +714,18 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
         .start()
         .await;
     let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     // The server must give up on us: EOF (or an error answer then EOF).
     // Completing at all is the point: the server closed the connection on us
     // (EOF, or a reset surfacing as an error).
-    let _ = bounded("server closes the slow connection", tls.read_to_end(&mut buf)).await;
+    let _ = bounded(
+        "server closes the slow connection",
+        tls.read_to_end(&mut buf),
+    )
+    .await;
     let text = String::from_utf8_lossy(&buf);
     assert!(!text.contains("200 OK"), "{text}");
 }
@@ -604,28 +734,49 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
 async fn oversized_headers_are_refused_with_431() {
     let gw = gateway(echo_upstream().await).start().await;
     let huge = "x".repeat(100 * 1024);
-    let response = gw.http1().get(gw.url("/")).header("x-huge", huge).send().await;
+    let response = gw
+        .http1()
+        .get(gw.url("/"))
+        .header("x-huge", huge)
+        .send()
+        .await;
     match response {
         Ok(r) => assert_eq!(r.status(), 431),
         // hyper may close the connection while the client is still writing.
         Err(e) => assert!(e.is_request() || e.is_body() || e.is_connect(), "{e}"),
     }
     // The gateway is unaffected.
-    assert_eq!(gw.http1().get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.http1()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn plain_http_or_garbage_on_the_tls_port_costs_only_that_connection() {
     let gw = gateway(echo_upstream().await).start().await;
     let mut plain = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    plain.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = String::new();
-    bounded("plain-http answer", plain.read_to_string(&mut answer)).await.unwrap();
+    bounded("plain-http answer", plain.read_to_string(&mut answer))
+        .await
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("HTTPS"), "{answer}");
 
     let mut garbage = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+        .await
+        .unwrap();
     let mut sink = Vec::new();
     let _ = bounded("garbage connection closed", garbage.read_to_end(&mut sink)).await;
 
@@ -646,7 +797,10 @@ async fn plain_http_listener_redirects_with_308_and_answers_health() {
         .build()
         .unwrap();
     let response = client
-        .get(format!("http://localhost:{}/console/x?a=1", http_addr.port()))
+        .get(format!(
+            "http://localhost:{}/console/x?a=1",
+            http_addr.port()
+        ))
         .send()
         .await
         .unwrap();

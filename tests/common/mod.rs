@@ -32,7 +32,12 @@ pub struct TestGateway {
 
 /// Config text for a gateway in `dir` forwarding to `upstream`, plus `extra`
 /// lines appended to the named sections (`[server]` keys go in `server_extra`).
-pub fn config_text(dir: &TempDir, upstream: &str, server_extra: &str, upstream_extra: &str) -> String {
+pub fn config_text(
+    dir: &TempDir,
+    upstream: &str,
+    server_extra: &str,
+    upstream_extra: &str,
+) -> String {
     let d = dir.path().display();
     format!(
         r#"
@@ -90,9 +95,16 @@ impl GatewayBuilder {
     pub async fn start(self) -> TestGateway {
         oidc_gateway::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(&dir, &self.upstream, &self.server_extra, &self.upstream_extra);
+        let text = config_text(
+            &dir,
+            &self.upstream,
+            &self.server_extra,
+            &self.upstream_extra,
+        );
         let settings = Arc::new(config::load_str(&text, &[]).expect("test config is valid"));
-        let server = server::start(settings.clone()).await.expect("gateway starts");
+        let server = server::start(settings.clone())
+            .await
+            .expect("gateway starts");
         let cert_pem = std::fs::read(dir.path().join("gateway.crt")).expect("certificate written");
         TestGateway {
             addr: server.https_addr,
@@ -146,9 +158,14 @@ impl TestGateway {
     }
 
     /// A TLS connection to the gateway (SNI localhost).
-    pub async fn tls_connect(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    pub async fn tls_connect(
+        &self,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_client_config(alpn)));
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         connector.connect(name, tcp).await.expect("tls handshake")
     }
@@ -160,7 +177,9 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let handler = Arc::new(handler);
     tokio::spawn(async move {
