@@ -37,6 +37,10 @@ pub struct Config {
     #[serde(default)]
     pub session: SessionConfig,
     #[serde(default)]
+    pub headers: HeadersConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -111,6 +115,23 @@ pub struct OidcConfig {
     pub response_mode: ResponseMode,
     #[serde(default = "default_callback_path")]
     pub callback_path: String,
+    /// Multi-tenant issuers (`/organizations/v2.0`, `/common/v2.0`): the tenants (tid) let in.
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// ID-token signature algorithms accepted. Never `none`, never HMAC.
+    #[serde(default = "default_allowed_algs")]
+    pub allowed_algs: Vec<String>,
+    #[serde(default = "default_clock_skew", deserialize_with = "duration")]
+    pub clock_skew: Duration,
+    /// Timeout of each call to the IdP (discovery, JWKS, token endpoint).
+    #[serde(default = "default_http_timeout", deserialize_with = "duration")]
+    pub http_timeout: Duration,
+    /// How often discovery and JWKS are re-read.
+    #[serde(default = "default_metadata_refresh", deserialize_with = "duration")]
+    pub metadata_refresh: Duration,
+    /// Where the IdP sends the browser after sign-out (must be registered at the IdP).
+    #[serde(default)]
+    pub post_logout_redirect_uri: Option<String>,
 }
 
 // Hand-written so that the client secret can never reach a log line through `{:?}`.
@@ -123,6 +144,12 @@ impl fmt::Debug for OidcConfig {
             .field("scopes", &self.scopes)
             .field("response_mode", &self.response_mode)
             .field("callback_path", &self.callback_path)
+            .field("allowed_tenants", &self.allowed_tenants)
+            .field("allowed_algs", &self.allowed_algs)
+            .field("clock_skew", &self.clock_skew)
+            .field("http_timeout", &self.http_timeout)
+            .field("metadata_refresh", &self.metadata_refresh)
+            .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
             .finish()
     }
 }
@@ -137,6 +164,58 @@ fn default_response_mode() -> ResponseMode {
 }
 fn default_callback_path() -> String {
     "/api/oidc/callback".into()
+}
+fn default_allowed_algs() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_metadata_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Names of the identity headers sent upstream, and what else is passed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    pub user: String,
+    pub email: String,
+    pub preferred_username: String,
+    pub groups: String,
+    /// Send `Authorization: Bearer <access token>` upstream.
+    pub pass_access_token: bool,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig {
+            user: "X-Forwarded-User".into(),
+            email: "X-Forwarded-Email".into(),
+            preferred_username: "X-Forwarded-Preferred-Username".into(),
+            groups: "X-Forwarded-Groups".into(),
+            pass_access_token: false,
+        }
+    }
+}
+
+/// The gateway's own endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Path prefix of sign_in, sign_out, me.
+    pub prefix: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            prefix: "/.gateway".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +261,8 @@ pub struct SessionConfig {
     pub ttl: Duration,
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// Login flows (browser tabs) in progress at once per browser; the oldest is dropped.
+    pub max_login_flows: usize,
 }
 
 impl Default for SessionConfig {
@@ -191,6 +272,7 @@ impl Default for SessionConfig {
             secret_file: None,
             ttl: Duration::from_secs(12 * 3600),
             idle_timeout: Duration::from_secs(3600),
+            max_login_flows: 5,
         }
     }
 }
@@ -201,6 +283,7 @@ impl fmt::Debug for SessionConfig {
             .field("secret", &"<redacted>")
             .field("ttl", &self.ttl)
             .field("idle_timeout", &self.idle_timeout)
+            .field("max_login_flows", &self.max_login_flows)
             .finish()
     }
 }
@@ -582,6 +665,7 @@ impl Validator<'_> {
         }
 
         self.oidc(&mut config.oidc)?;
+        self.headers_and_prefix(&config)?;
         let upstream = self.upstream(&config.upstream)?;
         self.session(&mut config.session)?;
         if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
@@ -713,11 +797,104 @@ impl Validator<'_> {
                 "OpenID Connect needs the openid scope: add it to the list",
             ));
         }
+        const ALLOWED: &[&str] = &[
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+        ];
+        if oidc.allowed_algs.is_empty() {
+            return Err(self.err(
+                "oidc.allowed_algs",
+                "is empty",
+                "list at least one algorithm, normally [\"RS256\"]",
+            ));
+        }
+        for alg in &oidc.allowed_algs {
+            if !ALLOWED.contains(&alg.as_str()) {
+                return Err(self.err(
+                    "oidc.allowed_algs",
+                    format!("{alg:?} is not an accepted signature algorithm"),
+                    format!("use some of {} (never none, never HMAC: a client secret must not sign identities)", ALLOWED.join(", ")),
+                ));
+            }
+        }
+        if oidc.clock_skew > Duration::from_secs(60) {
+            return Err(self.err(
+                "oidc.clock_skew",
+                "is more than 60s",
+                "keep it small: at most \"60s\"",
+            ));
+        }
+        if oidc.http_timeout.is_zero() || oidc.metadata_refresh < Duration::from_secs(60) {
+            return Err(self.err(
+                "oidc.http_timeout",
+                "IdP timeouts must be positive and metadata_refresh at least 60s",
+                "use e.g. http_timeout = \"10s\", metadata_refresh = \"1h\"",
+            ));
+        }
+        let multi_tenant = ["/common/v2.0", "/organizations/v2.0", "/consumers/v2.0"]
+            .iter()
+            .any(|suffix| uri.path().trim_end_matches('/').ends_with(suffix));
+        if multi_tenant && oidc.allowed_tenants.is_empty() {
+            return Err(self.err(
+                "oidc.allowed_tenants",
+                "is empty while oidc.issuer is a multi-tenant authority",
+                "list the Directory (tenant) IDs whose users may sign in, e.g. allowed_tenants = [\"<tenant-id>\"]",
+            ));
+        }
+        if let Some(uri) = &oidc.post_logout_redirect_uri {
+            if !(uri.starts_with("https://")
+                || uri.starts_with("http://localhost")
+                || uri.starts_with("http://127.0.0.1"))
+            {
+                return Err(self.err(
+                    "oidc.post_logout_redirect_uri",
+                    format!("{uri:?} is not an https:// URL"),
+                    "use the https:// URL (registered in Azure) users should land on after sign-out",
+                ));
+            }
+        }
         if !oidc.callback_path.starts_with('/') || oidc.callback_path.starts_with("//") {
             return Err(self.err(
                 "oidc.callback_path",
                 format!("{:?} is not an absolute path", oidc.callback_path),
                 "use a path like \"/api/oidc/callback\"",
+            ));
+        }
+        Ok(())
+    }
+
+    fn headers_and_prefix(&self, config: &Config) -> Result<(), ConfigError> {
+        let h = &config.headers;
+        for (key, name) in [
+            ("headers.user", &h.user),
+            ("headers.email", &h.email),
+            ("headers.preferred_username", &h.preferred_username),
+            ("headers.groups", &h.groups),
+        ] {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
+                return Err(self.err(
+                    key,
+                    format!("{name:?} is not a valid header name"),
+                    "use letters, digits and dashes, e.g. \"X-Forwarded-User\"",
+                ));
+            }
+        }
+        let prefix = &config.gateway.prefix;
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || prefix.ends_with('/')
+            || prefix.contains("//")
+        {
+            return Err(self.err(
+                "gateway.prefix",
+                format!("{prefix:?} is not a path prefix"),
+                "use an absolute path without a trailing slash, e.g. \"/.gateway\"",
+            ));
+        }
+        if config.session.max_login_flows == 0 || config.session.max_login_flows > 20 {
+            return Err(self.err(
+                "session.max_login_flows",
+                "must be between 1 and 20",
+                "the default is 5",
             ));
         }
         Ok(())

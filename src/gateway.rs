@@ -2,24 +2,32 @@
 //! the gateway answers it itself, or it is forwarded upstream.
 //!
 //! ```text
-//!   1. health     GET/HEAD /healthz, /readyz (exact path)   → answer
-//!   2. (sign-in steps slot in here: callback, /.gateway/*, public routes, session)
-//!   3. forward    strip spoofable identity headers          → upstream
+//!   1. health     GET/HEAD /healthz, /readyz (exact path)         → answer
+//!   2. callback   /api/oidc/callback with a state we issued       → finish login, 303
+//!                 … with a state we never issued                  → reject
+//!   3. gateway    /.gateway/{sign_in,sign_out,me}                 → answer
+//!   4. session    live session cookie                             → forward with identity
+//!   5. anonymous  browser navigation → 302 to the IdP; others     → 401 JSON
 //! ```
+//! Before any step, identity headers sent by the client are removed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::health::{self, Readiness};
-use crate::identity;
+use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
 use crate::pages;
 use crate::proxy::{ClientAddress, ForwardContext, Tunnels, Upstream, X_REQUEST_ID};
+use crate::session::cookies::strip_gateway_cookies;
+use crate::session::Session;
 use crate::telemetry::{AccessLogBody, AccessRecord};
 use crate::tls::TlsError;
 use crate::Body;
@@ -28,8 +36,8 @@ use crate::Body;
 pub enum Decision {
     /// The gateway answers by itself.
     Respond(Response<Body>),
-    /// Send it upstream.
-    Forward,
+    /// Send it upstream, with the session's identity when there is one.
+    Forward(Request<Body>, Option<Arc<Session>>),
 }
 
 /// Facts about the connection a request arrived on.
@@ -40,10 +48,19 @@ pub struct ConnectionInfo {
     pub scheme: &'static str,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayInitError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Auth(#[from] AuthInitError),
+}
+
 pub struct Gateway {
     settings: Arc<Settings>,
     readiness: Readiness,
     upstream: Upstream,
+    auth: Auth,
     request_ids: RequestIds,
 }
 
@@ -52,27 +69,39 @@ impl Gateway {
         settings: Arc<Settings>,
         readiness: Readiness,
         tunnels: Tunnels,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, GatewayInitError> {
         let upstream = Upstream::new(&settings, tunnels)?;
+        let auth = Auth::new(settings.clone(), readiness.clone())?;
         Ok(Gateway {
             settings,
             readiness,
             upstream,
+            auth,
             request_ids: RequestIds::new(),
         })
+    }
+
+    /// Starts background work (IdP metadata refresh, session sweeping) until `stop`.
+    pub fn spawn_background(&self, stop: CancellationToken) {
+        self.auth.spawn_background(stop);
     }
 
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
     }
 
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
     /// Runs one request through the pipeline.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         conn: ConnectionInfo,
     ) -> Response<AccessLogBody> {
         let started = Instant::now();
+        let mut request = request.map(crate::boxed_body);
         let client =
             ClientAddress::resolve(conn.peer, request.headers(), &self.settings.trusted_proxies);
         let request_id = self
@@ -83,20 +112,27 @@ impl Gateway {
         let quiet = health::is_health_path(&path);
 
         // Every request, whatever happens next: no client may speak for the gateway.
-        let spoofed = identity::strip_identity_headers(request.headers_mut());
+        let spoofed = self.auth.headers.strip(request.headers_mut());
         if spoofed > 0 {
             tracing::warn!(request_id = ?request_id, client = %client.client_ip, headers = spoofed,
                 "removed identity headers sent by the client");
         }
 
-        let (mut response, upstream_time) = match self.classify(&request) {
+        let wants_html = pages::wants_html(request.headers());
+        let facts = RequestFacts {
+            client: &client,
+            request_id: request_id.to_str().unwrap_or_default(),
+            wants_html,
+        };
+        let (mut response, upstream_time) = match self.classify(request, &facts).await {
             Decision::Respond(response) => (response, None),
-            Decision::Forward => {
+            Decision::Forward(mut request, session) => {
+                self.prepare_upstream_request(&mut request, session.as_deref());
                 let ctx = ForwardContext {
                     request_id: &request_id,
                     client: &client,
                     scheme: conn.scheme,
-                    wants_html: pages::wants_html(request.headers()),
+                    wants_html,
                 };
                 let forwarded = self.upstream.forward(request, &ctx).await;
                 (forwarded.response, forwarded.upstream_time)
@@ -119,13 +155,76 @@ impl Gateway {
     }
 
     /// The decision steps, in order. The first that answers wins.
-    fn classify(&self, request: &Request<Incoming>) -> Decision {
-        if let Some(answer) =
-            health::answer(request.method(), request.uri().path(), &self.readiness)
-        {
+    async fn classify(&self, request: Request<Body>, facts: &RequestFacts<'_>) -> Decision {
+        let path = request.uri().path();
+        if let Some(answer) = health::answer(request.method(), path, &self.readiness) {
             return Decision::Respond(answer);
         }
-        Decision::Forward
+        if path == self.auth.callback_path() {
+            return match self.auth.callback(request, facts).await {
+                CallbackOutcome::Done(response) => Decision::Respond(response),
+                CallbackOutcome::NotOurs(_request) => {
+                    Decision::Respond(self.auth.foreign_callback(facts))
+                }
+            };
+        }
+        if let Some(endpoint) = path
+            .strip_prefix(self.settings.config.gateway.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            return Decision::Respond(
+                self.gateway_endpoint(endpoint, request.uri(), request.headers(), facts)
+                    .await,
+            );
+        }
+        match self.auth.session(request.headers()).await {
+            Some(session) => Decision::Forward(request, Some(session)),
+            None => Decision::Respond(self.auth.unauthenticated(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                facts,
+            )),
+        }
+    }
+
+    async fn gateway_endpoint(
+        &self,
+        endpoint: &str,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        match endpoint {
+            "sign_in" => self.auth.sign_in(uri, headers, facts),
+            "sign_out" => self.auth.sign_out(headers, facts).await,
+            "me" => {
+                let session = self.auth.session(headers).await;
+                self.auth.me(session.as_deref(), facts)
+            }
+            _ => pages::json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "not_found", "message": "no such gateway endpoint", "request_id": facts.request_id}),
+            ),
+        }
+    }
+
+    /// Upstream sees the session's identity and none of the gateway's cookies.
+    fn prepare_upstream_request(&self, request: &mut Request<Body>, session: Option<&Session>) {
+        let headers = request.headers_mut();
+        strip_gateway_cookies(headers);
+        if let Some(session) = session {
+            self.auth.headers.insert(headers, &session.identity);
+            if self.settings.config.headers.pass_access_token {
+                if let Some(value) = session
+                    .access_token
+                    .as_deref()
+                    .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+                {
+                    headers.insert(AUTHORIZATION, value);
+                }
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub const READINESS_PATH: &str = "/readyz";
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     not_ready: Arc<Mutex<BTreeMap<&'static str, String>>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Readiness {
@@ -24,11 +25,31 @@ impl Readiness {
         if let Ok(mut map) = self.not_ready.lock() {
             map.insert(component, reason.into());
         }
+        self.changed.notify_waiters();
     }
 
     pub fn set_ready(&self, component: &'static str) {
         if let Ok(mut map) = self.not_ready.lock() {
             map.remove(component);
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.reasons().is_empty()
+    }
+
+    /// Completes when every component is ready (at once if they are).
+    pub async fn wait_ready(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Register before checking, so a change in between is not missed.
+            changed.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            changed.await;
         }
     }
 

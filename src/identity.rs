@@ -6,7 +6,143 @@
 //! CGI/WSGI, PHP) fold `X_Forwarded_User` into the same variable as
 //! `X-Forwarded-User`, the smuggling vector of oauth2-proxy's advisory.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+
+use crate::config::HeadersConfig;
+
+/// Who a signed-in user is, from the ID token's claims (Entra v2.0 names).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Identity {
+    /// What X-Forwarded-User carries: preferred_username, else email, else sub.
+    pub user: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub preferred_username: Option<String>,
+    pub name: Option<String>,
+    /// Entra object id (stable user id in the tenant).
+    pub oid: Option<String>,
+    /// Entra tenant id.
+    pub tid: Option<String>,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    /// Entra sent an overage marker instead of the group list (more than ~200 groups).
+    pub groups_overage: bool,
+    pub issuer: String,
+}
+
+impl Identity {
+    /// An identity with just a user name (store tests, examples).
+    pub fn for_tests(user: &str) -> Self {
+        Identity {
+            user: user.into(),
+            subject: format!("sub-{user}"),
+            email: None,
+            preferred_username: Some(user.into()),
+            name: None,
+            oid: None,
+            tid: None,
+            groups: Vec::new(),
+            roles: Vec::new(),
+            groups_overage: false,
+            issuer: "https://issuer.invalid".into(),
+        }
+    }
+}
+
+/// The configured names of the identity headers, parsed once.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    user: HeaderName,
+    email: HeaderName,
+    preferred_username: HeaderName,
+    groups: HeaderName,
+    /// Lower-cased configured names, stripped from requests like the defaults.
+    configured: Vec<String>,
+}
+
+impl IdentityHeaders {
+    /// Invalid names were rejected by config validation; fall back to defaults defensively.
+    pub fn new(config: &HeadersConfig) -> Self {
+        let parse = |name: &str, default: &'static str| {
+            HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(default))
+        };
+        let user = parse(&config.user, "x-forwarded-user");
+        let email = parse(&config.email, "x-forwarded-email");
+        let preferred_username =
+            parse(&config.preferred_username, "x-forwarded-preferred-username");
+        let groups = parse(&config.groups, "x-forwarded-groups");
+        let configured = [&user, &email, &preferred_username, &groups]
+            .iter()
+            .map(|n| n.as_str().replace('_', "-"))
+            .collect();
+        IdentityHeaders {
+            user,
+            email,
+            preferred_username,
+            groups,
+            configured,
+        }
+    }
+
+    /// Is `name` one of ours (default or configured, any case, `_` for `-`)?
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        is_identity_header(name) || self.configured.iter().any(|c| same_header(name, c))
+    }
+
+    /// Removes every variant of every identity header; returns how many values went.
+    pub fn strip(&self, headers: &mut HeaderMap) -> usize {
+        let spoofed: Vec<_> = headers
+            .keys()
+            .filter(|name| self.is_identity_header(name.as_str()))
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for name in spoofed {
+            removed += headers.get_all(&name).iter().count();
+            headers.remove(&name);
+        }
+        removed
+    }
+
+    /// Adds the identity headers for `identity` (after [`IdentityHeaders::strip`]).
+    pub fn insert(&self, headers: &mut HeaderMap, identity: &Identity) {
+        let mut put = |name: &HeaderName, value: &str| {
+            if let Some(value) = header_value(value) {
+                headers.insert(name.clone(), value);
+            }
+        };
+        put(&self.user, &identity.user);
+        if let Some(email) = &identity.email {
+            put(&self.email, email);
+        }
+        if let Some(username) = &identity.preferred_username {
+            put(&self.preferred_username, username);
+        }
+        if !identity.groups.is_empty() {
+            put(&self.groups, &identity.groups.join(","));
+        }
+    }
+}
+
+/// A header value from claim text: control characters (CR, LF, NUL, DEL, C1)
+/// and other invisible characters are dropped, so a claim can never split or
+/// forge headers. None when nothing visible is left.
+pub fn header_value(text: &str) -> Option<HeaderValue> {
+    let clean: String = text
+        .chars()
+        .filter(|c| {
+            !c.is_control()
+                && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{FEFF}')
+        })
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return None;
+    }
+    // UTF-8 (names like "Zoë") travels as obs-text bytes, as proxies commonly do.
+    HeaderValue::from_bytes(clean.as_bytes()).ok()
+}
 
 /// Identity headers the gateway sets (and therefore never accepts from a client).
 pub const IDENTITY_HEADERS: &[&str] = &[
@@ -37,22 +173,6 @@ pub fn is_identity_header(name: &str) -> bool {
         .any(|canonical| same_header(name, canonical))
 }
 
-/// Removes every header whose name is a variant of an identity header.
-/// Returns how many were removed (the caller logs spoofing attempts).
-pub fn strip_identity_headers(headers: &mut HeaderMap) -> usize {
-    let spoofed: Vec<_> = headers
-        .keys()
-        .filter(|name| is_identity_header(name.as_str()))
-        .cloned()
-        .collect();
-    let mut removed = 0;
-    for name in spoofed {
-        removed += headers.get_all(&name).iter().count();
-        headers.remove(&name);
-    }
-    removed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,13 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn claim_text_cannot_inject_headers() {
+        assert_eq!(
+            header_value("alice\r\nX-Admin: yes").unwrap(),
+            "aliceX-Admin: yes"
+        );
+        assert_eq!(
+            header_value("Zoë\u{200B}").unwrap().as_bytes(),
+            "Zoë".as_bytes()
+        );
+        assert!(header_value("\u{0}\u{7f}").is_none());
+    }
+
+    #[test]
+    fn configured_names_are_stripped_too() {
+        let mut config = HeadersConfig::default();
+        config.user = "X-Remote-User".into();
+        let headers = IdentityHeaders::new(&config);
+        assert!(headers.is_identity_header("x_remote_user"));
+        assert!(headers.is_identity_header("x-forwarded-user"));
+    }
+
+    #[test]
     fn strip_removes_every_value_of_every_variant() {
+        let headers = IdentityHeaders::new(&HeadersConfig::default());
         let mut h = HeaderMap::new();
         h.append("x-forwarded-user", "a".parse().unwrap());
         h.append("x-forwarded-user", "b".parse().unwrap());
         h.append("x_forwarded_groups", "admins".parse().unwrap());
         h.append("accept", "*/*".parse().unwrap());
-        assert_eq!(strip_identity_headers(&mut h), 3);
+        assert_eq!(headers.strip(&mut h), 3);
         assert_eq!(h.len(), 1);
     }
 }

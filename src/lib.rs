@@ -8,13 +8,16 @@
 
 pub mod config;
 pub mod demo;
+pub mod devidp;
 pub mod gateway;
 pub mod health;
 pub mod healthcheck;
 pub mod identity;
+pub mod oidc;
 pub mod pages;
 pub mod proxy;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 pub mod tls;
 
@@ -38,4 +41,19 @@ pub fn full_body(bytes: impl Into<Bytes>) -> Body {
 /// An empty body.
 pub fn empty_body() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes a streaming body (hyper's `Incoming`, an upstream response) into [`Body`].
+/// A named function rather than an inline `map_err(Into::into)`: the latter
+/// trips higher-ranked lifetime inference inside async blocks.
+pub fn boxed_body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(into_box_error).boxed_unsync()
+}
+
+fn into_box_error<E: Into<BoxError>>(e: E) -> BoxError {
+    e.into()
 }

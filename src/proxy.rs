@@ -13,8 +13,6 @@ use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -121,7 +119,7 @@ impl Upstream {
 
     /// Sends `request` upstream and streams the answer back. Never fails: upstream
     /// problems become 502/504 answers (HTML or JSON as the client prefers).
-    pub async fn forward(&self, request: Request<Incoming>, ctx: &ForwardContext<'_>) -> Forwarded {
+    pub async fn forward(&self, request: Request<Body>, ctx: &ForwardContext<'_>) -> Forwarded {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::detect(&parts);
         let client_upgrade = match upgrade {
@@ -158,7 +156,7 @@ impl Upstream {
         }
 
         let mut method = parts.method;
-        let mut upstream_body: Body = body.map_err(Into::into).boxed_unsync();
+        let mut upstream_body: Body = body;
         match &upgrade {
             Upgrade::None => {}
             Upgrade::Http1 => {
@@ -264,7 +262,7 @@ impl Upstream {
         }
 
         remove_hop_by_hop(response.headers_mut());
-        let response = response.map(|body| body.map_err(Into::into).boxed_unsync());
+        let response = response.map(crate::boxed_body);
         Forwarded {
             response,
             upstream_time: Some(upstream_time),

@@ -33,6 +33,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("configuration error: {0}")]
     Tls(#[from] TlsError),
+    #[error("cannot start: {0}")]
+    Init(String),
     #[error("key `{key}`: cannot listen on {addr}: {source}; choose a free address:port (is another instance running?)")]
     Bind {
         key: &'static str,
@@ -46,7 +48,7 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_) | StartError::Tls(_) => 2,
-            StartError::Bind { .. } => 1,
+            StartError::Bind { .. } | StartError::Init(_) => 1,
         }
     }
 }
@@ -106,12 +108,15 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
 
     let readiness = Readiness::default();
     let tunnels = Tunnels::default();
-    let gateway = Arc::new(Gateway::new(
-        settings.clone(),
-        readiness.clone(),
-        tunnels.clone(),
-    )?);
+    let gateway = Gateway::new(settings.clone(), readiness.clone(), tunnels.clone()).map_err(
+        |e| match e {
+            crate::gateway::GatewayInitError::Tls(e) => StartError::Tls(e),
+            other => StartError::Init(other.to_string()),
+        },
+    )?;
+    let gateway = Arc::new(gateway);
     let stop = CancellationToken::new();
+    gateway.spawn_background(stop.child_token());
     let builder = connection_builder(&settings);
 
     let task = tokio::spawn(run(Listeners {

@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use oidc_gateway::config::{self, Settings};
+use oidc_gateway::devidp::{DevIdp, DevIdpOptions, SigningAlg};
 use oidc_gateway::server::{self, RunningServer};
 use oidc_gateway::Body;
 use tempfile::TempDir;
@@ -21,59 +22,105 @@ use tokio::net::TcpListener;
 
 pub use oidc_gateway::{empty_body, full_body};
 
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const CLIENT_ID: &str = "test-client";
+pub const CLIENT_SECRET: &str = "test-secret";
+pub const USER: &str = "alice@contoso.example";
+
+/// The mock Entra IdP of the tests: RS256 with the fixture keys, auto-login as [`USER`].
+pub fn idp_options() -> DevIdpOptions {
+    DevIdpOptions {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        rsa_keys_pem: vec![
+            include_str!("../fixtures/idp-rsa-1.pem").into(),
+            include_str!("../fixtures/idp-rsa-2.pem").into(),
+            include_str!("../fixtures/idp-rsa-3.pem").into(),
+        ],
+        alg: SigningAlg::Rs256,
+        groups: vec!["0b5e7a3c-admins".into(), "5f1d2e4b-users".into()],
+        auto_login: Some(USER.into()),
+        ..DevIdpOptions::default()
+    }
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub server: RunningServer,
     pub cert_pem: Vec<u8>,
     pub settings: Arc<Settings>,
+    pub idp: DevIdp,
+    /// Cookies of the signed-in test browser (shared by http1() and http2()).
+    pub jar: Arc<reqwest::cookie::Jar>,
     dir: TempDir,
 }
 
-/// Config text for a gateway in `dir` forwarding to `upstream`, plus `extra`
-/// lines appended to the named sections (`[server]` keys go in `server_extra`).
-pub fn config_text(
-    dir: &TempDir,
-    upstream: &str,
-    server_extra: &str,
-    upstream_extra: &str,
-) -> String {
+/// Extra config lines per section; `rest` may hold whole sections.
+#[derive(Default, Clone)]
+pub struct Extra {
+    pub server: String,
+    pub oidc: String,
+    pub upstream: String,
+    pub session: String,
+    pub rest: String,
+}
+
+/// Config text for a gateway in `dir` forwarding to `upstream` and trusting `issuer`.
+pub fn config_text(dir: &TempDir, upstream: &str, issuer: &str, extra: &Extra) -> String {
     let d = dir.path().display();
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
-{server_extra}
+{server}
 [tls]
 cert = "{d}/gateway.crt"
 key = "{d}/gateway.key"
 self_signed = true
 [oidc]
-issuer = "http://127.0.0.1:1/tenant/v2.0"
-client_id = "test-client"
-client_secret = "test-secret"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+{oidc}
 [upstream]
 url = "{upstream}"
 {upstream_extra}
+[session]
+{session}
 [log]
 format = "text"
 level = "warn"
-"#
+{rest}
+"#,
+        server = extra.server,
+        oidc = extra.oidc,
+        upstream_extra = extra.upstream,
+        session = extra.session,
+        rest = extra.rest,
     )
 }
 
 pub struct GatewayBuilder {
     upstream: String,
-    server_extra: String,
-    upstream_extra: String,
+    extra: Extra,
+    idp: DevIdpOptions,
+    sign_in: bool,
 }
 
 pub fn gateway(upstream: SocketAddr) -> GatewayBuilder {
     GatewayBuilder {
         upstream: format!("http://{upstream}"),
-        server_extra: String::new(),
-        upstream_extra: String::new(),
+        extra: Extra::default(),
+        idp: idp_options(),
+        sign_in: true,
     }
+}
+
+fn push_line(target: &mut String, line: &str) {
+    target.push_str(line);
+    target.push('\n');
 }
 
 impl GatewayBuilder {
@@ -82,38 +129,71 @@ impl GatewayBuilder {
         self
     }
     pub fn server(mut self, line: &str) -> Self {
-        self.server_extra.push_str(line);
-        self.server_extra.push('\n');
+        push_line(&mut self.extra.server, line);
         self
     }
     pub fn upstream_option(mut self, line: &str) -> Self {
-        self.upstream_extra.push_str(line);
-        self.upstream_extra.push('\n');
+        push_line(&mut self.extra.upstream, line);
+        self
+    }
+    pub fn oidc(mut self, line: &str) -> Self {
+        push_line(&mut self.extra.oidc, line);
+        self
+    }
+    pub fn session(mut self, line: &str) -> Self {
+        push_line(&mut self.extra.session, line);
+        self
+    }
+    /// Whole extra sections, e.g. "[headers]\npass_access_token = true".
+    pub fn section(mut self, text: &str) -> Self {
+        push_line(&mut self.extra.rest, text);
+        self
+    }
+    pub fn idp(mut self, change: impl FnOnce(&mut DevIdpOptions)) -> Self {
+        change(&mut self.idp);
+        self
+    }
+    /// Start without signing the test browser in.
+    pub fn anonymous(mut self) -> Self {
+        self.sign_in = false;
         self
     }
 
     pub async fn start(self) -> TestGateway {
         oidc_gateway::tls::install_crypto_provider();
+        let idp = DevIdp::start(self.idp).await.expect("mock IdP starts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(
-            &dir,
-            &self.upstream,
-            &self.server_extra,
-            &self.upstream_extra,
-        );
+        let text = config_text(&dir, &self.upstream, &idp.issuer(), &self.extra);
         let settings = Arc::new(config::load_str(&text, &[]).expect("test config is valid"));
         let server = server::start(settings.clone())
             .await
             .expect("gateway starts");
         let cert_pem = std::fs::read(dir.path().join("gateway.crt")).expect("certificate written");
-        TestGateway {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server.readiness.wait_ready(),
+        )
+        .await
+        .expect("gateway becomes ready (IdP metadata loaded)");
+        let gw = TestGateway {
             addr: server.https_addr,
             http_addr: server.http_addr,
             server,
             cert_pem,
             settings,
+            idp,
+            jar: Arc::new(reqwest::cookie::Jar::default()),
             dir,
+        };
+        if self.sign_in {
+            let response = gw.sign_in(&gw.http1(), "/").await;
+            assert_eq!(
+                response.status(),
+                303,
+                "test sign-in ends with 303 to the return path"
+            );
         }
+        gw
     }
 }
 
@@ -133,14 +213,81 @@ impl TestGateway {
             .no_proxy()
     }
 
-    /// An HTTP/1.1-only client.
+    /// An HTTP/1.1-only client of the signed-in test browser.
     pub fn http1(&self) -> reqwest::Client {
-        self.client_builder().http1_only().build().expect("client")
+        self.client_builder()
+            .cookie_provider(self.jar.clone())
+            .http1_only()
+            .build()
+            .expect("client")
     }
 
-    /// A client that negotiates HTTP/2 by ALPN.
+    /// An HTTP/2 (ALPN) client of the signed-in test browser.
     pub fn http2(&self) -> reqwest::Client {
-        self.client_builder().build().expect("client")
+        self.client_builder()
+            .cookie_provider(self.jar.clone())
+            .build()
+            .expect("client")
+    }
+
+    /// A client with its own, empty cookie jar: another browser.
+    pub fn fresh_browser(&self) -> reqwest::Client {
+        self.client_builder()
+            .cookie_provider(Arc::new(reqwest::cookie::Jar::default()))
+            .build()
+            .expect("client")
+    }
+
+    /// The `Cookie` header value of the signed-in test browser.
+    pub fn cookie_header(&self) -> String {
+        use reqwest::cookie::CookieStore;
+        let url: reqwest::Url = self.url("/").parse().expect("url");
+        self.jar
+            .cookies(&url)
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default()
+    }
+
+    /// Just the gateway's session cookie pair, `__Host-oidc-gateway=<id>`.
+    pub fn session_cookie(&self) -> String {
+        self.cookie_header()
+            .split("; ")
+            .find(|pair| pair.starts_with("__Host-oidc-gateway="))
+            .expect("the test browser is signed in")
+            .to_string()
+    }
+
+    /// Walks the login from `<prefix>/sign_in?rd=<return_to>` through the IdP
+    /// and back to the callback; returns the callback's answer (303 on success).
+    pub async fn sign_in(&self, client: &reqwest::Client, return_to: &str) -> reqwest::Response {
+        let start = format!(
+            "{}?rd={}",
+            self.url("/.gateway/sign_in"),
+            urlencode(return_to)
+        );
+        self.follow_login(client, client.get(start).send().await.expect("sign_in"))
+            .await
+    }
+
+    /// Follows a login's redirects (gateway → IdP → callback) until the callback answers.
+    pub async fn follow_login(
+        &self,
+        client: &reqwest::Client,
+        mut response: reqwest::Response,
+    ) -> reqwest::Response {
+        for _ in 0..6 {
+            let at_callback = response.url().path() == "/api/oidc/callback";
+            if at_callback || !response.status().is_redirection() {
+                return response;
+            }
+            let location = response.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_string();
+            let next = response.url().join(&location).expect("redirect target");
+            response = client.get(next).send().await.expect("redirect hop");
+        }
+        panic!("login did not reach the callback");
     }
 
     /// A rustls client config trusting the gateway's certificate, with `alpn`.
@@ -234,6 +381,10 @@ pub fn echoed<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default()
+}
+
+pub fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// A port with nothing listening (bound, then released).

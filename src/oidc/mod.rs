@@ -1,0 +1,908 @@
+//! Sign-in with OpenID Connect (Entra ID first): the authorization-code flow
+//! with PKCE S256, `state` and `nonce`, finished at the callback path; sessions;
+//! sign-out with RP-initiated logout; the `me` endpoint.
+//!
+//! Every function here answers with a complete response: the proxy never sees
+//! OIDC, and OIDC never touches sockets.
+
+pub mod provider;
+pub mod return_to;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ResponseMode, Settings};
+use crate::health::Readiness;
+use crate::identity::IdentityHeaders;
+use crate::pages::{self, escape_html, ErrorPage};
+use crate::proxy::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::session::cookies::{base64url, random_bytes, session_key, CookieCodec, LoginFlow};
+use crate::session::{unix_now, MemoryStore, Session, SessionStore};
+use crate::{empty_body, full_body, Body};
+use provider::Provider;
+use token::TokenPolicy;
+
+/// Largest callback body read (form_post carries code, state, maybe id_token).
+const MAX_CALLBACK_BODY: usize = 64 * 1024;
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Facts about the request the answers depend on.
+pub struct RequestFacts<'a> {
+    pub client: &'a ClientAddress,
+    pub request_id: &'a str,
+    pub wants_html: bool,
+}
+
+/// What the callback step decided.
+pub enum CallbackOutcome {
+    Done(Response<Body>),
+    /// The `state` was not issued by this gateway (or its flow cookie is gone):
+    /// the request is handed back, body intact, for the caller to reject or forward.
+    NotOurs(Request<Body>),
+}
+
+pub struct Auth {
+    settings: Arc<Settings>,
+    pub provider: Arc<Provider>,
+    policy: TokenPolicy,
+    cookies: CookieCodec,
+    store: Arc<dyn SessionStore>,
+    http: reqwest::Client,
+    pub headers: IdentityHeaders,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for the identity provider: {0}")]
+pub struct AuthInitError(String);
+
+impl Auth {
+    pub fn new(settings: Arc<Settings>, readiness: Readiness) -> Result<Self, AuthInitError> {
+        let oidc = &settings.config.oidc;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(oidc.http_timeout)
+            .connect_timeout(oidc.http_timeout)
+            .user_agent(concat!("oidc-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AuthInitError(e.to_string()))?;
+        let secret = match settings.config.session.secret.trim() {
+            "" => None,
+            s => base64::engine::general_purpose::STANDARD.decode(s).ok(),
+        };
+        let cookies = CookieCodec::new(
+            secret.as_deref(),
+            settings.config.session.ttl,
+            oidc.response_mode == ResponseMode::FormPost,
+        );
+        Ok(Auth {
+            provider: Arc::new(Provider::new(&settings, http.clone(), readiness)),
+            policy: TokenPolicy::new(&settings),
+            cookies,
+            store: Arc::new(MemoryStore::new()),
+            http,
+            headers: IdentityHeaders::new(&settings.config.headers),
+            settings,
+        })
+    }
+
+    /// Starts the background work: metadata refresh and the session sweeper.
+    pub fn spawn_background(&self, stop: CancellationToken) {
+        self.provider.spawn_refresher(stop.clone());
+        let store = self.store.clone();
+        let idle = self.settings.config.session.idle_timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        match store.sweep(unix_now(), idle).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::debug!(removed = n, "expired sessions swept"),
+                            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                        }
+                    }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    pub fn callback_path(&self) -> &str {
+        &self.settings.config.oidc.callback_path
+    }
+
+    /// `scheme://host[:port]` the browser used: server.public_url when set, else
+    /// the request's own (X-Forwarded-Proto/-Host only from trusted proxies).
+    /// None when the Host is missing or malformed.
+    pub fn origin(
+        &self,
+        request_uri: &http::Uri,
+        headers: &HeaderMap,
+        client: &ClientAddress,
+    ) -> Option<String> {
+        if let Some(url) = &self.settings.public_url {
+            return Some(url.to_string().trim_end_matches('/').to_string());
+        }
+        let forwarded = |name: &http::HeaderName| {
+            client
+                .peer_trusted
+                .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+        };
+        let scheme = match forwarded(&X_FORWARDED_PROTO).as_deref() {
+            Some("http") => "http",
+            _ => "https",
+        };
+        let host = forwarded(&X_FORWARDED_HOST)
+            .or_else(|| request_uri.authority().map(|a| a.as_str().to_string()))
+            .or_else(|| {
+                headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })?;
+        let authority: http::uri::Authority = host.parse().ok()?;
+        if host.contains('@') || authority.as_str() != host {
+            return None;
+        }
+        Some(format!(
+            "{scheme}://{}",
+            authority.as_str().to_ascii_lowercase()
+        ))
+    }
+
+    /// The live session of this request, if any (touching it for the idle timeout).
+    pub async fn session(&self, headers: &HeaderMap) -> Option<Arc<Session>> {
+        let id = CookieCodec::session_id(headers)?;
+        let key = session_key(&id);
+        let session = match self.store.get(&key).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(error = %e, "session lookup failed");
+                return None;
+            }
+        };
+        let now = unix_now();
+        if !session.is_live(now, self.settings.config.session.idle_timeout.as_secs()) {
+            let _ = self.store.remove(&key).await;
+            return None;
+        }
+        session.touch(now);
+        Some(session)
+    }
+
+    /// Anonymous request: browsers navigating are sent to the IdP; everything
+    /// else (XHR, fetch, API clients, WebSocket) gets 401 JSON with a login URL.
+    pub fn unauthenticated(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let Some(origin) = self.origin(uri, headers, facts.client) else {
+            return bad_host(facts);
+        };
+        let return_to =
+            return_to::sanitize(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        if is_browser_navigation(method, headers) {
+            return self.start_login(headers, &origin, &return_to, facts);
+        }
+        let login_url = format!(
+            "{origin}{}/sign_in?rd={}",
+            self.settings.config.gateway.prefix,
+            url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+        );
+        let mut response = pages::json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({
+                "error": "unauthenticated",
+                "message": "Sign in first: open login_url in a browser.",
+                "login_url": login_url,
+                "request_id": facts.request_id,
+            }),
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Cookie realm=\"oidc-gateway\""),
+        );
+        response
+    }
+
+    /// `/.gateway/sign_in?rd=/path`: start a login explicitly.
+    pub fn sign_in(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let Some(origin) = self.origin(uri, headers, facts.client) else {
+            return bad_host(facts);
+        };
+        let rd = uri
+            .query()
+            .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "rd"))
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| "/".into());
+        self.start_login(headers, &origin, &return_to::sanitize(&rd), facts)
+    }
+
+    /// 302 to the authorization endpoint, with a new flow cookie.
+    fn start_login(
+        &self,
+        headers: &HeaderMap,
+        origin: &str,
+        return_to: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let Some(loaded) = self.provider.current() else {
+            return ErrorPage {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "idp_unavailable",
+                title: "Sign-in is not available right now",
+                detail: "The gateway cannot reach the identity provider yet. Please try again in a minute.",
+                request_id: facts.request_id,
+            }
+            .render(facts.wants_html);
+        };
+        let oidc = &self.settings.config.oidc;
+        let now = unix_now();
+        let flow = LoginFlow {
+            state: base64url(&random_bytes::<32>()),
+            nonce: base64url(&random_bytes::<32>()),
+            pkce_verifier: base64url(&random_bytes::<32>()),
+            return_to: return_to.to_string(),
+            redirect_uri: format!("{origin}{}", oidc.callback_path),
+            created: now,
+        };
+        let challenge = base64url(
+            ring::digest::digest(&ring::digest::SHA256, flow.pkce_verifier.as_bytes()).as_ref(),
+        );
+        let mut url = match url::Url::parse(&loaded.metadata.authorization_endpoint) {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::error!(error = %e, "the authorization_endpoint from discovery is not a URL");
+                return ErrorPage {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "idp_misconfigured",
+                    title: "Sign-in is misconfigured",
+                    detail: "The identity provider's authorization endpoint is not a valid URL.",
+                    request_id: facts.request_id,
+                }
+                .render(facts.wants_html);
+            }
+        };
+        url.query_pairs_mut()
+            .append_pair("client_id", &oidc.client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", &flow.redirect_uri)
+            .append_pair(
+                "response_mode",
+                match oidc.response_mode {
+                    ResponseMode::Query => "query",
+                    ResponseMode::FormPost => "form_post",
+                },
+            )
+            .append_pair("scope", &oidc.scopes.join(" "))
+            .append_pair("state", &flow.state)
+            .append_pair("nonce", &flow.nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+
+        let mut response = redirect(StatusCode::FOUND, url.as_str());
+        let headers_out = response.headers_mut();
+        for evicted in
+            self.cookies
+                .evict_flows(headers, self.settings.config.session.max_login_flows, now)
+        {
+            headers_out.append(SET_COOKIE, evicted);
+        }
+        if let Some(cookie) = self.cookies.set_flow(&flow) {
+            headers_out.append(SET_COOKIE, cookie);
+        }
+        tracing::debug!(request_id = facts.request_id, return_to = %flow.return_to, "login started");
+        response
+    }
+
+    /// The callback: match the state to its flow, exchange the code, validate
+    /// the ID token, create the session, 303 to where the user was going.
+    pub async fn callback(
+        &self,
+        request: Request<Body>,
+        facts: &RequestFacts<'_>,
+    ) -> CallbackOutcome {
+        let (parts, body) = request.into_parts();
+        let (params, body_bytes) = match callback_params(&parts, body).await {
+            Ok(found) => found,
+            Err(page) => return CallbackOutcome::Done(page.render(facts, self)),
+        };
+        let now = unix_now();
+        let flow = params
+            .get("state")
+            .and_then(|state| self.cookies.read_flow(&parts.headers, state, now));
+        let Some(flow) = flow else {
+            let request = Request::from_parts(parts, full_body(body_bytes));
+            return CallbackOutcome::NotOurs(request);
+        };
+        let mut response = self
+            .finish_login(&parts.headers, &params, &flow, facts)
+            .await;
+        if let Some(clear) = self.cookies.clear_flow(&flow.state) {
+            response.headers_mut().append(SET_COOKIE, clear);
+        }
+        CallbackOutcome::Done(response)
+    }
+
+    /// The answer for a callback whose state this gateway never issued (login
+    /// CSRF, a replayed or expired response, cookies blocked).
+    pub fn foreign_callback(&self, facts: &RequestFacts<'_>) -> Response<Body> {
+        tracing::warn!(
+            request_id = facts.request_id,
+            client = %facts.client.client_ip,
+            "callback rejected: its state belongs to no login started in this browser (forged, replayed or expired)"
+        );
+        self.login_error_page(
+            StatusCode::BAD_REQUEST,
+            "login_state_mismatch",
+            "This sign-in link is not valid here",
+            "The sign-in response does not belong to a sign-in started in this browser, or it expired. Start again.",
+            "/",
+            None,
+            facts,
+        )
+    }
+
+    async fn finish_login(
+        &self,
+        headers: &HeaderMap,
+        params: &std::collections::HashMap<String, String>,
+        flow: &LoginFlow,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        if let Some(error) = params.get("error") {
+            let description = params
+                .get("error_description")
+                .map(String::as_str)
+                .unwrap_or("");
+            tracing::warn!(request_id = facts.request_id, idp_error = %error, description = %description, "the identity provider refused the sign-in");
+            return self.idp_error_page(error, description, flow, facts);
+        }
+        let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
+            return self.login_error_page(
+                StatusCode::BAD_REQUEST,
+                "missing_code",
+                "Sign-in did not complete",
+                "The identity provider's answer carries no authorization code.",
+                &flow.return_to,
+                None,
+                facts,
+            );
+        };
+        let tokens = match self.exchange_code(code, flow).await {
+            Ok(tokens) => tokens,
+            Err(failure) => return failure.page(self, flow, facts),
+        };
+        let identity = match self
+            .policy
+            .validate(&self.provider, &tokens.id_token, Some(&flow.nonce))
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(request_id = facts.request_id, reason = %e, "ID token rejected");
+                return self.login_error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "invalid_id_token",
+                    "Sign-in could not be verified",
+                    "The identity provider's answer did not pass the gateway's checks. Try again; if it keeps happening, tell the administrator (the gateway's log names the reason).",
+                    &flow.return_to,
+                    None,
+                    facts,
+                );
+            }
+        };
+
+        // Sign-in replaces any previous session of this browser.
+        if let Some(old) = CookieCodec::session_id(headers) {
+            let _ = self.store.remove(&session_key(&old)).await;
+        }
+        let (id, key) = CookieCodec::new_session_id();
+        let now = unix_now();
+        let mut session = Session::new(identity, self.settings.config.session.ttl.as_secs(), now);
+        session.id_token = Some(tokens.id_token.into());
+        session.refresh_token = tokens.refresh_token.map(Into::into);
+        session.access_token = tokens.access_token.map(Into::into);
+        tracing::info!(
+            request_id = facts.request_id,
+            user = %session.identity.user,
+            tid = ?session.identity.tid,
+            "signed in"
+        );
+        if let Err(e) = self.store.insert(key, session).await {
+            tracing::error!(request_id = facts.request_id, error = %e, "cannot store the session");
+            return self.login_error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_store",
+                "Sign-in could not be completed",
+                "The gateway could not save your session. Try again.",
+                &flow.return_to,
+                None,
+                facts,
+            );
+        }
+        let mut response = redirect(StatusCode::SEE_OTHER, &flow.return_to);
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.cookies.set_session(&id));
+        response
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        flow: &LoginFlow,
+    ) -> Result<TokenResponse, ExchangeFailure> {
+        let loaded = self
+            .provider
+            .current()
+            .ok_or(ExchangeFailure::Unreachable("metadata not loaded".into()))?;
+        let oidc = &self.settings.config.oidc;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", flow.redirect_uri.as_str()),
+            ("code_verifier", flow.pkce_verifier.as_str()),
+            ("client_id", oidc.client_id.as_str()),
+        ];
+        let mut request = self.http.post(&loaded.metadata.token_endpoint);
+        if loaded.metadata.prefers_client_secret_post() {
+            form.push(("client_secret", oidc.client_secret.as_str()));
+        } else {
+            // RFC 6749 §2.3.1: form-urlencode id and secret before Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(&oidc.client_id),
+                enc(&oidc.client_secret)
+            ));
+            request = request.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
+        }
+        let response = request
+            .header(http::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ExchangeFailure::Timeout
+                } else {
+                    ExchangeFailure::Unreachable(crate::proxy::error_chain(&e))
+                }
+            })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ExchangeFailure::Unreachable(crate::proxy::error_chain(&e)))?;
+        if !status.is_success() {
+            let error: Option<IdpError> = serde_json::from_slice(&body).ok();
+            return Err(ExchangeFailure::Refused {
+                status: status.as_u16(),
+                error: error.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
+                description: error.and_then(|e| e.error_description).unwrap_or_default(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ExchangeFailure::Invalid(e.to_string()))
+    }
+
+    /// `/.gateway/sign_out`: forget the session here, clear the cookie, then end
+    /// the session at the IdP (RP-initiated logout) when it offers that.
+    pub async fn sign_out(&self, headers: &HeaderMap, facts: &RequestFacts<'_>) -> Response<Body> {
+        let mut id_token = None;
+        if let Some(id) = CookieCodec::session_id(headers) {
+            let key = session_key(&id);
+            if let Ok(Some(session)) = self.store.get(&key).await {
+                tracing::info!(request_id = facts.request_id, user = %session.identity.user, "signed out");
+                id_token = session.id_token.clone();
+            }
+            let _ = self.store.remove(&key).await;
+        }
+        let end_session = self
+            .provider
+            .current()
+            .and_then(|l| l.metadata.end_session_endpoint.clone())
+            .and_then(|e| url::Url::parse(&e).ok());
+        let mut response = match end_session {
+            Some(mut url) => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    query.append_pair("client_id", &self.settings.config.oidc.client_id);
+                    if let Some(hint) = &id_token {
+                        query.append_pair("id_token_hint", hint);
+                    }
+                    if let Some(after) = &self.settings.config.oidc.post_logout_redirect_uri {
+                        query.append_pair("post_logout_redirect_uri", after);
+                    }
+                }
+                redirect(StatusCode::FOUND, url.as_str())
+            }
+            None if facts.wants_html => html(
+                StatusCode::OK,
+                &simple_page(
+                    "Signed out",
+                    "You have been signed out.",
+                    "/",
+                    "Sign in again",
+                ),
+            ),
+            None => pages::json(StatusCode::OK, &serde_json::json!({"signed_out": true})),
+        };
+        response
+            .headers_mut()
+            .append(SET_COOKIE, self.cookies.clear_session());
+        response
+    }
+
+    /// `/.gateway/me`: the identity of the current session, 401 without one.
+    pub fn me(&self, session: Option<&Session>, facts: &RequestFacts<'_>) -> Response<Body> {
+        match session {
+            Some(s) => pages::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "user": s.identity.user,
+                    "email": s.identity.email,
+                    "preferred_username": s.identity.preferred_username,
+                    "name": s.identity.name,
+                    "subject": s.identity.subject,
+                    "oid": s.identity.oid,
+                    "tid": s.identity.tid,
+                    "groups": s.identity.groups,
+                    "roles": s.identity.roles,
+                    "issuer": s.identity.issuer,
+                    "expires_at": s.expires_at,
+                }),
+            ),
+            None => pages::json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "unauthenticated", "request_id": facts.request_id}),
+            ),
+        }
+    }
+
+    fn sign_in_url(&self, return_to: &str) -> String {
+        format!(
+            "{}/sign_in?rd={}",
+            self.settings.config.gateway.prefix,
+            url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn login_error_page(
+        &self,
+        status: StatusCode,
+        code: &str,
+        title: &str,
+        detail: &str,
+        return_to: &str,
+        extra_html: Option<String>,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let retry = self.sign_in_url(return_to);
+        if !facts.wants_html {
+            return pages::json(
+                status,
+                &serde_json::json!({"error": code, "message": detail, "login_url": retry, "request_id": facts.request_id}),
+            );
+        }
+        let body = format!(
+            "<p>{}</p>{}<p><a href=\"{}\">Try again</a></p><p class=\"meta\">Error {} &middot; request id {}</p>",
+            escape_html(detail),
+            extra_html.unwrap_or_default(),
+            escape_html(&retry),
+            status.as_u16(),
+            escape_html(facts.request_id)
+        );
+        html(status, &page(title, &body))
+    }
+
+    fn idp_error_page(
+        &self,
+        error: &str,
+        description: &str,
+        flow: &LoginFlow,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let (status, title) = match error {
+            "access_denied" => (StatusCode::FORBIDDEN, "Sign-in was cancelled or denied"),
+            "temporarily_unavailable" | "server_error" => (
+                StatusCode::BAD_GATEWAY,
+                "The identity provider had a problem",
+            ),
+            _ => (StatusCode::BAD_REQUEST, "Sign-in failed"),
+        };
+        let extra = redirect_uri_hint(description, &flow.redirect_uri);
+        let detail = if description.is_empty() {
+            format!("The identity provider answered: {error}.")
+        } else {
+            format!("The identity provider answered: {error}: {description}")
+        };
+        self.login_error_page(status, error, title, &detail, &flow.return_to, extra, facts)
+    }
+}
+
+/// Why the code exchange failed, each with its answer.
+enum ExchangeFailure {
+    Timeout,
+    Unreachable(String),
+    Refused {
+        status: u16,
+        error: String,
+        description: String,
+    },
+    Invalid(String),
+}
+
+impl ExchangeFailure {
+    fn page(self, auth: &Auth, flow: &LoginFlow, facts: &RequestFacts<'_>) -> Response<Body> {
+        match self {
+            ExchangeFailure::Timeout => {
+                tracing::warn!(
+                    request_id = facts.request_id,
+                    "token endpoint did not answer in time"
+                );
+                auth.login_error_page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "token_endpoint_timeout",
+                    "Sign-in timed out",
+                    "The identity provider did not answer in time. Try again.",
+                    &flow.return_to,
+                    None,
+                    facts,
+                )
+            }
+            ExchangeFailure::Unreachable(reason) => {
+                tracing::warn!(request_id = facts.request_id, reason = %reason, "token endpoint unreachable");
+                auth.login_error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "token_endpoint_unreachable",
+                    "Sign-in is not available right now",
+                    "The identity provider could not be reached. Try again.",
+                    &flow.return_to,
+                    None,
+                    facts,
+                )
+            }
+            ExchangeFailure::Refused {
+                status,
+                error,
+                description,
+            } => {
+                tracing::warn!(request_id = facts.request_id, status, idp_error = %error, description = %description, "token endpoint refused the code");
+                if status >= 500 {
+                    return auth.login_error_page(
+                        StatusCode::BAD_GATEWAY,
+                        "token_endpoint_error",
+                        "The identity provider had a problem",
+                        "The identity provider failed to issue a token. Try again.",
+                        &flow.return_to,
+                        None,
+                        facts,
+                    );
+                }
+                auth.idp_error_page(
+                    if error.is_empty() {
+                        "invalid_grant"
+                    } else {
+                        &error
+                    },
+                    &description,
+                    flow,
+                    facts,
+                )
+            }
+            ExchangeFailure::Invalid(reason) => {
+                tracing::warn!(request_id = facts.request_id, reason = %reason, "token endpoint answer unreadable");
+                auth.login_error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "token_response_invalid",
+                    "Sign-in could not be completed",
+                    "The identity provider's answer could not be read. Try again.",
+                    &flow.return_to,
+                    None,
+                    facts,
+                )
+            }
+        }
+    }
+}
+
+/// Entra's AADSTS50011 (and the generic redirect_uri errors): show the exact
+/// callback URL the operator must register.
+fn redirect_uri_hint(description: &str, redirect_uri: &str) -> Option<String> {
+    let lower = description.to_ascii_lowercase();
+    (description.contains("AADSTS50011") || lower.contains("redirect_uri") || lower.contains("reply url")).then(|| {
+        format!(
+            "<p>The redirect URI sent was <code>{0}</code>. Register exactly this URL in Azure: App registrations &rarr; your app &rarr; Authentication &rarr; Web &rarr; Redirect URIs.</p>",
+            escape_html(redirect_uri)
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: String,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdpError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// A callback that could not even be read.
+struct BadCallback(&'static str);
+
+impl BadCallback {
+    fn render(self, facts: &RequestFacts<'_>, auth: &Auth) -> Response<Body> {
+        auth.login_error_page(
+            StatusCode::BAD_REQUEST,
+            "bad_callback",
+            "Sign-in did not complete",
+            self.0,
+            "/",
+            None,
+            facts,
+        )
+    }
+}
+
+/// Parameters of a callback: from the query (GET, response_mode=query) or the
+/// form body (POST, response_mode=form_post). Also returns the body read.
+async fn callback_params(
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<(std::collections::HashMap<String, String>, Bytes), BadCallback> {
+    let mut params: std::collections::HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut body_bytes = Bytes::new();
+    if parts.method == Method::POST {
+        body_bytes = read_limited(body, MAX_CALLBACK_BODY)
+            .await
+            .ok_or(BadCallback(
+                "The sign-in response is too large or was cut off.",
+            ))?;
+        let is_form = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        if is_form {
+            params.extend(url::form_urlencoded::parse(&body_bytes).into_owned());
+        }
+    } else if parts.method != Method::GET && parts.method != Method::HEAD {
+        return Err(BadCallback(
+            "The sign-in response must arrive by GET or POST.",
+        ));
+    }
+    Ok((params, body_bytes))
+}
+
+/// The whole body, or None when it fails or exceeds `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Option<Bytes> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buffer.len() + data.len() > limit {
+                return None;
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Some(buffer.freeze())
+}
+
+/// A top-level browser navigation (may be redirected to a login page), as
+/// opposed to XHR/fetch, API clients and WebSocket handshakes.
+pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    if headers.contains_key(http::header::UPGRADE) {
+        return false;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(mode) = header("sec-fetch-mode") {
+        return mode.eq_ignore_ascii_case("navigate")
+            && header("sec-fetch-dest")
+                .is_none_or(|d| matches!(d, "document" | "iframe" | "frame" | "empty"));
+    }
+    pages::wants_html(headers)
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(empty_body());
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn html(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response = Response::new(full_body(text.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn page(title: &str, body_html: &str) -> String {
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}}p.meta{{color:#777;font-size:.85rem}}a{{color:#0067b8}}code{{background:#f3f3f3;padding:.1rem .3rem}}</style></head>
+<body><h1>{title}</h1>{body_html}</body></html>
+"#,
+        title = escape_html(title)
+    )
+}
+
+fn simple_page(title: &str, text: &str, link: &str, link_text: &str) -> String {
+    page(
+        title,
+        &format!(
+            "<p>{}</p><p><a href=\"{}\">{}</a></p>",
+            escape_html(text),
+            escape_html(link),
+            escape_html(link_text)
+        ),
+    )
+}
+
+fn bad_host(facts: &RequestFacts<'_>) -> Response<Body> {
+    ErrorPage {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_host",
+        title: "Bad request",
+        detail: "The request's Host header is missing or malformed.",
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html)
+}

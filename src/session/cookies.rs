@@ -1,0 +1,337 @@
+//! The gateway's cookies.
+//!
+//! - Session: `__Host-oidc-gateway` = an opaque 256-bit random id (base64url);
+//!   `Secure; HttpOnly; SameSite=Lax; Path=/`. The store keeps SHA-256(id).
+//! - Login flows: `__Host-oidc-gateway-flow-<state prefix>`, one per login in
+//!   progress (several tabs may log in at once), holding state, nonce and PKCE
+//!   verifier encrypted and authenticated (AES-256-GCM, `cookie`'s private jar,
+//!   the cookie name bound as associated data), valid 10 minutes. The number of
+//!   flow cookies is capped; the oldest are dropped.
+//!
+//! Every gateway cookie is removed from the `Cookie` header sent upstream.
+
+use std::time::Duration;
+
+use base64::Engine;
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::SessionKey;
+
+pub const SESSION_COOKIE: &str = "__Host-oidc-gateway";
+pub const FLOW_COOKIE_PREFIX: &str = "__Host-oidc-gateway-flow-";
+/// Every cookie whose name starts with this belongs to the gateway.
+const GATEWAY_COOKIE_PREFIX: &str = "__Host-oidc-gateway";
+/// How long a login may take from redirect to callback.
+pub const FLOW_LIFETIME: Duration = Duration::from_secs(600);
+const FLOW_NAME_CHARS: usize = 16;
+
+/// A login in progress, carried by the browser between the redirect to the IdP
+/// and the callback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoginFlow {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    /// Same-origin path (+ query) to return to after login.
+    pub return_to: String,
+    /// The redirect_uri sent to the IdP (must be repeated at the token endpoint).
+    pub redirect_uri: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+pub struct CookieCodec {
+    key: Key,
+    session_ttl: Duration,
+    /// form_post callbacks are cross-site POSTs: Lax cookies would not be sent.
+    flow_same_site: SameSite,
+}
+
+impl CookieCodec {
+    /// `secret`: the configured session secret (≥ 32 bytes), or None for a random key.
+    pub fn new(secret: Option<&[u8]>, session_ttl: Duration, form_post: bool) -> Self {
+        let key = match secret {
+            Some(bytes) if bytes.len() >= 32 => Key::derive_from(bytes),
+            _ => Key::generate(),
+        };
+        CookieCodec {
+            key,
+            session_ttl,
+            flow_same_site: if form_post {
+                SameSite::None
+            } else {
+                SameSite::Lax
+            },
+        }
+    }
+
+    /// A fresh session id and the key the store files it under.
+    pub fn new_session_id() -> (String, SessionKey) {
+        let id = base64url(&random_bytes::<32>());
+        let key = session_key(&id);
+        (id, key)
+    }
+
+    /// The session id from the request's cookies, if there is one.
+    pub fn session_id(headers: &HeaderMap) -> Option<String> {
+        request_cookies(headers)
+            .find(|c| c.name() == SESSION_COOKIE)
+            .map(|c| c.value().to_string())
+            .filter(|v| v.len() == 43)
+    }
+
+    pub fn set_session(&self, id: &str) -> HeaderValue {
+        let cookie = Cookie::build((SESSION_COOKIE, id.to_string()))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(
+                self.session_ttl.as_secs() as i64
+            ));
+        set_cookie_value(&cookie.build())
+    }
+
+    pub fn clear_session(&self) -> HeaderValue {
+        clear(SESSION_COOKIE, SameSite::Lax)
+    }
+
+    fn flow_cookie_name(state: &str) -> Option<String> {
+        let prefix: String = state.chars().take(FLOW_NAME_CHARS).collect();
+        let usable = prefix.len() == FLOW_NAME_CHARS
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        usable.then(|| format!("{FLOW_COOKIE_PREFIX}{prefix}"))
+    }
+
+    /// The Set-Cookie value that stores `flow` in the browser.
+    pub fn set_flow(&self, flow: &LoginFlow) -> Option<HeaderValue> {
+        let name = Self::flow_cookie_name(&flow.state)?;
+        let json = serde_json::to_string(flow).ok()?;
+        let mut jar = CookieJar::new();
+        jar.private_mut(&self.key)
+            .add(Cookie::new(name.clone(), json));
+        let sealed = jar.get(&name)?.value().to_string();
+        let cookie = Cookie::build((name, sealed))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .same_site(self.flow_same_site)
+            .max_age(cookie::time::Duration::seconds(
+                FLOW_LIFETIME.as_secs() as i64
+            ));
+        Some(set_cookie_value(&cookie.build()))
+    }
+
+    /// The flow for `state`, when the browser holds its cookie, it decrypts, it
+    /// is that very state and it has not expired.
+    pub fn read_flow(&self, headers: &HeaderMap, state: &str, now: u64) -> Option<LoginFlow> {
+        let name = Self::flow_cookie_name(state)?;
+        let sealed = request_cookies(headers).find(|c| c.name() == name)?;
+        let flow = self.open_flow(&name, sealed.value())?;
+        let fresh = now.saturating_sub(flow.created) <= FLOW_LIFETIME.as_secs();
+        (flow.state == state && fresh).then_some(flow)
+    }
+
+    fn open_flow(&self, name: &str, sealed: &str) -> Option<LoginFlow> {
+        let mut jar = CookieJar::new();
+        jar.add_original(Cookie::new(name.to_string(), sealed.to_string()));
+        let opened = jar.private(&self.key).get(name)?;
+        serde_json::from_str(opened.value()).ok()
+    }
+
+    pub fn clear_flow(&self, state: &str) -> Option<HeaderValue> {
+        Self::flow_cookie_name(state).map(|name| clear(&name, self.flow_same_site))
+    }
+
+    /// Clearing cookies for the oldest flows so that, with the one about to be
+    /// added, at most `max` remain. Undecryptable or expired flow cookies go too.
+    pub fn evict_flows(&self, headers: &HeaderMap, max: usize, now: u64) -> Vec<HeaderValue> {
+        let mut live = Vec::new();
+        let mut evict = Vec::new();
+        for cookie in request_cookies(headers).filter(|c| c.name().starts_with(FLOW_COOKIE_PREFIX))
+        {
+            match self.open_flow(cookie.name(), cookie.value()) {
+                Some(flow) if now.saturating_sub(flow.created) <= FLOW_LIFETIME.as_secs() => {
+                    live.push((flow.created, cookie.name().to_string()))
+                }
+                _ => evict.push(cookie.name().to_string()),
+            }
+        }
+        live.sort();
+        let excess = (live.len() + 1).saturating_sub(max);
+        evict.extend(live.into_iter().take(excess).map(|(_, name)| name));
+        evict
+            .iter()
+            .map(|name| clear(name, self.flow_same_site))
+            .collect()
+    }
+}
+
+/// SHA-256 of a session id: what the store is keyed by.
+pub fn session_key(id: &str) -> SessionKey {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// Removes the gateway's cookies from the `Cookie` header(s), keeping the
+/// others byte for byte. The header goes away when nothing else is left.
+pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(GATEWAY_COOKIE_PREFIX.len())
+            .any(|w| w == GATEWAY_COOKIE_PREFIX.as_bytes())
+    }) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !pair.starts_with(GATEWAY_COOKIE_PREFIX))
+        .map(str::to_string)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(COOKIE, value);
+        }
+    }
+}
+
+fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+}
+
+fn clear(name: &str, same_site: SameSite) -> HeaderValue {
+    let cookie = Cookie::build((name.to_string(), ""))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(same_site)
+        .max_age(cookie::time::Duration::ZERO);
+    set_cookie_value(&cookie.build())
+}
+
+fn set_cookie_value(cookie: &Cookie<'_>) -> HeaderValue {
+    // Names and values here are base64url/JSON-free ASCII: always a valid header.
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// `N` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // The OS RNG failing is not survivable for a security gateway.
+        tracing::error!("the operating system's random number generator failed");
+        std::process::abort();
+    }
+    bytes
+}
+
+pub fn base64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> CookieCodec {
+        CookieCodec::new(Some(&[9u8; 32]), Duration::from_secs(3600), false)
+    }
+
+    fn flow(state: &str, created: u64) -> LoginFlow {
+        LoginFlow {
+            state: state.into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            return_to: "/x".into(),
+            redirect_uri: "https://localhost/api/oidc/callback".into(),
+            created,
+        }
+    }
+
+    fn request_with(set_cookies: &[HeaderValue]) -> HeaderMap {
+        let pairs: Vec<String> = set_cookies
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, pairs.join("; ").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn flow_cookie_round_trips_and_is_bound_to_its_state() {
+        let c = codec();
+        let state = base64url(&random_bytes::<32>());
+        let set = c.set_flow(&flow(&state, 1000)).unwrap();
+        let text = set.to_str().unwrap();
+        assert!(
+            text.contains("Secure") && text.contains("HttpOnly") && text.contains("SameSite=Lax")
+        );
+        assert!(
+            !text.contains(&state[FLOW_NAME_CHARS..]),
+            "the state must not be readable in the cookie"
+        );
+        let headers = request_with(&[set]);
+        assert_eq!(c.read_flow(&headers, &state, 1001).unwrap().state, state);
+        // Expired, other state, other key: nothing.
+        assert!(c.read_flow(&headers, &state, 1000 + 601).is_none());
+        let mut other = state.clone();
+        other.push('x');
+        assert!(c.read_flow(&headers, &other, 1001).is_none());
+        let other_key = CookieCodec::new(Some(&[1u8; 32]), Duration::from_secs(1), false);
+        assert!(other_key.read_flow(&headers, &state, 1001).is_none());
+    }
+
+    #[test]
+    fn oldest_flows_are_evicted_beyond_the_cap() {
+        let c = codec();
+        let states: Vec<String> = (0..4).map(|_| base64url(&random_bytes::<32>())).collect();
+        let sets: Vec<HeaderValue> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| c.set_flow(&flow(s, 1000 + i as u64)).unwrap())
+            .collect();
+        let headers = request_with(&sets);
+        let evicted = c.evict_flows(&headers, 3, 1010);
+        assert_eq!(evicted.len(), 2, "4 present + 1 new, cap 3: two oldest go");
+        let names: Vec<String> = evicted
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert!(names[0].contains(&states[0][..FLOW_NAME_CHARS]));
+        assert!(names[1].contains(&states[1][..FLOW_NAME_CHARS]));
+    }
+
+    #[test]
+    fn gateway_cookies_are_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            "a=1; __Host-oidc-gateway=secret; b=2".parse().unwrap(),
+        );
+        h.append(COOKIE, "__Host-oidc-gateway-flow-abc=x".parse().unwrap());
+        strip_gateway_cookies(&mut h);
+        assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(COOKIE, "__Host-oidc-gateway=secret".parse().unwrap());
+        strip_gateway_cookies(&mut only_ours);
+        assert!(only_ours.get(COOKIE).is_none());
+    }
+}
