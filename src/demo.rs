@@ -1,6 +1,8 @@
-//! `oidc-gateway demo`: the gateway in front of a built-in demo console page that
-//! shows what the gateway sends upstream (identity and forwarding headers).
-//! Loopback only, never for production.
+//! `oidc-gateway demo`: the whole flow on one machine without an Azure tenant.
+//! The real gateway on https://localhost:8443, in front of a demo console page
+//! that shows what the gateway sends upstream (identity and forwarding headers),
+//! with the built-in development identity provider (`devidp`) standing in for
+//! Microsoft. Loopback only, never for production.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,11 +16,34 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::config::{self, ConfigError, Settings};
+use crate::devidp::{DevIdp, DevIdpOptions, SigningAlg};
 use crate::pages::escape_html;
+use crate::session::cookies::{base64url, random_bytes};
 use crate::{full_body, Body};
 
-/// Configuration of the demo gateway around an upstream at `upstream`.
-pub fn demo_settings(upstream: SocketAddr, listen: &str) -> Result<Settings, ConfigError> {
+/// The development IdP's options for the demo: ES256 (ring generates the keys),
+/// a form where any user name signs in, two example groups.
+pub fn demo_idp_options() -> DevIdpOptions {
+    DevIdpOptions {
+        client_id: "oidc-gateway-demo".into(),
+        client_secret: base64url(&random_bytes::<24>()),
+        alg: SigningAlg::Es256,
+        groups: vec![
+            "6f1c1a52-0000-4000-8000-0000000000ad".into(),
+            "9b2d3e41-0000-4000-8000-00000000005e".into(),
+        ],
+        ..DevIdpOptions::default()
+    }
+}
+
+/// Configuration of the demo gateway: the upstream at `upstream`, the IdP `idp`.
+pub fn demo_settings(
+    upstream: SocketAddr,
+    idp: &DevIdp,
+    listen: &str,
+) -> Result<Settings, ConfigError> {
+    let options = idp.options();
+    let port = listen.rsplit(':').next().unwrap_or("8443");
     let toml = format!(
         r#"
 [server]
@@ -28,15 +53,20 @@ cert = "certs/demo-gateway.crt"
 key = "certs/demo-gateway.key"
 self_signed = true
 [oidc]
-# The demo has no identity provider yet: login arrives with the sign-in feature.
-issuer = "http://127.0.0.1/demo-idp/v2.0"
-client_id = "oidc-gateway-demo"
-client_secret = "demo-only-secret"
+issuer = "{issuer}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+# The development IdP signs with ES256 (Entra uses RS256, the default).
+allowed_algs = ["ES256"]
+post_logout_redirect_uri = "https://localhost:{port}/"
 [upstream]
 url = "http://{upstream}"
 [log]
 format = "text"
-"#
+"#,
+        issuer = idp.issuer(),
+        client_id = options.client_id,
+        client_secret = options.client_secret,
     );
     config::load_str(&toml, &[])
 }
@@ -84,8 +114,17 @@ fn demo_page(request: &Request<Incoming>) -> Response<Body> {
 table{{border-collapse:collapse;width:100%}}td{{border-bottom:1px solid #ddd;padding:.3rem;font-family:monospace;word-break:break-all}}
 tr.gw{{background:#eef6ff}}.banner{{background:#fff3cd;padding:.5rem 1rem;border-radius:4px}}</style></head>
 <body><p class="banner">Demo console behind oidc-gateway. Not for production.</p>
-<h1>Request received by the upstream</h1><p><code>{method} {uri}</code></p>
+<h1>Hello, {user}</h1><p>This page is the upstream. It received <code>{method} {uri}</code> with the headers below;
+the highlighted ones were set by the gateway. <a href="/.gateway/me">/.gateway/me</a> &middot;
+<a href="/.gateway/sign_out">Sign out</a></p>
 <table>{rows}</table></body></html>"#,
+        user = escape_html(
+            request
+                .headers()
+                .get("x-forwarded-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(no identity)")
+        ),
         method = escape_html(request.method().as_str()),
         uri = escape_html(&request.uri().to_string()),
     );

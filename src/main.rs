@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use oidc_gateway::config::{self, ConfigSource, Settings};
-use oidc_gateway::{demo, healthcheck, server, telemetry, tls};
+use oidc_gateway::{demo, devidp, healthcheck, server, telemetry, tls};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 Err(code) => code,
             },
             Command::Check => match load(cli.config) {
-                Ok(settings) => check(&settings),
+                Ok(settings) => check(&settings).await,
                 Err(code) => code,
             },
             Command::Healthcheck { ready, timeout } => match load(cli.config) {
@@ -148,7 +148,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn check(settings: &Settings) -> ExitCode {
+async fn check(settings: &Settings) -> ExitCode {
     println!("configuration is valid\n");
     for (key, value) in config::summary(settings) {
         println!("  {key:<24} {value}");
@@ -175,16 +175,107 @@ fn check(settings: &Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let origin = settings
-        .public_url
-        .as_ref()
-        .map(|u| u.to_string().trim_end_matches('/').to_string())
-        .unwrap_or_else(|| format!("https://<host>:{}", settings.listen.port()));
-    println!(
-        "Redirect URI to register in Azure: {origin}{}",
-        settings.config.oidc.callback_path
-    );
-    ExitCode::SUCCESS
+    let callback = &settings.config.oidc.callback_path;
+    println!("\nRedirect URI(s) to register in Azure (Authentication → Web → Redirect URIs):");
+    match &settings.public_url {
+        Some(url) => println!("  {}{callback}", url.to_string().trim_end_matches('/')),
+        None => {
+            let port = settings.listen.port();
+            let port = if port == 443 {
+                String::new()
+            } else {
+                format!(":{port}")
+            };
+            println!("  https://<the host name users type>{port}{callback}   (set server.public_url to fix it)");
+            println!("  https://localhost{port}{callback}   (when opened on this machine)");
+        }
+    }
+    check_identity_provider(settings).await
+}
+
+/// Reads the IdP's discovery document and keys the way the gateway will.
+async fn check_identity_provider(settings: &Settings) -> ExitCode {
+    use oidc_gateway::oidc::{idp_http_client, provider::Provider};
+    let http = match idp_http_client(settings) {
+        Ok(http) => http,
+        Err(e) => {
+            eprintln!("oidc-gateway: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let provider = Provider::new(settings, http, oidc_gateway::health::Readiness::default());
+    println!("\nIdentity provider: {}", provider.discovery_url());
+    match provider.load().await {
+        Ok(loaded) => {
+            let m = &loaded.metadata;
+            if m.issuer_is_template() {
+                println!(
+                    "  issuer enforced         {} with the token's tid, tid one of {:?}",
+                    m.issuer, settings.config.oidc.allowed_tenants
+                );
+            } else {
+                println!("  issuer enforced         {}", m.issuer);
+            }
+            println!("  authorization endpoint  {}", m.authorization_endpoint);
+            println!(
+                "  token endpoint          {} ({})",
+                m.token_endpoint,
+                if m.prefers_client_secret_post() {
+                    "client_secret_post"
+                } else {
+                    "client_secret_basic"
+                }
+            );
+            println!(
+                "  signing keys            {} key(s) at {}",
+                loaded.jwks.keys.len(),
+                m.jwks_uri
+            );
+            println!(
+                "  sign-out                {}",
+                m.end_session_endpoint
+                    .as_deref()
+                    .unwrap_or("(no end_session_endpoint: local sign-out only)")
+            );
+            let mut problems = Vec::new();
+            if !m.code_challenge_methods_supported.is_empty()
+                && !m
+                    .code_challenge_methods_supported
+                    .iter()
+                    .any(|c| c == "S256")
+            {
+                problems.push(
+                    "the IdP does not list PKCE S256 in code_challenge_methods_supported"
+                        .to_string(),
+                );
+            }
+            if settings.config.oidc.response_mode == oidc_gateway::config::ResponseMode::FormPost
+                && !m.response_modes_supported.is_empty()
+                && !m.response_modes_supported.iter().any(|r| r == "form_post")
+            {
+                problems.push(
+                    "oidc.response_mode = \"form_post\" but the IdP does not support it"
+                        .to_string(),
+                );
+            }
+            if problems.is_empty() {
+                println!("\nEverything checked is in order.");
+                ExitCode::SUCCESS
+            } else {
+                for p in &problems {
+                    eprintln!("problem: {p}");
+                }
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("problem: {e}");
+            eprintln!(
+                "(the gateway would start anyway, answer /readyz with 503 and retry with backoff)"
+            );
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn health(settings: &Settings, ready: bool, timeout: Duration) -> ExitCode {
@@ -207,6 +298,24 @@ async fn health(settings: &Settings, ready: bool, timeout: Duration) -> ExitCode
 }
 
 async fn run_demo(listen: &str) -> ExitCode {
+    let listen_addr: std::net::SocketAddr = match listen.parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            eprintln!("oidc-gateway demo: --listen {listen:?} is not an address:port, e.g. 127.0.0.1:8443");
+            return ExitCode::from(2);
+        }
+    };
+    if !listen_addr.ip().is_loopback() {
+        eprintln!("oidc-gateway demo: --listen must be a loopback address (127.0.0.1 or [::1]); the demo is not for networks");
+        return ExitCode::from(2);
+    }
+    let idp = match devidp::DevIdp::start(demo::demo_idp_options()).await {
+        Ok(idp) => idp,
+        Err(e) => {
+            eprintln!("oidc-gateway demo: cannot start the development identity provider: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let upstream = match demo::start_demo_upstream().await {
         Ok(addr) => addr,
         Err(e) => {
@@ -214,21 +323,18 @@ async fn run_demo(listen: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let settings = match demo::demo_settings(upstream, listen) {
+    let settings = match demo::demo_settings(upstream, &idp, listen) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("oidc-gateway demo: {e}");
             return ExitCode::from(2);
         }
     };
-    if !settings.listen.ip().is_loopback() {
-        eprintln!("oidc-gateway demo: --listen must be a loopback address (127.0.0.1 or [::1]); the demo is not for networks");
-        return ExitCode::from(2);
-    }
     telemetry::init(&settings.config.log);
     println!(
-        "\n  oidc-gateway demo: open https://localhost:{}/ (self-signed certificate: accept the browser warning)\n",
-        settings.listen.port()
+        "\n  oidc-gateway demo\n  open      https://localhost:{}/   (self-signed certificate: accept the browser warning)\n  sign in   with any user name at the development identity provider ({}) - it stands in for Microsoft\n  stop      Ctrl-C\n",
+        listen_addr.port(),
+        idp.issuer()
     );
     serve_until_signal(Arc::new(settings)).await
 }

@@ -25,18 +25,47 @@ cert = "certs/gw.crt"
 key = "certs/gw.key"
 self_signed = true
 [oidc]
-issuer = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+issuer = "ISSUER_URL"
 client_id = "abc"
 client_secret = "s3cret"
 [upstream]
 url = "http://127.0.0.1:9"
 "#;
 
-const ISSUER: &str = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0";
+/// The issuer of the mock IdP this test binary shares: the development IdP,
+/// started once on its own runtime (loopback only, like every test server).
+fn issuer() -> &'static str {
+    use std::sync::OnceLock;
+    static IDP: OnceLock<(
+        tokio::runtime::Runtime,
+        oidc_gateway::devidp::DevIdp,
+        String,
+    )> = OnceLock::new();
+    let (_, _, issuer) = IDP.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime for the mock IdP");
+        let options = oidc_gateway::devidp::DevIdpOptions {
+            client_id: "abc".into(),
+            client_secret: "s3cret".into(),
+            ..Default::default()
+        };
+        let idp = runtime
+            .block_on(oidc_gateway::devidp::DevIdp::start(options))
+            .expect("mock IdP starts");
+        let issuer = idp.issuer();
+        (runtime, idp, issuer)
+    });
+    issuer
+}
 
 /// The minimal configuration listening on `127.0.0.1:port`.
 fn config_for(port: u16) -> String {
-    MINIMAL.replace("PORT", &port.to_string())
+    MINIMAL
+        .replace("PORT", &port.to_string())
+        .replace("ISSUER_URL", issuer())
 }
 
 /// A port that was free a moment ago (the gateway must bind it itself).
@@ -303,10 +332,10 @@ fn bad_urls_exit_2_naming_the_key() {
             "url = \"http://127.0.0.1:9\"",
             "url = \"ftp://x\"",
         ),
-        ("oidc.issuer", ISSUER, "http://idp.example.com/v2.0"),
+        ("oidc.issuer", issuer(), "http://idp.example.com/v2.0"),
         (
             "oidc.issuer",
-            ISSUER,
+            issuer(),
             "https://login.microsoftonline.com/<tenant-id>/v2.0",
         ),
     ];
@@ -479,12 +508,18 @@ fn check_valid_config_prints_redirect_uri_and_creates_nothing() {
     let out = check(dir.path(), "config.toml");
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
     let text = stdout(&out);
+    assert!(
+        text.contains("Redirect URI"),
+        "no redirect URI section:\n{text}"
+    );
     let redirect = text
         .lines()
-        .find(|l| l.contains("Redirect URI"))
+        .find(|l| l.trim_start().starts_with("https://localhost"))
         .unwrap_or_else(|| panic!("no redirect URI line:\n{text}"));
     assert!(
-        redirect.trim_end().ends_with(":8443/api/oidc/callback"),
+        redirect
+            .trim()
+            .starts_with("https://localhost:8443/api/oidc/callback"),
         "{redirect}"
     );
     assert!(
@@ -586,7 +621,15 @@ fn healthcheck_exits_0_when_live_and_ready_and_1_when_down() {
         stderr(&out)
     );
     assert!(stdout(&out).contains("/healthz"), "{}", stdout(&out));
-    let out = healthcheck(dir.path(), &["--ready"]);
+    // Ready once the gateway has read the IdP's metadata (in the background).
+    let deadline = Instant::now() + PROCESS_DEADLINE;
+    let out = loop {
+        let out = healthcheck(dir.path(), &["--ready"]);
+        if out.status.code() == Some(0) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -603,6 +646,70 @@ fn healthcheck_exits_0_when_live_and_ready_and_1_when_down() {
     assert!(
         err.contains("healthcheck failed") && err.contains(&port.to_string()),
         "stderr:\n{err}"
+    );
+}
+
+#[test]
+fn healthcheck_ready_fails_while_the_idp_is_unreachable() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    let nowhere = format!("http://127.0.0.1:{}/tenant/v2.0", free_port());
+    write(
+        dir.path(),
+        "config.toml",
+        &config_for(port).replace(issuer(), &nowhere),
+    );
+    let _gw = start(dir.path(), port);
+    assert_eq!(healthcheck(dir.path(), &[]).status.code(), Some(0), "alive");
+    let out = healthcheck(dir.path(), &["--ready"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not ready without its IdP: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_reports_an_unreachable_identity_provider() {
+    let dir = TempDir::new().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}/tenant/v2.0", free_port());
+    write(
+        dir.path(),
+        "config.toml",
+        &config_for(8443).replace(issuer(), &nowhere),
+    );
+    let out = check(dir.path(), "config.toml");
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("problem: cannot fetch discovery document"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_prints_what_the_identity_provider_says() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "config.toml", &config_for(8443));
+    let out = check(dir.path(), "config.toml");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("issuer enforced         {}", issuer())),
+        "{text}"
+    );
+    assert!(text.contains("client_secret_post"), "{text}");
+    assert!(
+        text.contains("https://localhost:8443/api/oidc/callback"),
+        "{text}"
     );
 }
 

@@ -42,6 +42,19 @@ pub struct RequestFacts<'a> {
     pub wants_html: bool,
 }
 
+/// The HTTP client for calls to the IdP: bounded by oidc.http_timeout, and it
+/// never follows redirects (a token endpoint that redirects is refused).
+pub fn idp_http_client(settings: &Settings) -> Result<reqwest::Client, AuthInitError> {
+    let timeout = settings.config.oidc.http_timeout;
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("oidc-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AuthInitError(e.to_string()))
+}
+
 /// What the callback step decided.
 pub enum CallbackOutcome {
     Done(Response<Body>),
@@ -67,13 +80,7 @@ pub struct AuthInitError(String);
 impl Auth {
     pub fn new(settings: Arc<Settings>, readiness: Readiness) -> Result<Self, AuthInitError> {
         let oidc = &settings.config.oidc;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(oidc.http_timeout)
-            .connect_timeout(oidc.http_timeout)
-            .user_agent(concat!("oidc-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AuthInitError(e.to_string()))?;
+        let http = idp_http_client(&settings)?;
         let secret = match settings.config.session.secret.trim() {
             "" => None,
             s => base64::engine::general_purpose::STANDARD.decode(s).ok(),
@@ -267,7 +274,7 @@ impl Auth {
             pkce_verifier: base64url(&random_bytes::<32>()),
             return_to: return_to.to_string(),
             redirect_uri: format!("{origin}{}", oidc.callback_path),
-            created: now,
+            created_ns: unix_now_ns(),
         };
         let challenge = base64url(
             ring::digest::digest(&ring::digest::SHA256, flow.pkce_verifier.as_bytes()).as_ref(),
@@ -814,6 +821,13 @@ async fn callback_params(
         ));
     }
     Ok((params, body_bytes))
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The whole body, or None when it fails or exceeds `limit` bytes.

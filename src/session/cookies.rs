@@ -39,8 +39,9 @@ pub struct LoginFlow {
     pub return_to: String,
     /// The redirect_uri sent to the IdP (must be repeated at the token endpoint).
     pub redirect_uri: String,
-    /// Unix seconds.
-    pub created: u64,
+    /// Unix time in nanoseconds: expiry, and oldest-first eviction among flows
+    /// started within the same second.
+    pub created_ns: u64,
 }
 
 pub struct CookieCodec {
@@ -133,7 +134,7 @@ impl CookieCodec {
         let name = Self::flow_cookie_name(state)?;
         let sealed = request_cookies(headers).find(|c| c.name() == name)?;
         let flow = self.open_flow(&name, sealed.value())?;
-        let fresh = now.saturating_sub(flow.created) <= FLOW_LIFETIME.as_secs();
+        let fresh = now.saturating_sub(flow.created_ns / 1_000_000_000) <= FLOW_LIFETIME.as_secs();
         (flow.state == state && fresh).then_some(flow)
     }
 
@@ -156,8 +157,11 @@ impl CookieCodec {
         for cookie in request_cookies(headers).filter(|c| c.name().starts_with(FLOW_COOKIE_PREFIX))
         {
             match self.open_flow(cookie.name(), cookie.value()) {
-                Some(flow) if now.saturating_sub(flow.created) <= FLOW_LIFETIME.as_secs() => {
-                    live.push((flow.created, cookie.name().to_string()))
+                Some(flow)
+                    if now.saturating_sub(flow.created_ns / 1_000_000_000)
+                        <= FLOW_LIFETIME.as_secs() =>
+                {
+                    live.push((flow.created_ns, cookie.name().to_string()))
                 }
                 _ => evict.push(cookie.name().to_string()),
             }
@@ -254,14 +258,14 @@ mod tests {
         CookieCodec::new(Some(&[9u8; 32]), Duration::from_secs(3600), false)
     }
 
-    fn flow(state: &str, created: u64) -> LoginFlow {
+    fn flow(state: &str, created_secs: u64) -> LoginFlow {
         LoginFlow {
             state: state.into(),
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             return_to: "/x".into(),
             redirect_uri: "https://localhost/api/oidc/callback".into(),
-            created,
+            created_ns: created_secs * 1_000_000_000,
         }
     }
 

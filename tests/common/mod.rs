@@ -20,6 +20,7 @@ use oidc_gateway::Body;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
+#[allow(unused_imports)]
 pub use oidc_gateway::{empty_body, full_body};
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
@@ -234,6 +235,15 @@ impl TestGateway {
     pub fn fresh_browser(&self) -> reqwest::Client {
         self.client_builder()
             .cookie_provider(Arc::new(reqwest::cookie::Jar::default()))
+            .build()
+            .expect("client")
+    }
+
+    /// Another browser that speaks HTTP/1.1 only (WebSocket upgrades).
+    pub fn fresh_http1(&self) -> reqwest::Client {
+        self.client_builder()
+            .cookie_provider(Arc::new(reqwest::cookie::Jar::default()))
+            .http1_only()
             .build()
             .expect("client")
     }

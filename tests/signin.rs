@@ -1,0 +1,627 @@
+//! Sign-in flows against the mock Entra IdP: deep links, form_post, several
+//! tabs, API clients, forged and replayed callbacks, sign-out, sessions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use oidc_gateway::devidp::{DevIdp, DevIdpOptions};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// Headers a browser sends when the user navigates (address bar, link).
+fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_string()
+}
+
+fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn deep_link_login_returns_to_the_exact_page_signed_in() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    let first = navigate(browser.get(gw.url("/console/devices?page=2&q=a%20b")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 302);
+    let authorize = location(&first);
+    assert!(authorize.starts_with(&gw.idp.base_url()), "{authorize}");
+    assert_eq!(
+        query_param(&authorize, "response_type").as_deref(),
+        Some("code")
+    );
+    assert_eq!(
+        query_param(&authorize, "client_id").as_deref(),
+        Some(CLIENT_ID)
+    );
+    assert_eq!(
+        query_param(&authorize, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(&authorize, "code_challenge").map(|c| c.len()),
+        Some(43)
+    );
+    assert!(query_param(&authorize, "state").is_some_and(|s| s.len() >= 43));
+    assert!(query_param(&authorize, "nonce").is_some_and(|s| s.len() >= 43));
+    assert_eq!(
+        query_param(&authorize, "response_mode").as_deref(),
+        Some("query")
+    );
+    assert_eq!(
+        query_param(&authorize, "redirect_uri").unwrap(),
+        format!("https://localhost:{}/api/oidc/callback", gw.addr.port())
+    );
+    let scope = query_param(&authorize, "scope").unwrap();
+    assert!(scope.split(' ').any(|s| s == "openid"), "{scope}");
+
+    let callback = gw.follow_login(&browser, first).await;
+    assert_eq!(callback.status(), 303);
+    assert_eq!(location(&callback), "/console/devices?page=2&q=a%20b");
+    let session_cookie = set_cookies(&callback)
+        .into_iter()
+        .find(|c| c.starts_with("__Host-oidc-gateway="))
+        .expect("session cookie set");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(
+            session_cookie.contains(attribute),
+            "{attribute} missing: {session_cookie}"
+        );
+    }
+    assert!(!session_cookie.contains("Domain"), "{session_cookie}");
+
+    let page: serde_json::Value = browser
+        .get(gw.url("/console/devices?page=2&q=a%20b"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["uri"], "/console/devices?page=2&q=a%20b");
+    assert_eq!(echoed(&page, "x-forwarded-user"), [USER]);
+    let cookies = echoed(&page, "cookie");
+    assert!(
+        cookies.iter().all(|c| !c.contains("oidc-gateway")),
+        "gateway cookies leaked upstream: {cookies:?}"
+    );
+}
+
+#[tokio::test]
+async fn form_post_login_completes_with_a_cross_site_capable_flow_cookie() {
+    let gw = gateway(echo_upstream().await)
+        .oidc(r#"response_mode = "form_post""#)
+        .anonymous()
+        .start()
+        .await;
+    let browser = gw.fresh_browser();
+    let start = browser
+        .get(format!("{}?rd=%2Freport", gw.url("/.gateway/sign_in")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    let flow_cookie = set_cookies(&start)
+        .into_iter()
+        .find(|c| c.starts_with("__Host-oidc-gateway-flow-"))
+        .expect("flow cookie");
+    // The IdP posts back cross-site: a Lax cookie would not come along.
+    assert!(
+        flow_cookie.contains("SameSite=None") && flow_cookie.contains("Secure"),
+        "{flow_cookie}"
+    );
+    let authorize = location(&start);
+    assert_eq!(
+        query_param(&authorize, "response_mode").as_deref(),
+        Some("form_post")
+    );
+
+    let form_page = browser
+        .get(authorize)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let field = |name: &str| {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = form_page
+            .find(&marker)
+            .unwrap_or_else(|| panic!("{name} in {form_page}"))
+            + marker.len();
+        let end = form_page[start..].find('"').unwrap() + start;
+        form_page[start..end].replace("&amp;", "&")
+    };
+    let callback = browser
+        .post(gw.url("/api/oidc/callback"))
+        .form(&[("code", field("code")), ("state", field("state"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(callback.status(), 303);
+    assert_eq!(location(&callback), "/report");
+    let me: serde_json::Value = browser
+        .get(gw.url("/.gateway/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], USER);
+}
+
+#[tokio::test]
+async fn logins_in_several_tabs_all_succeed_in_any_order() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    // Three tabs start logging in before any of them finishes.
+    let mut callbacks = Vec::new();
+    for tab in ["/tab-a", "/tab-b", "/tab-c"] {
+        let start = navigate(browser.get(gw.url(tab))).send().await.unwrap();
+        assert_eq!(start.status(), 302);
+        let idp = browser.get(location(&start)).send().await.unwrap();
+        assert_eq!(idp.status(), 302);
+        callbacks.push((tab, location(&idp)));
+    }
+    // …and they come back in reverse order.
+    for (tab, callback) in callbacks.into_iter().rev() {
+        let done = browser.get(callback).send().await.unwrap();
+        assert_eq!(done.status(), 303, "tab {tab}");
+        assert_eq!(location(&done), tab);
+    }
+}
+
+#[tokio::test]
+async fn login_flow_cookies_are_capped_oldest_first() {
+    let gw = gateway(echo_upstream().await)
+        .session("max_login_flows = 2")
+        .anonymous()
+        .start()
+        .await;
+    let browser = gw.fresh_browser();
+    let mut callbacks = Vec::new();
+    for tab in ["/one", "/two", "/three"] {
+        let start = navigate(browser.get(gw.url(tab))).send().await.unwrap();
+        let idp = browser.get(location(&start)).send().await.unwrap();
+        callbacks.push(location(&idp));
+    }
+    // The oldest flow was dropped to keep at most two: its callback is refused.
+    let oldest = browser.get(&callbacks[0]).send().await.unwrap();
+    assert_eq!(oldest.status(), 400);
+    for callback in &callbacks[1..] {
+        assert_eq!(browser.get(callback).send().await.unwrap().status(), 303);
+    }
+}
+
+#[tokio::test]
+async fn api_clients_xhr_and_websockets_get_401_json_never_a_redirect() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "xhr",
+            vec![
+                ("x-requested-with", "XMLHttpRequest"),
+                ("accept", "text/html"),
+            ],
+        ),
+        (
+            "fetch",
+            vec![
+                ("sec-fetch-mode", "cors"),
+                ("sec-fetch-dest", "empty"),
+                ("accept", "*/*"),
+            ],
+        ),
+        ("api", vec![("accept", "application/json")]),
+        ("plain", vec![]),
+        (
+            "websocket",
+            vec![
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("accept", "text/html"),
+            ],
+        ),
+    ];
+    // HTTP/1.1: an Upgrade header means nothing over HTTP/2.
+    let client = gw.fresh_http1();
+    for (name, headers) in cases {
+        let mut request = client.get(gw.url("/api/peers?x=1"));
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{name}");
+        assert!(!response.headers().contains_key("location"), "{name}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthenticated", "{name}");
+        let login_url = body["login_url"].as_str().unwrap();
+        assert_eq!(
+            login_url,
+            format!(
+                "https://localhost:{}/.gateway/sign_in?rd=%2Fapi%2Fpeers%3Fx%3D1",
+                gw.addr.port()
+            ),
+            "{name}"
+        );
+    }
+    // A POST, even from a browser, is never redirected (the body would be lost).
+    let post = navigate(client.post(gw.url("/form"))).send().await.unwrap();
+    assert_eq!(post.status(), 401);
+}
+
+#[tokio::test]
+async fn callback_with_a_state_this_browser_never_started_is_rejected() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    // A state that was never issued.
+    let forged = browser
+        .get(
+            gw.url("/api/oidc/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let body: serde_json::Value = forged.json().await.unwrap();
+    assert_eq!(body["error"], "login_state_mismatch");
+    assert!(body["login_url"].is_string(), "offers a way to try again");
+    // No state at all.
+    let stateless = browser
+        .get(gw.url("/api/oidc/callback?code=abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stateless.status(), 400);
+    // Our own flow cookie, but the state altered.
+    let start = browser
+        .get(gw.url("/.gateway/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    let idp = browser.get(location(&start)).send().await.unwrap();
+    let callback = location(&idp);
+    let state = query_param(&callback, "state").unwrap();
+    let mut altered = state.clone();
+    altered.replace_range(20..21, if &state[20..21] == "A" { "B" } else { "A" });
+    let tampered = browser
+        .get(callback.replace(&state, &altered))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), 400);
+    assert_eq!(
+        gw.idp.token_requests(),
+        0,
+        "no code was redeemed for a foreign state"
+    );
+}
+
+#[tokio::test]
+async fn login_csrf_an_attackers_callback_does_not_sign_the_victim_in() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    // The attacker starts a login in their own browser and stops at the callback URL…
+    let attacker = gw.fresh_browser();
+    let start = attacker
+        .get(gw.url("/.gateway/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    let idp = attacker.get(location(&start)).send().await.unwrap();
+    let trap = location(&idp);
+    // …and makes the victim's browser open it.
+    let victim = gw.fresh_browser();
+    let response = victim.get(&trap).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(set_cookies(&response)
+        .iter()
+        .all(|c| !c.starts_with("__Host-oidc-gateway=")));
+    let me = victim.get(gw.url("/.gateway/me")).send().await.unwrap();
+    assert_eq!(me.status(), 401);
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused_and_creates_no_session() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    let start = browser
+        .get(gw.url("/.gateway/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    let flow_cookie = set_cookies(&start)
+        .into_iter()
+        .find(|c| c.starts_with("__Host-oidc-gateway-flow-"))
+        .unwrap();
+    let flow_pair = flow_cookie.split(';').next().unwrap().to_string();
+    let idp = browser.get(location(&start)).send().await.unwrap();
+    let callback = location(&idp);
+    assert_eq!(browser.get(&callback).send().await.unwrap().status(), 303);
+
+    // Replay in the same browser: the flow cookie is gone.
+    let again = browser.get(&callback).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    // Replay with the old flow cookie restored: the IdP refuses the used code.
+    let replayer = gw.fresh_browser();
+    let replay = replayer
+        .get(&callback)
+        .header("cookie", flow_pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    let replay_cookies = set_cookies(&replay);
+    let body: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(replay_cookies
+        .iter()
+        .all(|c| !c.starts_with("__Host-oidc-gateway=") || c.contains("Max-Age=0")));
+    assert_eq!(gw.idp.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn return_to_is_always_a_same_origin_path() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    for rd in [
+        "//evil.example/x",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/%2F%2Fevil.example",
+        "/%09/evil.example",
+    ] {
+        let browser = gw.fresh_browser();
+        let done = gw.sign_in(&browser, rd).await;
+        assert_eq!(done.status(), 303, "{rd}");
+        assert_eq!(location(&done), "/", "rd={rd:?} must not leave the origin");
+    }
+}
+
+#[tokio::test]
+async fn sign_out_ends_the_session_here_and_at_the_idp() {
+    let gw = gateway(echo_upstream().await).start().await;
+    let old_cookie = gw.session_cookie();
+    let browser = gw.http1();
+    assert_eq!(
+        browser
+            .get(gw.url("/.gateway/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let out = browser
+        .get(gw.url("/.gateway/sign_out"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302);
+    let end_session = location(&out);
+    assert!(end_session.contains("/oauth2/v2.0/logout"), "{end_session}");
+    let hint = query_param(&end_session, "id_token_hint").expect("id_token_hint sent");
+    assert!(set_cookies(&out)
+        .iter()
+        .any(|c| c.starts_with("__Host-oidc-gateway=;") && c.contains("Max-Age=0")));
+    browser.get(end_session).send().await.unwrap();
+    assert_eq!(gw.idp.logouts(), vec![Some(hint)]);
+
+    // The old cookie is dead server-side, even if a client kept it.
+    let replayed = gw
+        .fresh_browser()
+        .get(gw.url("/api/data"))
+        .header("cookie", old_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 401);
+}
+
+#[tokio::test]
+async fn signing_in_again_replaces_the_previous_session() {
+    let gw = gateway(echo_upstream().await).start().await;
+    let first = gw.session_cookie();
+    let again = gw.sign_in(&gw.http1(), "/").await;
+    assert_eq!(again.status(), 303);
+    let second = gw.session_cookie();
+    assert_ne!(first, second, "a new session id after a new login");
+    let stale = gw
+        .fresh_browser()
+        .get(gw.url("/"))
+        .header("cookie", first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401, "the previous session must be gone");
+}
+
+#[tokio::test]
+async fn me_describes_the_session_and_401s_without_one() {
+    let gw = gateway(echo_upstream().await)
+        .idp(|o| o.email_claim = true)
+        .start()
+        .await;
+    let me: serde_json::Value = gw
+        .http2()
+        .get(gw.url("/.gateway/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], USER);
+    assert_eq!(me["tid"], TENANT);
+    assert_eq!(
+        me["groups"],
+        serde_json::json!(["0b5e7a3c-admins", "5f1d2e4b-users"])
+    );
+    assert!(me["email"].is_string());
+    assert!(me["oid"].is_string());
+    let anonymous = gw
+        .fresh_browser()
+        .get(gw.url("/.gateway/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn users_without_email_sign_in_and_claims_cannot_inject_headers() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let mut claims = serde_json::Map::new();
+    claims.insert(
+        "preferred_username".into(),
+        "mallory\r\nX-Admin: yes".into(),
+    );
+    claims.remove("email");
+    gw.idp.set_user_override(USER, Some(claims));
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let echo: serde_json::Value = browser
+        .get(gw.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&echo, "x-forwarded-user"), ["malloryX-Admin: yes"]);
+    assert!(echoed(&echo, "x-admin").is_empty());
+    assert!(echoed(&echo, "x-forwarded-email").is_empty());
+}
+
+#[tokio::test]
+async fn access_token_is_passed_upstream_only_when_configured() {
+    let gw = gateway(echo_upstream().await).start().await;
+    let echo: serde_json::Value = gw
+        .http1()
+        .get(gw.url("/"))
+        .header("authorization", "Bearer client-own")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed(&echo, "authorization"),
+        ["Bearer client-own"],
+        "off by default: the client's header passes"
+    );
+
+    let passing = gateway(echo_upstream().await)
+        .section("[headers]\npass_access_token = true")
+        .start()
+        .await;
+    let echo: serde_json::Value = passing
+        .http1()
+        .get(passing.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = echoed(&echo, "authorization");
+    assert_eq!(auth.len(), 1);
+    assert!(auth[0].starts_with("Bearer ey"), "{auth:?}");
+}
+
+#[tokio::test]
+async fn idp_down_at_startup_means_not_ready_then_ready_when_it_appears() {
+    // Reserve an address for the IdP, with nothing answering there yet.
+    let reserved = closed_port().await;
+    let options = DevIdpOptions {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        auto_login: Some(USER.into()),
+        ..idp_options()
+    };
+    let issuer = format!("http://{reserved}/{TENANT}/v2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &dir,
+        &format!("http://{}", echo_upstream().await),
+        &issuer,
+        &Extra::default(),
+    );
+    let settings = std::sync::Arc::new(oidc_gateway::config::load_str(&text, &[]).unwrap());
+    oidc_gateway::tls::install_crypto_provider();
+    let server = oidc_gateway::server::start(settings)
+        .await
+        .expect("starts without its IdP");
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("gateway.crt")).unwrap())
+            .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .resolve("localhost", server.https_addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("https://localhost:{}{p}", server.https_addr.port());
+
+    let ready = client.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(
+        body["reasons"][0].as_str().unwrap().starts_with("oidc:"),
+        "{body}"
+    );
+    assert_eq!(
+        client.get(url("/healthz")).send().await.unwrap().status(),
+        200,
+        "alive while not ready"
+    );
+    let login = navigate(client.get(url("/console"))).send().await.unwrap();
+    assert_eq!(login.status(), 503, "a clear 503, not a crash or a 500");
+
+    let idp = DevIdp::start_on(options, reserved).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(40), server.readiness.wait_ready())
+        .await
+        .expect("ready once the IdP answers (retried with backoff)");
+    assert_eq!(
+        client.get(url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let login = navigate(client.get(url("/console"))).send().await.unwrap();
+    assert_eq!(login.status(), 302);
+    assert!(location(&login).starts_with(&idp.base_url()));
+    tokio::time::timeout(BOUND, server.shutdown())
+        .await
+        .unwrap();
+}
