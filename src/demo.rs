@@ -28,6 +28,8 @@ pub fn demo_idp_options() -> DevIdpOptions {
         client_id: "oidc-gateway-demo".into(),
         client_secret: base64url(&random_bytes::<24>()),
         alg: SigningAlg::Es256,
+        // Entra often omits email; the demo sends it so that every identity header shows.
+        email_claim: true,
         groups: vec![
             "6f1c1a52-0000-4000-8000-0000000000ad".into(),
             "9b2d3e41-0000-4000-8000-00000000005e".into(),
@@ -94,6 +96,11 @@ pub async fn start_demo_upstream() -> std::io::Result<SocketAddr> {
 }
 
 fn demo_page(request: &Request<Incoming>) -> Response<Body> {
+    if request.uri().path() == "/favicon.ico" {
+        let mut response = Response::new(crate::empty_body());
+        *response.status_mut() = http::StatusCode::NOT_FOUND;
+        return response;
+    }
     let rows: String = request
         .headers()
         .iter()

@@ -114,7 +114,7 @@ impl Gateway {
         // Every request, whatever happens next: no client may speak for the gateway.
         let spoofed = self.auth.headers.strip(request.headers_mut());
         if spoofed > 0 {
-            tracing::warn!(request_id = ?request_id, client = %client.client_ip, headers = spoofed,
+            tracing::warn!(request_id = %request_id.to_str().unwrap_or_default(), client = %client.client_ip, headers = spoofed,
                 "removed identity headers sent by the client");
         }
 

@@ -212,8 +212,10 @@ mod tests {
 
     #[test]
     fn configured_names_are_stripped_too() {
-        let mut config = HeadersConfig::default();
-        config.user = "X-Remote-User".into();
+        let config = HeadersConfig {
+            user: "X-Remote-User".into(),
+            ..HeadersConfig::default()
+        };
         let headers = IdentityHeaders::new(&config);
         assert!(headers.is_identity_header("x_remote_user"));
         assert!(headers.is_identity_header("x-forwarded-user"));

@@ -182,7 +182,7 @@ impl Upstream {
         let uri = match self.upstream_uri(parts.uri.path_and_query()) {
             Ok(uri) => uri,
             Err(e) => {
-                tracing::warn!(request_id = ?ctx.request_id, error = %e, "cannot build upstream URI");
+                tracing::warn!(request_id = %ctx.request_id.to_str().unwrap_or_default(), error = %e, "cannot build upstream URI");
                 return self.failure(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
@@ -207,7 +207,7 @@ impl Upstream {
             Ok(Err(e)) => {
                 let connect = e.is_connect();
                 tracing::warn!(
-                    request_id = ?ctx.request_id,
+                    request_id = %ctx.request_id.to_str().unwrap_or_default(),
                     upstream = %self.authority,
                     error = %error_chain(&e),
                     "upstream request failed"
@@ -221,7 +221,7 @@ impl Upstream {
             }
             Err(_elapsed) => {
                 tracing::warn!(
-                    request_id = ?ctx.request_id,
+                    request_id = %ctx.request_id.to_str().unwrap_or_default(),
                     upstream = %self.authority,
                     timeout_ms = self.response_timeout.as_millis() as u64,
                     "upstream did not answer in time"
@@ -309,7 +309,7 @@ impl Upstream {
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::debug!(request_id = ?request_id, error = %e, "upgrade did not complete");
+                    tracing::debug!(request_id = %request_id.to_str().unwrap_or_default(), error = %e, "upgrade did not complete");
                     return;
                 }
             };
@@ -318,11 +318,11 @@ impl Upstream {
             tokio::select! {
                 result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Ok((sent, received)) = result {
-                        tracing::debug!(request_id = ?request_id, sent, received, "tunnel closed");
+                        tracing::debug!(request_id = %request_id.to_str().unwrap_or_default(), sent, received, "tunnel closed");
                     }
                 }
                 _ = close.cancelled() => {
-                    tracing::info!(request_id = ?request_id, "tunnel closed at the end of the shutdown grace period");
+                    tracing::info!(request_id = %request_id.to_str().unwrap_or_default(), "tunnel closed at the end of the shutdown grace period");
                 }
             }
         });

@@ -53,8 +53,8 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     fn emit(&self, bytes: u64, completed: bool) {
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0);
+        let duration_ms = millis(self.started.elapsed());
+        let upstream_ms = self.upstream.map(millis);
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
@@ -78,6 +78,11 @@ impl AccessRecord {
             line!(info)
         }
     }
+}
+
+/// Milliseconds with microsecond precision (3 decimals), for readable logs.
+fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
 pin_project_lite::pin_project! {

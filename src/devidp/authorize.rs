@@ -63,7 +63,7 @@ pub(super) fn authorize(
 ) -> Response<Body> {
     let back = match return_path(shared, params) {
         Ok(back) => back,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     if let Some((error, description)) = lock(&shared.knobs).authorize_error.clone() {
         return back.error(&error, &description);
@@ -97,33 +97,33 @@ pub(super) fn authorize(
 
 /// Validates client id and redirect URI; failures are HTML pages, as Entra
 /// never redirects to an unverified redirect URI.
-fn return_path(shared: &Shared, params: &Params) -> Result<ReturnPath, Response<Body>> {
+fn return_path(shared: &Shared, params: &Params) -> Result<ReturnPath, Box<Response<Body>>> {
     let Some(client_id) = params.non_empty("client_id") else {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             StatusCode::BAD_REQUEST,
             "AADSTS900144",
             "The request body must contain the following parameter: 'client_id'.",
             None,
-        ));
+        )));
     };
     if client_id != shared.options.client_id {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             StatusCode::BAD_REQUEST,
             "AADSTS700016",
             "Application with identifier was not found in the directory of the development IdP.",
             Some(client_id),
-        ));
+        )));
     }
     let redirect_uri = params.get("redirect_uri").unwrap_or_default();
     if !redirect_uri_allowed(redirect_uri) {
-        return Err(error_page(
+        return Err(Box::new(error_page(
             StatusCode::BAD_REQUEST,
             "AADSTS50011",
             "The redirect URI specified in the request does not match the redirect URIs \
              configured for the application (the development IdP accepts https://…, \
              http://localhost… and http://127.0.0.1…).",
             Some(redirect_uri),
-        ));
+        )));
     }
     let mode = match params.get("response_mode") {
         None | Some("query") => Ok(ResponseMode::Query),
@@ -138,10 +138,10 @@ fn return_path(shared: &Shared, params: &Params) -> Result<ReturnPath, Response<
     };
     match mode {
         Ok(_) => Ok(back),
-        Err(other) => Err(back.error(
+        Err(other) => Err(Box::new(back.error(
             "invalid_request",
             &format!("The response_mode '{other}' is not supported."),
-        )),
+        ))),
     }
 }
 

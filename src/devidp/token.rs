@@ -14,7 +14,9 @@ use super::web::{b64url, entra_error, form_decode, json, Params};
 use super::{lock, RefreshGrant, Shared, TokenEndpointMode, CODE_LIFETIME};
 use crate::Body;
 
-type Answer = Result<Response<Body>, Response<Body>>;
+/// A refusal; boxed, as responses are large.
+type Rejected = Box<Response<Body>>;
+type Answer = Result<Response<Body>, Rejected>;
 
 /// Handles a token request; `body` is `None` if it could not be read.
 pub(super) async fn token(
@@ -42,7 +44,7 @@ pub(super) async fn token(
             );
         }
     }
-    answer(shared, headers, body).unwrap_or_else(|error| error)
+    answer(shared, headers, body).unwrap_or_else(|error| *error)
 }
 
 fn answer(shared: &Shared, headers: &HeaderMap, body: Option<Vec<u8>>) -> Answer {
@@ -69,28 +71,34 @@ fn answer(shared: &Shared, headers: &HeaderMap, body: Option<Vec<u8>>) -> Answer
     match grant_type {
         "authorization_code" => redeem_code(shared, &client_id, &params),
         "refresh_token" => redeem_refresh_token(shared, &client_id, &params),
-        other => Err(entra_error(
-            StatusCode::BAD_REQUEST,
+        other => Err(bad_request(
             "unsupported_grant_type",
             &format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
         )),
     }
 }
 
-fn missing(name: &str) -> Response<Body> {
-    entra_error(
-        StatusCode::BAD_REQUEST,
+fn missing(name: &str) -> Rejected {
+    bad_request(
         "invalid_request",
         &format!("AADSTS900144: The request body must contain the following parameter: '{name}'."),
     )
 }
 
-fn invalid_grant(description: &str) -> Response<Body> {
-    entra_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+fn bad_request(error: &str, description: &str) -> Rejected {
+    Box::new(entra_error(StatusCode::BAD_REQUEST, error, description))
 }
 
-fn invalid_client(description: &str) -> Response<Body> {
-    entra_error(StatusCode::UNAUTHORIZED, "invalid_client", description)
+fn invalid_grant(description: &str) -> Rejected {
+    bad_request("invalid_grant", description)
+}
+
+fn invalid_client(description: &str) -> Rejected {
+    Box::new(entra_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        description,
+    ))
 }
 
 /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
@@ -111,16 +119,11 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
 }
 
 /// Authenticates the client by secret; returns its id.
-fn authenticate(
-    shared: &Shared,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<String, Response<Body>> {
+fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result<String, Rejected> {
     let (client_id, secret) = match basic_credentials(headers) {
         Some(Ok((id, secret))) => {
             if params.get("client_secret").is_some() {
-                return Err(entra_error(
-                    StatusCode::BAD_REQUEST,
+                return Err(bad_request(
                     "invalid_request",
                     "AADSTS9002313: Invalid request. Only one client authentication method may be \
                      used (client_secret_basic and client_secret_post were both present).",
@@ -149,8 +152,7 @@ fn authenticate(
     };
     let options = &shared.options;
     if client_id != options.client_id {
-        return Err(entra_error(
-            StatusCode::BAD_REQUEST,
+        return Err(bad_request(
             "unauthorized_client",
             &format!(
                 "AADSTS700016: Application with identifier '{client_id}' was not found in the \

@@ -321,7 +321,7 @@ impl Auth {
         if let Some(cookie) = self.cookies.set_flow(&flow) {
             headers_out.append(SET_COOKIE, cookie);
         }
-        tracing::debug!(request_id = facts.request_id, return_to = %flow.return_to, "login started");
+        tracing::debug!(request_id = %facts.request_id, return_to = %flow.return_to, "login started");
         response
     }
 
@@ -358,7 +358,7 @@ impl Auth {
     /// CSRF, a replayed or expired response, cookies blocked).
     pub fn foreign_callback(&self, facts: &RequestFacts<'_>) -> Response<Body> {
         tracing::warn!(
-            request_id = facts.request_id,
+            request_id = %facts.request_id,
             client = %facts.client.client_ip,
             "callback rejected: its state belongs to no login started in this browser (forged, replayed or expired)"
         );
@@ -385,7 +385,7 @@ impl Auth {
                 .get("error_description")
                 .map(String::as_str)
                 .unwrap_or("");
-            tracing::warn!(request_id = facts.request_id, idp_error = %error, description = %description, "the identity provider refused the sign-in");
+            tracing::warn!(request_id = %facts.request_id, idp_error = %error, description = %description, "the identity provider refused the sign-in");
             return self.idp_error_page(error, description, flow, facts);
         }
         let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
@@ -399,10 +399,12 @@ impl Auth {
                 facts,
             );
         };
+        let started = std::time::Instant::now();
         let tokens = match self.exchange_code(code, flow).await {
             Ok(tokens) => tokens,
             Err(failure) => return failure.page(self, flow, facts),
         };
+        let idp_time = started.elapsed();
         let identity = match self
             .policy
             .validate(&self.provider, &tokens.id_token, Some(&flow.nonce))
@@ -410,7 +412,7 @@ impl Auth {
         {
             Ok(identity) => identity,
             Err(e) => {
-                tracing::warn!(request_id = facts.request_id, reason = %e, "ID token rejected");
+                tracing::warn!(request_id = %facts.request_id, reason = %e, "ID token rejected");
                 return self.login_error_page(
                     StatusCode::BAD_GATEWAY,
                     "invalid_id_token",
@@ -433,14 +435,18 @@ impl Auth {
         session.id_token = Some(tokens.id_token.into());
         session.refresh_token = tokens.refresh_token.map(Into::into);
         session.access_token = tokens.access_token.map(Into::into);
+        // Gateway-side cost of the callback (validation, session), without the IdP's time.
+        let gateway_us = started.elapsed().saturating_sub(idp_time).as_micros() as u64;
         tracing::info!(
-            request_id = facts.request_id,
+            request_id = %facts.request_id,
             user = %session.identity.user,
             tid = ?session.identity.tid,
+            token_endpoint_ms = idp_time.as_secs_f64() * 1000.0,
+            gateway_us,
             "signed in"
         );
         if let Err(e) = self.store.insert(key, session).await {
-            tracing::error!(request_id = facts.request_id, error = %e, "cannot store the session");
+            tracing::error!(request_id = %facts.request_id, error = %e, "cannot store the session");
             return self.login_error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "session_store",
@@ -524,7 +530,7 @@ impl Auth {
         if let Some(id) = CookieCodec::session_id(headers) {
             let key = session_key(&id);
             if let Ok(Some(session)) = self.store.get(&key).await {
-                tracing::info!(request_id = facts.request_id, user = %session.identity.user, "signed out");
+                tracing::info!(request_id = %facts.request_id, user = %session.identity.user, "signed out");
                 id_token = session.id_token.clone();
             }
             let _ = self.store.remove(&key).await;
@@ -670,7 +676,7 @@ impl ExchangeFailure {
         match self {
             ExchangeFailure::Timeout => {
                 tracing::warn!(
-                    request_id = facts.request_id,
+                    request_id = %facts.request_id,
                     "token endpoint did not answer in time"
                 );
                 auth.login_error_page(
@@ -684,7 +690,7 @@ impl ExchangeFailure {
                 )
             }
             ExchangeFailure::Unreachable(reason) => {
-                tracing::warn!(request_id = facts.request_id, reason = %reason, "token endpoint unreachable");
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint unreachable");
                 auth.login_error_page(
                     StatusCode::BAD_GATEWAY,
                     "token_endpoint_unreachable",
@@ -700,7 +706,7 @@ impl ExchangeFailure {
                 error,
                 description,
             } => {
-                tracing::warn!(request_id = facts.request_id, status, idp_error = %error, description = %description, "token endpoint refused the code");
+                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error, description = %description, "token endpoint refused the code");
                 if status >= 500 {
                     return auth.login_error_page(
                         StatusCode::BAD_GATEWAY,
@@ -724,7 +730,7 @@ impl ExchangeFailure {
                 )
             }
             ExchangeFailure::Invalid(reason) => {
-                tracing::warn!(request_id = facts.request_id, reason = %reason, "token endpoint answer unreadable");
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint answer unreadable");
                 auth.login_error_page(
                     StatusCode::BAD_GATEWAY,
                     "token_response_invalid",

@@ -55,6 +55,10 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     iat: Option<i64>,
+    /// Read here as well: jsonwebtoken skips an `nbf` it cannot parse (e.g. a
+    /// string), and a not-before that cannot be checked must fail closed.
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
     #[serde(default)]
     nonce: Option<String>,
     #[serde(default)]
@@ -145,6 +149,9 @@ impl TokenPolicy {
             .map_err(map_jwt_error)?
             .claims;
 
+        if claims.nbf.as_ref().is_some_and(|nbf| !nbf.is_number()) {
+            return Err(TokenError::NotYetValid);
+        }
         let loaded = provider.current().ok_or(TokenError::ProviderNotLoaded)?;
         self.check_issuer(&loaded.metadata, &claims)?;
         let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
@@ -190,7 +197,8 @@ impl TokenPolicy {
                 return Err(TokenError::TenantNotAllowed(tid.to_string()));
             }
         } else {
-            if claims.iss.trim_end_matches('/') != metadata.issuer.trim_end_matches('/') {
+            // Exact, as OIDC Core 3.1.3.7 requires (not even a trailing slash of difference).
+            if claims.iss != metadata.issuer {
                 return Err(wrong());
             }
             if let (false, Some(tid)) = (self.allowed_tenants.is_empty(), claims.tid.as_deref()) {
