@@ -38,9 +38,9 @@ pub fn demo_idp_options() -> DevIdpOptions {
     }
 }
 
-/// Configuration of the demo gateway: the upstream at `upstream`, the IdP `idp`.
+/// Configuration of the demo gateway: the upstream at `upstream_url`, the IdP `idp`.
 pub fn demo_settings(
-    upstream: SocketAddr,
+    upstream_url: &str,
     idp: &DevIdp,
     listen: &str,
 ) -> Result<Settings, ConfigError> {
@@ -62,7 +62,7 @@ client_secret = "{client_secret}"
 allowed_algs = ["ES256"]
 post_logout_redirect_uri = "https://localhost:{port}/"
 [upstream]
-url = "http://{upstream}"
+url = "{upstream_url}"
 [log]
 format = "text"
 "#,

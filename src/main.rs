@@ -51,6 +51,9 @@ enum Command {
         /// Address of the demo gateway (loopback only)
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Put the demo gateway in front of this console instead of the built-in demo page
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
     },
 }
 
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
                 Ok(settings) => health(&settings, ready, timeout).await,
                 Err(code) => code,
             },
-            Command::Demo { listen } => run_demo(&listen).await,
+            Command::Demo { listen, upstream } => run_demo(&listen, upstream.as_deref()).await,
         }
     })
 }
@@ -297,7 +300,7 @@ async fn health(settings: &Settings, ready: bool, timeout: Duration) -> ExitCode
     }
 }
 
-async fn run_demo(listen: &str) -> ExitCode {
+async fn run_demo(listen: &str, upstream_url: Option<&str>) -> ExitCode {
     let listen_addr: std::net::SocketAddr = match listen.parse() {
         Ok(addr) => addr,
         Err(_) => {
@@ -316,14 +319,17 @@ async fn run_demo(listen: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let upstream = match demo::start_demo_upstream().await {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("oidc-gateway demo: cannot start the demo console: {e}");
-            return ExitCode::from(1);
-        }
+    let upstream = match upstream_url {
+        Some(url) => url.to_string(),
+        None => match demo::start_demo_upstream().await {
+            Ok(addr) => format!("http://{addr}"),
+            Err(e) => {
+                eprintln!("oidc-gateway demo: cannot start the demo console: {e}");
+                return ExitCode::from(1);
+            }
+        },
     };
-    let settings = match demo::demo_settings(upstream, &idp, listen) {
+    let settings = match demo::demo_settings(&upstream, &idp, listen) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("oidc-gateway demo: {e}");
