@@ -715,17 +715,23 @@ impl Validator<'_> {
                 "write it like \"https://console.example.com\"",
             ));
         }
-        if uri
-            .path_and_query()
-            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
-        {
-            return Err(self.err(
-                key,
-                format!("{raw:?} has a path or query"),
-                "give only the origin, scheme://host[:port]; the callback path is oidc.callback_path",
-            ));
-        }
+        self.origin_only(
+            key,
+            raw,
+            &uri,
+            "give only the origin, scheme://host[:port]; the callback path is oidc.callback_path",
+        )?;
         Ok(uri)
+    }
+
+    /// URLs that name an origin must not carry a path or query.
+    fn origin_only(&self, key: &str, raw: &str, uri: &Uri, fix: &str) -> Result<(), ConfigError> {
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("");
+        if pq.is_empty() || pq == "/" {
+            Ok(())
+        } else {
+            Err(self.err(key, format!("{raw:?} has a path or query"), fix))
+        }
     }
 
     fn oidc(&self, oidc: &mut OidcConfig) -> Result<(), ConfigError> {
@@ -917,16 +923,12 @@ impl Validator<'_> {
                 "write it like \"http://127.0.0.1:21114\"",
             ));
         }
-        if uri
-            .path_and_query()
-            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
-        {
-            return Err(self.err(
-                key,
-                format!("{raw:?} has a path or query"),
-                "give only scheme://host[:port]; request paths are forwarded unchanged",
-            ));
-        }
+        self.origin_only(
+            key,
+            raw,
+            &uri,
+            "give only scheme://host[:port]; request paths are forwarded unchanged",
+        )?;
         if let Some(ca) = &upstream.ca_file {
             if !ca.is_file() {
                 return Err(self.err(

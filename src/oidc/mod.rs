@@ -673,75 +673,59 @@ enum ExchangeFailure {
 
 impl ExchangeFailure {
     fn page(self, auth: &Auth, flow: &LoginFlow, facts: &RequestFacts<'_>) -> Response<Body> {
-        match self {
-            ExchangeFailure::Timeout => {
-                tracing::warn!(
-                    request_id = %facts.request_id,
-                    "token endpoint did not answer in time"
-                );
-                auth.login_error_page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "token_endpoint_timeout",
-                    "Sign-in timed out",
-                    "The identity provider did not answer in time. Try again.",
-                    &flow.return_to,
-                    None,
-                    facts,
-                )
-            }
-            ExchangeFailure::Unreachable(reason) => {
-                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint unreachable");
-                auth.login_error_page(
-                    StatusCode::BAD_GATEWAY,
-                    "token_endpoint_unreachable",
-                    "Sign-in is not available right now",
-                    "The identity provider could not be reached. Try again.",
-                    &flow.return_to,
-                    None,
-                    facts,
-                )
-            }
+        let (status, code, title, detail) = match &self {
             ExchangeFailure::Refused {
                 status,
                 error,
                 description,
             } => {
-                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error, description = %description, "token endpoint refused the code");
-                if status >= 500 {
-                    return auth.login_error_page(
-                        StatusCode::BAD_GATEWAY,
-                        "token_endpoint_error",
-                        "The identity provider had a problem",
-                        "The identity provider failed to issue a token. Try again.",
-                        &flow.return_to,
-                        None,
-                        facts,
-                    );
-                }
-                auth.idp_error_page(
-                    if error.is_empty() {
+                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error,
+                    description = %description, "token endpoint refused the code");
+                if *status < 500 {
+                    // The IdP's own words (invalid_grant: code already redeemed, …).
+                    let error = if error.is_empty() {
                         "invalid_grant"
                     } else {
-                        &error
-                    },
-                    &description,
-                    flow,
-                    facts,
+                        error
+                    };
+                    return auth.idp_error_page(error, description, flow, facts);
+                }
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "token_endpoint_error",
+                    "The identity provider had a problem",
+                    "The identity provider failed to issue a token. Try again.",
+                )
+            }
+            ExchangeFailure::Timeout => {
+                tracing::warn!(request_id = %facts.request_id, "token endpoint did not answer in time");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "token_endpoint_timeout",
+                    "Sign-in timed out",
+                    "The identity provider did not answer in time. Try again.",
+                )
+            }
+            ExchangeFailure::Unreachable(reason) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint unreachable");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "token_endpoint_unreachable",
+                    "Sign-in is not available right now",
+                    "The identity provider could not be reached. Try again.",
                 )
             }
             ExchangeFailure::Invalid(reason) => {
                 tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint answer unreadable");
-                auth.login_error_page(
+                (
                     StatusCode::BAD_GATEWAY,
                     "token_response_invalid",
                     "Sign-in could not be completed",
                     "The identity provider's answer could not be read. Try again.",
-                    &flow.return_to,
-                    None,
-                    facts,
                 )
             }
-        }
+        };
+        auth.login_error_page(status, code, title, detail, &flow.return_to, None, facts)
     }
 }
 
