@@ -41,7 +41,179 @@ pub struct Config {
     #[serde(default)]
     pub gateway: GatewayConfig,
     #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub rustdesk: RustdeskConfig,
+    #[serde(default)]
+    pub bearer: BearerConfig,
+    #[serde(default)]
+    pub assertion: AssertionConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Who may pass once signed in. Every non-empty list must be satisfied (AND);
+/// within a list, any entry will do (OR). All empty: any signed-in user of the issuer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Tenant IDs (`tid`).
+    pub tenants: Vec<String>,
+    /// Exact domains of the user's address (preferred_username, else email).
+    pub email_domains: Vec<String>,
+    /// preferred_username, email or object id (oid), case-insensitive.
+    pub users: Vec<String>,
+    /// Group object IDs (`groups` claim); any of them.
+    pub groups: Vec<String>,
+    /// App roles (`roles` claim); any of them.
+    pub roles: Vec<String>,
+}
+
+impl AccessConfig {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+            && self.email_domains.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.roles.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    /// Forwarded without sign-in and without identity headers.
+    Public,
+    /// Sign-in required; [access] rules plus this route's `allow` rules.
+    #[default]
+    Authenticated,
+    /// Always 403.
+    Deny,
+}
+
+/// One `[[routes]]` entry; the first match (method + path) decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Anchored pattern on the normalized path: `/exact`, `/a/*/c`, `/assets/*.css`, `/admin/**`.
+    pub path: String,
+    /// Empty: every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub action: RouteAction,
+    /// Additional rules for this route (on top of [access]).
+    #[serde(default)]
+    pub allow: AccessConfig,
+    /// Default: case-sensitive for public routes, case-insensitive for the others
+    /// (a stricter rule must not be dodged with /ADMIN on a case-insensitive upstream).
+    #[serde(default)]
+    pub case_insensitive: Option<bool>,
+}
+
+/// The RustDesk Server Pro preset: its desktop clients' API and WebSocket paths
+/// pass straight to the console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RustdeskConfig {
+    pub enabled: bool,
+    pub api_paths: Vec<String>,
+    pub websocket_paths: Vec<String>,
+    /// Callbacks whose state the gateway never issued go to the console (RustDesk's own OIDC).
+    pub forward_foreign_callbacks: bool,
+}
+
+impl Default for RustdeskConfig {
+    fn default() -> Self {
+        RustdeskConfig {
+            enabled: false,
+            api_paths: [
+                "/api/login",
+                "/api/logout",
+                "/api/currentUser",
+                "/api/login-options",
+                "/api/oidc/auth",
+                "/api/oidc/auth-query",
+                "/api/heartbeat",
+                "/api/sysinfo",
+                "/api/sysinfo_ver",
+                "/api/switch-grant",
+                "/api/audit/**",
+                "/api/record",
+                "/api/ab*",
+                "/api/ab/**",
+                "/api/device-group/**",
+                "/api/users",
+                "/api/peers",
+                "/api/devices/**",
+            ]
+            .map(String::from)
+            .to_vec(),
+            websocket_paths: vec!["/ws/id".into(), "/ws/relay".into()],
+            forward_foreign_callbacks: true,
+        }
+    }
+}
+
+/// API clients with `Authorization: Bearer <JWT>` from the same issuer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BearerConfig {
+    pub enabled: bool,
+    /// Accepted `aud` values; empty: the client id and `api://<client id>`.
+    pub audiences: Vec<String>,
+}
+
+/// The signed identity assertion sent upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionConfig {
+    pub enabled: bool,
+    pub header: String,
+    /// `iss` of the assertion; default: server.public_url, else "oidc-gateway".
+    pub issuer: Option<String>,
+    /// `aud` of the assertion; default: the upstream's origin.
+    pub audience: Option<String>,
+    /// PKCS#8 PEM P-256 key; default: a new key at every start.
+    pub key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub lifetime: Duration,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        AssertionConfig {
+            enabled: true,
+            header: "X-Gateway-Assertion".into(),
+            issuer: None,
+            audience: None,
+            key_file: None,
+            lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits on login starts and callbacks per client address (not on signed-in traffic).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained logins per minute per client address; 0 turns the limit off.
+    pub login_per_minute: u32,
+    /// Logins allowed in a burst before the rate applies.
+    pub login_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            login_per_minute: 30,
+            login_burst: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -666,6 +838,7 @@ impl Validator<'_> {
 
         self.oidc(&mut config.oidc)?;
         self.headers_and_prefix(&config)?;
+        self.access(&config)?;
         let upstream = self.upstream(&config.upstream)?;
         self.session(&mut config.session)?;
         if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
@@ -902,6 +1075,88 @@ impl Validator<'_> {
                 "must be between 1 and 20",
                 "the default is 5",
             ));
+        }
+        Ok(())
+    }
+
+    fn access(&self, config: &Config) -> Result<(), ConfigError> {
+        use crate::routes::{Methods, PathPattern};
+        for (i, route) in config.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            PathPattern::parse(&route.path).map_err(|e| {
+                self.err(
+                    &format!("{key}.path"),
+                    format!("{:?}: {e}", route.path),
+                    "write patterns like \"/exact\", \"/a/*/c\" or \"/admin/**\"",
+                )
+            })?;
+            Methods::parse(&route.methods).map_err(|e| {
+                self.err(
+                    &format!("{key}.methods"),
+                    e,
+                    "list HTTP methods like [\"GET\", \"HEAD\"]",
+                )
+            })?;
+            if route.action != RouteAction::Authenticated && !route.allow.is_empty() {
+                return Err(self.err(
+                    &format!("{key}.allow"),
+                    "only applies to action = \"authenticated\"",
+                    "remove allow, or make the route authenticated",
+                ));
+            }
+        }
+        for (key, list) in [
+            ("rustdesk.api_paths", &config.rustdesk.api_paths),
+            ("rustdesk.websocket_paths", &config.rustdesk.websocket_paths),
+        ] {
+            for path in list {
+                PathPattern::parse(path).map_err(|e| {
+                    self.err(
+                        key,
+                        format!("{path:?}: {e}"),
+                        "write patterns like \"/api/heartbeat\" or \"/api/audit/**\"",
+                    )
+                })?;
+            }
+        }
+        for domain in &config.access.email_domains {
+            if domain.is_empty()
+                || domain.contains('@')
+                || domain.starts_with('.')
+                || domain.contains(char::is_whitespace)
+            {
+                return Err(self.err(
+                    "access.email_domains",
+                    format!("{domain:?} is not a domain"),
+                    "list bare domains like \"contoso.com\" (matched exactly: sub.contoso.com is a different domain)",
+                ));
+            }
+        }
+        let a = &config.assertion;
+        if a.enabled {
+            if http::HeaderName::from_bytes(a.header.as_bytes()).is_err() {
+                return Err(self.err(
+                    "assertion.header",
+                    format!("{:?} is not a header name", a.header),
+                    "use e.g. \"X-Gateway-Assertion\"",
+                ));
+            }
+            if a.lifetime.is_zero() || a.lifetime > Duration::from_secs(60) {
+                return Err(self.err(
+                    "assertion.lifetime",
+                    "must be between 1s and 60s",
+                    "keep assertions short-lived, e.g. \"60s\"",
+                ));
+            }
+            if let Some(path) = &a.key_file {
+                if !path.is_file() {
+                    return Err(self.err(
+                        "assertion.key_file",
+                        format!("{} does not exist", path.display()),
+                        "create a P-256 key: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out assertion.key",
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -2,12 +2,16 @@
 //! the gateway answers it itself, or it is forwarded upstream.
 //!
 //! ```text
-//!   1. health     GET/HEAD /healthz, /readyz (exact path)         → answer
-//!   2. callback   /api/oidc/callback with a state we issued       → finish login, 303
-//!                 … with a state we never issued                  → reject
-//!   3. gateway    /.gateway/{sign_in,sign_out,me}                 → answer
-//!   4. session    live session cookie                             → forward with identity
-//!   5. anonymous  browser navigation → 302 to the IdP; others     → 401 JSON
+//!   1. health     GET/HEAD /healthz, /readyz (exact path)          → answer
+//!   2. callback   /api/oidc/callback with a state we issued        → finish login, 303
+//!                 … with a state we never issued                   → reject, or to the console (rustdesk)
+//!   3. gateway    /.gateway/{sign_in,sign_out,me,auth,jwks.json}   → answer
+//!   4. route      normalized path → public / sign-in (+rules) / deny (400 on a confusing path)
+//!   5. public     forward without identity
+//!   6. caller     session cookie, or Authorization: Bearer (when enabled)
+//!                 … passes the rules → forward with identity + signed assertion
+//!                 … fails them       → 403 page naming the user (never a loop)
+//!   7. anonymous  browser navigation → 302 to the IdP; others      → 401 JSON
 //! ```
 //! Before any step, identity headers sent by the client are removed.
 
@@ -16,17 +20,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{forbidden_page, AccessPolicy, Denial, Requirement};
+use crate::assertion::{AssertionError, AssertionSigner};
 use crate::config::Settings;
 use crate::health::{self, Readiness};
+use crate::identity::{header_value, Identity};
+use crate::oidc::token::TokenError;
 use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
 use crate::pages;
+use crate::pages::ErrorPage;
 use crate::proxy::{ClientAddress, ForwardContext, Tunnels, Upstream, X_REQUEST_ID};
+use crate::routes;
 use crate::session::cookies::strip_gateway_cookies;
+use crate::session::unix_now;
 use crate::session::Session;
 use crate::telemetry::{AccessLogBody, AccessRecord};
 use crate::tls::TlsError;
@@ -36,8 +47,22 @@ use crate::Body;
 pub enum Decision {
     /// The gateway answers by itself.
     Respond(Response<Body>),
-    /// Send it upstream, with the session's identity when there is one.
-    Forward(Request<Body>, Option<Arc<Session>>),
+    /// Send it upstream.
+    Forward(Request<Body>, Forwarding),
+}
+
+/// How a forwarded request is sent.
+pub struct Forwarding {
+    /// Who is calling (None: a public route).
+    pub caller: Option<Caller>,
+    /// Answers the gateway makes on this path are JSON and never 5xx.
+    pub api_client: bool,
+}
+
+/// An authenticated caller: a browser session or a bearer token.
+pub struct Caller {
+    pub identity: Arc<Identity>,
+    pub session: Option<Arc<Session>>,
 }
 
 /// Facts about the connection a request arrived on.
@@ -54,6 +79,8 @@ pub enum GatewayInitError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Auth(#[from] AuthInitError),
+    #[error(transparent)]
+    Assertion(#[from] AssertionError),
 }
 
 pub struct Gateway {
@@ -61,6 +88,8 @@ pub struct Gateway {
     readiness: Readiness,
     upstream: Upstream,
     auth: Auth,
+    access: AccessPolicy,
+    assertion: Option<AssertionSigner>,
     request_ids: RequestIds,
 }
 
@@ -72,11 +101,17 @@ impl Gateway {
     ) -> Result<Self, GatewayInitError> {
         let upstream = Upstream::new(&settings, tunnels)?;
         let auth = Auth::new(settings.clone(), readiness.clone())?;
+        let assertion = match settings.config.assertion.enabled {
+            true => Some(AssertionSigner::new(&settings)?),
+            false => None,
+        };
         Ok(Gateway {
+            access: AccessPolicy::new(&settings),
             settings,
             readiness,
             upstream,
             auth,
+            assertion,
             request_ids: RequestIds::new(),
         })
     }
@@ -126,13 +161,14 @@ impl Gateway {
         };
         let (mut response, upstream_time) = match self.classify(request, &facts).await {
             Decision::Respond(response) => (response, None),
-            Decision::Forward(mut request, session) => {
-                self.prepare_upstream_request(&mut request, session.as_deref());
+            Decision::Forward(mut request, forwarding) => {
+                self.prepare_upstream_request(&mut request, forwarding.caller.as_ref());
                 let ctx = ForwardContext {
                     request_id: &request_id,
                     client: &client,
                     scheme: conn.scheme,
-                    wants_html,
+                    wants_html: wants_html && !forwarding.api_client,
+                    api_client: forwarding.api_client,
                 };
                 let forwarded = self.upstream.forward(request, &ctx).await;
                 (forwarded.response, forwarded.upstream_time)
@@ -163,9 +199,17 @@ impl Gateway {
         if path == self.auth.callback_path() {
             return match self.auth.callback(request, facts).await {
                 CallbackOutcome::Done(response) => Decision::Respond(response),
-                CallbackOutcome::NotOurs(_request) => {
-                    Decision::Respond(self.auth.foreign_callback(facts))
+                CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
+                    tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
+                    Decision::Forward(
+                        request,
+                        Forwarding {
+                            caller: None,
+                            api_client: true,
+                        },
+                    )
                 }
+                CallbackOutcome::NotOurs(_) => Decision::Respond(self.auth.foreign_callback(facts)),
             };
         }
         if let Some(endpoint) = path
@@ -177,15 +221,104 @@ impl Gateway {
                     .await,
             );
         }
-        match self.auth.session(request.headers()).await {
-            Some(session) => Decision::Forward(request, Some(session)),
-            None => Decision::Respond(self.auth.unauthenticated(
-                request.method(),
-                request.uri(),
-                request.headers(),
-                facts,
-            )),
+        let normalized = match routes::normalize(path) {
+            Ok(normalized) => normalized,
+            Err(e) => return Decision::Respond(bad_path(&e, facts)),
+        };
+        match self.access.requirement(request.method(), &normalized) {
+            Requirement::Public { api_client } => Decision::Forward(
+                request,
+                Forwarding {
+                    caller: None,
+                    api_client,
+                },
+            ),
+            Requirement::Deny => Decision::Respond(self.forbidden(None, &Denial::Route, facts)),
+            Requirement::SignIn { extra } => match self.caller(request.headers()).await {
+                CallerLookup::Found(caller) => match self
+                    .access
+                    .check(&caller.identity, extra.as_deref())
+                {
+                    Ok(()) => Decision::Forward(
+                        request,
+                        Forwarding {
+                            caller: Some(caller),
+                            api_client: false,
+                        },
+                    ),
+                    Err(denial) => {
+                        tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
+                        Decision::Respond(self.forbidden(Some(&caller.identity), &denial, facts))
+                    }
+                },
+                CallerLookup::BadBearer(e) => Decision::Respond(invalid_bearer(&e, facts)),
+                CallerLookup::Anonymous => Decision::Respond(self.auth.unauthenticated(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    facts,
+                )),
+            },
         }
+    }
+
+    fn forwards_foreign_callbacks(&self) -> bool {
+        let rustdesk = &self.settings.config.rustdesk;
+        rustdesk.enabled && rustdesk.forward_foreign_callbacks
+    }
+
+    /// The caller: a live session, else a bearer token (when enabled).
+    async fn caller(&self, headers: &http::HeaderMap) -> CallerLookup {
+        if let Some(session) = self.auth.session(headers).await {
+            return CallerLookup::Found(Caller {
+                identity: session.identity.clone(),
+                session: Some(session),
+            });
+        }
+        match self.auth.bearer_identity(headers).await {
+            Some(Ok(identity)) => CallerLookup::Found(Caller {
+                identity: Arc::new(identity),
+                session: None,
+            }),
+            Some(Err(e)) => CallerLookup::BadBearer(e),
+            None => CallerLookup::Anonymous,
+        }
+    }
+
+    fn forbidden(
+        &self,
+        identity: Option<&Identity>,
+        denial: &Denial,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let sign_out = format!("{}/sign_out", self.settings.config.gateway.prefix);
+        if !facts.wants_html {
+            return pages::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": "forbidden",
+                    "message": denial.explain(),
+                    "user": identity.map(|i| i.user.as_str()),
+                    "sign_out_url": sign_out,
+                    "request_id": facts.request_id,
+                }),
+            );
+        }
+        let mut response = Response::new(crate::full_body(forbidden_page(
+            identity,
+            denial,
+            &sign_out,
+            facts.request_id,
+        )));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 
     async fn gateway_endpoint(
@@ -202,30 +335,177 @@ impl Gateway {
                 let session = self.auth.session(headers).await;
                 self.auth.me(session.as_deref(), facts)
             }
-            _ => pages::json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "not_found", "message": "no such gateway endpoint", "request_id": facts.request_id}),
-            ),
+            "auth" => self.forward_auth(headers, facts).await,
+            "jwks.json" => match &self.assertion {
+                Some(signer) => {
+                    let mut response = Response::new(crate::full_body(signer.jwks()));
+                    let h = response.headers_mut();
+                    h.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/jwk-set+json"),
+                    );
+                    h.insert(
+                        CACHE_CONTROL,
+                        HeaderValue::from_static("public, max-age=300"),
+                    );
+                    response
+                }
+                None => not_found(facts),
+            },
+            _ => not_found(facts),
         }
     }
 
-    /// Upstream sees the session's identity and none of the gateway's cookies.
-    fn prepare_upstream_request(&self, request: &mut Request<Body>, session: Option<&Session>) {
+    /// `/.gateway/auth` for nginx auth_request, Traefik forwardAuth, Caddy
+    /// forward_auth: 202 + X-Auth-Request-* when the caller may pass, 401 when
+    /// anonymous, 403 when denied. The original method and URI are read from
+    /// X-Forwarded-Method / X-Original-URI / X-Forwarded-Uri only when the peer
+    /// is a trusted proxy; otherwise the request is judged as `GET /`.
+    async fn forward_auth(
+        &self,
+        headers: &http::HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (method, target) = if facts.client.peer_trusted {
+            let method = header("x-forwarded-method")
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .unwrap_or(Method::GET);
+            let target = header("x-original-uri")
+                .or_else(|| header("x-forwarded-uri"))
+                .unwrap_or("/");
+            (method, target.to_string())
+        } else {
+            (Method::GET, "/".to_string())
+        };
+        let path = target.split(['?', '#']).next().unwrap_or("/");
+        let normalized = match routes::normalize(path) {
+            Ok(normalized) => normalized,
+            Err(e) => return bad_path(&e, facts),
+        };
+        let extra = match self.access.requirement(&method, &normalized) {
+            Requirement::Public { .. } => return status_only(StatusCode::ACCEPTED),
+            Requirement::Deny => return self.forbidden(None, &Denial::Route, facts),
+            Requirement::SignIn { extra } => extra,
+        };
+        let caller = match self.caller(headers).await {
+            CallerLookup::Found(caller) => caller,
+            CallerLookup::BadBearer(e) => return invalid_bearer(&e, facts),
+            CallerLookup::Anonymous => {
+                return pages::json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": "unauthenticated", "request_id": facts.request_id}),
+                )
+            }
+        };
+        if let Err(denial) = self.access.check(&caller.identity, extra.as_deref()) {
+            return self.forbidden(Some(&caller.identity), &denial, facts);
+        }
+        let mut response = status_only(StatusCode::ACCEPTED);
+        let out = response.headers_mut();
+        let identity = &caller.identity;
+        let mut put = |name: &'static str, value: &str| {
+            if let Some(value) = header_value(value) {
+                out.insert(HeaderName::from_static(name), value);
+            }
+        };
+        put("x-auth-request-user", &identity.user);
+        if let Some(email) = &identity.email {
+            put("x-auth-request-email", email);
+        }
+        if let Some(username) = &identity.preferred_username {
+            put("x-auth-request-preferred-username", username);
+        }
+        if !identity.groups.is_empty() {
+            put("x-auth-request-groups", &identity.groups.join(","));
+        }
+        if let Some(signer) = &self.assertion {
+            let cache = caller.session.as_ref().map(|s| &s.assertion);
+            if let Some(value) = signer.assertion(identity, unix_now(), cache) {
+                out.insert(signer.header_name().clone(), value);
+            }
+        }
+        response
+    }
+
+    /// Upstream sees the caller's identity (and its signed assertion) and none
+    /// of the gateway's cookies.
+    fn prepare_upstream_request(&self, request: &mut Request<Body>, caller: Option<&Caller>) {
         let headers = request.headers_mut();
         strip_gateway_cookies(headers);
-        if let Some(session) = session {
-            self.auth.headers.insert(headers, &session.identity);
-            if self.settings.config.headers.pass_access_token {
-                if let Some(value) = session
-                    .access_token
-                    .as_deref()
-                    .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
-                {
-                    headers.insert(AUTHORIZATION, value);
-                }
+        let Some(caller) = caller else { return };
+        self.auth.headers.insert(headers, &caller.identity);
+        if let Some(signer) = &self.assertion {
+            let cache = caller.session.as_ref().map(|s| &s.assertion);
+            if let Some(value) = signer.assertion(&caller.identity, unix_now(), cache) {
+                headers.insert(signer.header_name().clone(), value);
+            }
+        }
+        if self.settings.config.headers.pass_access_token {
+            let token = caller
+                .session
+                .as_ref()
+                .and_then(|s| s.access_token.as_deref());
+            if let Some(value) =
+                token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            {
+                headers.insert(AUTHORIZATION, value);
             }
         }
     }
+}
+
+enum CallerLookup {
+    Found(Caller),
+    BadBearer(TokenError),
+    Anonymous,
+}
+
+fn status_only(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(crate::empty_body());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn not_found(facts: &RequestFacts<'_>) -> Response<Body> {
+    pages::json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({"error": "not_found", "message": "no such gateway endpoint", "request_id": facts.request_id}),
+    )
+}
+
+/// A path the gateway will not judge (encoded slash, dot segment, control character).
+fn bad_path(error: &routes::PathError, facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, reason = %error, "request path refused");
+    let detail = error.to_string();
+    ErrorPage {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_path",
+        title: "Bad request",
+        detail: &detail,
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html)
+}
+
+/// RFC 6750 §3: a bearer token that does not validate.
+fn invalid_bearer(error: &TokenError, facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, reason = %error, "bearer token rejected");
+    let mut response = pages::json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "invalid_token", "message": error.to_string(), "request_id": facts.request_id}),
+    );
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        error.to_string().replace(['"', '\\'], "'")
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 /// Request ids: kept from a trusted proxy when well-formed, otherwise

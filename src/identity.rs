@@ -63,7 +63,8 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// Invalid names were rejected by config validation; fall back to defaults defensively.
-    pub fn new(config: &HeadersConfig) -> Self {
+    /// `also_strip`: further names the gateway sets (the assertion header).
+    pub fn new(config: &HeadersConfig, also_strip: &[&str]) -> Self {
         let parse = |name: &str, default: &'static str| {
             HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(default))
         };
@@ -75,6 +76,11 @@ impl IdentityHeaders {
         let configured = [&user, &email, &preferred_username, &groups]
             .iter()
             .map(|n| n.as_str().replace('_', "-"))
+            .chain(
+                also_strip
+                    .iter()
+                    .map(|n| n.to_ascii_lowercase().replace('_', "-")),
+            )
             .collect();
         IdentityHeaders {
             user,
@@ -216,14 +222,15 @@ mod tests {
             user: "X-Remote-User".into(),
             ..HeadersConfig::default()
         };
-        let headers = IdentityHeaders::new(&config);
+        let headers = IdentityHeaders::new(&config, &["X-Signed-Identity"]);
         assert!(headers.is_identity_header("x_remote_user"));
+        assert!(headers.is_identity_header("x-signed_identity"));
         assert!(headers.is_identity_header("x-forwarded-user"));
     }
 
     #[test]
     fn strip_removes_every_value_of_every_variant() {
-        let headers = IdentityHeaders::new(&HeadersConfig::default());
+        let headers = IdentityHeaders::new(&HeadersConfig::default(), &[]);
         let mut h = HeaderMap::new();
         h.append("x-forwarded-user", "a".parse().unwrap());
         h.append("x-forwarded-user", "b".parse().unwrap());

@@ -6,6 +6,8 @@
 //! the proxy never knows about authentication and authentication never touches sockets.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod assertion;
 pub mod config;
 pub mod demo;
 pub mod devidp;
@@ -16,6 +18,8 @@ pub mod identity;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod telemetry;

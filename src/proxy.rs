@@ -34,6 +34,9 @@ pub struct ForwardContext<'a> {
     /// Scheme the client used to reach us (the listener's).
     pub scheme: &'static str,
     pub wants_html: bool,
+    /// RustDesk desktop clients: the gateway's own failures are 4xx JSON, never
+    /// 5xx (a client that sees 5xx retries around the gateway) and never HTML.
+    pub api_client: bool,
 }
 
 /// What came back from forwarding: the response and how long the upstream took

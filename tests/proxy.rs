@@ -186,7 +186,16 @@ async fn spoofed_identity_headers_are_replaced_by_the_session_identity() {
         );
         // The IdP sends no email claim (as Entra often does): the header is absent, not spoofed.
         assert!(echoed(&echo, "x-forwarded-email").is_empty(), "{echo}");
-        assert!(echoed(&echo, "x-gateway-assertion").is_empty(), "{echo}");
+        // The forged assertion is replaced by the gateway's own signed one.
+        let assertion = echoed(&echo, "x-gateway-assertion");
+        assert_eq!(assertion.len(), 1, "{echo}");
+        assert_ne!(assertion[0], "forged");
+        assert_eq!(
+            assertion[0].split('.').count(),
+            3,
+            "a JWT: {}",
+            assertion[0]
+        );
     }
 }
 

@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ResponseMode, Settings};
 use crate::health::Readiness;
-use crate::identity::IdentityHeaders;
+use crate::identity::{Identity, IdentityHeaders};
 use crate::pages::{self, escape_html, ErrorPage};
 use crate::proxy::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::ratelimit::LoginLimiter;
 use crate::session::cookies::{base64url, random_bytes, session_key, CookieCodec, LoginFlow};
 use crate::session::{unix_now, MemoryStore, Session, SessionStore};
 use crate::{empty_body, full_body, Body};
@@ -67,6 +68,8 @@ pub struct Auth {
     settings: Arc<Settings>,
     pub provider: Arc<Provider>,
     policy: TokenPolicy,
+    bearer_policy: Option<TokenPolicy>,
+    limiter: Arc<LoginLimiter>,
     cookies: CookieCodec,
     store: Arc<dyn SessionStore>,
     http: reqwest::Client,
@@ -93,10 +96,19 @@ impl Auth {
         Ok(Auth {
             provider: Arc::new(Provider::new(&settings, http.clone(), readiness)),
             policy: TokenPolicy::new(&settings),
+            bearer_policy: settings
+                .config
+                .bearer
+                .enabled
+                .then(|| TokenPolicy::for_bearer(&settings)),
+            limiter: Arc::new(LoginLimiter::new(&settings.config.rate_limit)),
             cookies,
             store: Arc::new(MemoryStore::new()),
             http,
-            headers: IdentityHeaders::new(&settings.config.headers),
+            headers: IdentityHeaders::new(
+                &settings.config.headers,
+                &[settings.config.assertion.header.as_str()],
+            ),
             settings,
         })
     }
@@ -105,12 +117,14 @@ impl Auth {
     pub fn spawn_background(&self, stop: CancellationToken) {
         self.provider.spawn_refresher(stop.clone());
         let store = self.store.clone();
+        let limiter = self.limiter.clone();
         let idle = self.settings.config.session.idle_timeout;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        limiter.forget_idle();
                         match store.sweep(unix_now(), idle).await {
                             Ok(0) => {}
                             Ok(n) => tracing::debug!(removed = n, "expired sessions swept"),
@@ -256,6 +270,9 @@ impl Auth {
         return_to: &str,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
+        if let Err(wait) = self.limiter.check(facts.client.client_ip) {
+            return too_many_logins(wait, facts);
+        }
         let Some(loaded) = self.provider.current() else {
             return ErrorPage {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -332,6 +349,9 @@ impl Auth {
         request: Request<Body>,
         facts: &RequestFacts<'_>,
     ) -> CallbackOutcome {
+        if let Err(wait) = self.limiter.check(facts.client.client_ip) {
+            return CallbackOutcome::Done(too_many_logins(wait, facts));
+        }
         let (parts, body) = request.into_parts();
         let (params, body_bytes) = match callback_params(&parts, body).await {
             Ok(found) => found,
@@ -569,6 +589,21 @@ impl Auth {
             .headers_mut()
             .append(SET_COOKIE, self.cookies.clear_session());
         response
+    }
+
+    /// The identity in `Authorization: Bearer <JWT>`, when [bearer] is enabled and
+    /// the request carries one: Ok(identity) or the reason it was refused.
+    pub async fn bearer_identity(
+        &self,
+        headers: &HeaderMap,
+    ) -> Option<Result<Identity, token::TokenError>> {
+        let policy = self.bearer_policy.as_ref()?;
+        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        Some(policy.validate(&self.provider, token.trim(), None).await)
     }
 
     /// `/.gateway/me`: the identity of the current session, 401 without one.
@@ -898,6 +933,24 @@ fn simple_page(title: &str, text: &str, link: &str, link_text: &str) -> String {
             escape_html(link_text)
         ),
     )
+}
+
+fn too_many_logins(wait: Duration, facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::warn!(client = %facts.client.client_ip, "login rate limit reached");
+    let mut response = ErrorPage {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "too_many_logins",
+        title: "Too many sign-in attempts",
+        detail: "Too many sign-in attempts from your address. Wait a minute, then try again.",
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html);
+    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn bad_host(facts: &RequestFacts<'_>) -> Response<Body> {

@@ -91,7 +91,7 @@ struct RawHeader {
 
 /// What a valid token must satisfy, derived from the configuration.
 pub struct TokenPolicy {
-    client_id: String,
+    audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     skew_secs: u64,
     allowed_tenants: Vec<String>,
@@ -101,7 +101,7 @@ impl TokenPolicy {
     pub fn new(settings: &Settings) -> Self {
         let oidc = &settings.config.oidc;
         TokenPolicy {
-            client_id: oidc.client_id.clone(),
+            audiences: vec![oidc.client_id.clone()],
             // Names were validated against the asymmetric allow-list at startup.
             algorithms: oidc
                 .allowed_algs
@@ -111,6 +111,20 @@ impl TokenPolicy {
             skew_secs: oidc.clock_skew.as_secs(),
             allowed_tenants: oidc.allowed_tenants.clone(),
         }
+    }
+
+    /// The policy for `Authorization: Bearer` tokens: the same issuer, keys and
+    /// checks, with `bearer.audiences` (default: the client id and `api://<client id>`).
+    pub fn for_bearer(settings: &Settings) -> Self {
+        let mut policy = TokenPolicy::new(settings);
+        let configured = &settings.config.bearer.audiences;
+        policy.audiences = if configured.is_empty() {
+            let id = &settings.config.oidc.client_id;
+            vec![id.clone(), format!("api://{id}")]
+        } else {
+            configured.clone()
+        };
+        policy
     }
 
     /// Validates `token` and returns who it names. `nonce`: the login's nonce
@@ -143,7 +157,7 @@ impl TokenPolicy {
         validation.leeway = self.skew_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_audience(&[&self.client_id]);
+        validation.set_audience(&self.audiences);
         validation.required_spec_claims = HashSet::from(["exp".to_string(), "aud".to_string()]);
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(map_jwt_error)?

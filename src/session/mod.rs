@@ -33,6 +33,8 @@ pub struct Session {
     pub expires_at: u64,
     /// Last request seen (idle timeout), updated without locking.
     last_seen: AtomicU64,
+    /// The signed identity assertion, reused within its window.
+    pub assertion: crate::assertion::AssertionCache,
 }
 
 impl Session {
@@ -45,6 +47,7 @@ impl Session {
             created_at: now,
             expires_at: now.saturating_add(ttl_secs),
             last_seen: AtomicU64::new(now),
+            assertion: Default::default(),
         }
     }
 

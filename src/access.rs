@@ -1,0 +1,380 @@
+//! Who gets in, and what passes without a browser login.
+//!
+//! - [`Rules`]: the `[access]` lists (tenants, email domains, users, groups,
+//!   app roles), and the stricter `allow` of a route. Every non-empty list must
+//!   be satisfied; within a list any entry will do.
+//! - [`AccessPolicy`]: the ordered routes — the RustDesk preset first, then
+//!   `[[routes]]` — matched on the normalized path, deciding per request whether
+//!   it is public, needs sign-in (with which rules), or is denied.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use crate::config::{AccessConfig, RouteAction, Settings};
+use crate::identity::Identity;
+use crate::pages::escape_html;
+use crate::routes::{Methods, PathPattern, Route, RouteTable};
+
+/// Why a signed-in user was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    Tenant,
+    EmailDomain,
+    User,
+    Groups,
+    /// Groups are required but Entra sent an overage marker instead of the list.
+    GroupOverage,
+    Roles,
+    Route,
+}
+
+impl Denial {
+    /// What the user is told (and the log says).
+    pub fn explain(&self) -> &'static str {
+        match self {
+            Denial::Tenant => "Your organisation (tenant) is not allowed to use this console.",
+            Denial::EmailDomain => "Your account's domain is not allowed to use this console.",
+            Denial::User => "Your account is not on the list of users allowed to use this console.",
+            Denial::Groups => "You are not a member of a group that is allowed to use this console.",
+            Denial::GroupOverage => "You are a member of too many groups for Microsoft to list them in the sign-in token, so group membership cannot be checked. Ask the administrator to assign the app's groups or roles directly.",
+            Denial::Roles => "You do not have an app role that is allowed to use this console.",
+            Denial::Route => "This part of the console is not available through the gateway.",
+        }
+    }
+}
+
+/// A set of access requirements.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    tenants: Vec<String>,
+    email_domains: Vec<String>,
+    users: Vec<String>,
+    groups: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl Rules {
+    pub fn from_config(config: &AccessConfig) -> Self {
+        let lower = |list: &[String]| list.iter().map(|s| s.trim().to_ascii_lowercase()).collect();
+        Rules {
+            tenants: lower(&config.tenants),
+            email_domains: lower(&config.email_domains),
+            users: lower(&config.users),
+            groups: config.groups.iter().map(|g| g.trim().to_string()).collect(),
+            roles: config.roles.iter().map(|r| r.trim().to_string()).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+            && self.email_domains.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.roles.is_empty()
+    }
+
+    pub fn check(&self, identity: &Identity) -> Result<(), Denial> {
+        if !self.tenants.is_empty() {
+            let tid = identity.tid.as_deref().map(str::to_ascii_lowercase);
+            if !tid.is_some_and(|t| self.tenants.contains(&t)) {
+                return Err(Denial::Tenant);
+            }
+        }
+        if !self.email_domains.is_empty() {
+            // The UPN first: its domain is one the tenant verified; Entra's `email`
+            // claim can be set by users and is only the fallback.
+            let address = identity
+                .preferred_username
+                .as_deref()
+                .or(identity.email.as_deref());
+            let domain = address.and_then(email_domain).map(str::to_ascii_lowercase);
+            if !domain.is_some_and(|d| self.email_domains.contains(&d)) {
+                return Err(Denial::EmailDomain);
+            }
+        }
+        if !self.users.is_empty() {
+            let names = [
+                identity.preferred_username.as_deref(),
+                identity.email.as_deref(),
+                identity.oid.as_deref(),
+            ];
+            let listed = names
+                .iter()
+                .flatten()
+                .any(|n| self.users.contains(&n.to_ascii_lowercase()));
+            if !listed {
+                return Err(Denial::User);
+            }
+        }
+        if !self.groups.is_empty() && !identity.groups.iter().any(|g| self.groups.contains(g)) {
+            // Fail closed on overage: the list we would need is not in the token.
+            return Err(if identity.groups_overage {
+                Denial::GroupOverage
+            } else {
+                Denial::Groups
+            });
+        }
+        if !self.roles.is_empty() && !identity.roles.iter().any(|r| self.roles.contains(r)) {
+            return Err(Denial::Roles);
+        }
+        Ok(())
+    }
+}
+
+/// The domain of a well-formed address with exactly one `@`, a non-empty local
+/// part and a plausible domain. `a@evil.com@corp.com` has none.
+pub fn email_domain(address: &str) -> Option<&str> {
+    let (local, domain) = address.split_once('@')?;
+    let plausible = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    plausible.then_some(domain)
+}
+
+/// What a request needs, decided from its method and normalized path.
+#[derive(Debug, Clone)]
+pub enum Requirement {
+    /// Forward without sign-in and without identity. `api_client`: answers the
+    /// gateway makes itself are JSON and never 5xx (RustDesk desktop clients).
+    Public {
+        api_client: bool,
+    },
+    /// Sign-in, the [access] rules and, when set, the route's own.
+    SignIn {
+        extra: Option<Arc<Rules>>,
+    },
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+enum RouteKind {
+    Public { api_client: bool },
+    SignIn(Option<Arc<Rules>>),
+    Deny,
+}
+
+pub struct AccessPolicy {
+    global: Rules,
+    routes: RouteTable<RouteKind>,
+}
+
+impl AccessPolicy {
+    /// Routes were validated with the configuration; an entry that still fails to
+    /// parse here is skipped with an error log rather than widening access.
+    pub fn new(settings: &Settings) -> Self {
+        let config = &settings.config;
+        let mut routes = Vec::new();
+        if config.rustdesk.enabled {
+            let preset = config
+                .rustdesk
+                .api_paths
+                .iter()
+                .chain(config.rustdesk.websocket_paths.iter());
+            for path in preset {
+                if let Ok(pattern) = PathPattern::parse(path) {
+                    routes.push(Route {
+                        methods: Methods::Any,
+                        pattern,
+                        action: RouteKind::Public { api_client: true },
+                        case_insensitive: false,
+                    });
+                }
+            }
+        }
+        for route in &config.routes {
+            let (Ok(pattern), Ok(methods)) = (
+                PathPattern::parse(&route.path),
+                Methods::parse(&route.methods),
+            ) else {
+                tracing::error!(path = %route.path, "route skipped: invalid pattern or methods");
+                continue;
+            };
+            let action = match route.action {
+                RouteAction::Public => RouteKind::Public { api_client: false },
+                RouteAction::Deny => RouteKind::Deny,
+                RouteAction::Authenticated => {
+                    let rules = Rules::from_config(&route.allow);
+                    RouteKind::SignIn((!rules.is_empty()).then(|| Arc::new(rules)))
+                }
+            };
+            let case_insensitive = route
+                .case_insensitive
+                .unwrap_or(route.action != RouteAction::Public);
+            routes.push(Route {
+                methods,
+                pattern,
+                action,
+                case_insensitive,
+            });
+        }
+        AccessPolicy {
+            global: Rules::from_config(&config.access),
+            routes: RouteTable::new(routes),
+        }
+    }
+
+    pub fn requirement(&self, method: &Method, normalized_path: &str) -> Requirement {
+        match self
+            .routes
+            .first_match(method, normalized_path)
+            .map(|r| &r.action)
+        {
+            Some(RouteKind::Public { api_client }) => Requirement::Public {
+                api_client: *api_client,
+            },
+            Some(RouteKind::SignIn(extra)) => Requirement::SignIn {
+                extra: extra.clone(),
+            },
+            Some(RouteKind::Deny) => Requirement::Deny,
+            None => Requirement::SignIn { extra: None },
+        }
+    }
+
+    /// The [access] rules, then the route's.
+    pub fn check(&self, identity: &Identity, extra: Option<&Rules>) -> Result<(), Denial> {
+        self.global.check(identity)?;
+        match extra {
+            Some(rules) => rules.check(identity),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The 403 page: who you are signed in as, why, and a way out (sign out) —
+/// never a redirect back into a login loop.
+pub fn forbidden_page(
+    identity: Option<&Identity>,
+    denial: &Denial,
+    sign_out_url: &str,
+    request_id: &str,
+) -> String {
+    let who = identity
+        .map(|i| {
+            format!(
+                "<p>You are signed in as <strong>{}</strong>.</p>",
+                escape_html(&i.user)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>403 Access denied</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}}p.meta{{color:#777;font-size:.85rem}}a{{color:#0067b8}}</style></head>
+<body><h1>Access denied</h1>{who}<p>{why}</p>
+<p><a href="{sign_out}">Sign out</a> and sign in with another account, or ask the administrator for access.</p>
+<p class="meta">Error {status} &middot; request id {request_id}</p></body></html>
+"#,
+        why = escape_html(denial.explain()),
+        sign_out = escape_html(sign_out_url),
+        status = StatusCode::FORBIDDEN.as_u16(),
+        request_id = escape_html(request_id),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        let mut i = Identity::for_tests("alice@corp.example");
+        i.tid = Some("TENANT-A".into());
+        i.oid = Some("oid-1".into());
+        i.groups = vec!["g-users".into()];
+        i.roles = vec!["Console.Read".into()];
+        i
+    }
+
+    fn rules(f: impl FnOnce(&mut AccessConfig)) -> Rules {
+        let mut c = AccessConfig::default();
+        f(&mut c);
+        Rules::from_config(&c)
+    }
+
+    #[test]
+    fn empty_rules_let_any_signed_in_user_pass() {
+        assert_eq!(Rules::default().check(&alice()), Ok(()));
+    }
+
+    #[test]
+    fn each_list_is_required_and_any_entry_satisfies_it() {
+        assert_eq!(
+            rules(|c| c.tenants = vec!["tenant-a".into()]).check(&alice()),
+            Ok(())
+        );
+        assert_eq!(
+            rules(|c| c.tenants = vec!["other".into()]).check(&alice()),
+            Err(Denial::Tenant)
+        );
+        assert_eq!(
+            rules(|c| c.groups = vec!["x".into(), "g-users".into()]).check(&alice()),
+            Ok(())
+        );
+        assert_eq!(
+            rules(|c| c.groups = vec!["g-admins".into()]).check(&alice()),
+            Err(Denial::Groups)
+        );
+        assert_eq!(
+            rules(|c| c.roles = vec!["Console.Admin".into()]).check(&alice()),
+            Err(Denial::Roles)
+        );
+        assert_eq!(
+            rules(|c| c.users = vec!["OID-1".into()]).check(&alice()),
+            Ok(())
+        );
+        assert_eq!(
+            rules(|c| c.users = vec!["bob@corp.example".into()]).check(&alice()),
+            Err(Denial::User)
+        );
+        let both = rules(|c| {
+            c.groups = vec!["g-users".into()];
+            c.roles = vec!["Console.Admin".into()];
+        });
+        assert_eq!(
+            both.check(&alice()),
+            Err(Denial::Roles),
+            "lists combine with AND"
+        );
+    }
+
+    #[test]
+    fn email_domains_match_exactly_on_a_single_at_address() {
+        let allow = rules(|c| c.email_domains = vec!["corp.example".into()]);
+        assert_eq!(allow.check(&alice()), Ok(()));
+        for address in [
+            "a@evil.com@corp.example",
+            "a@sub.corp.example",
+            "a@corp.example.evil.com",
+            "a@evilcorp.example",
+            "@corp.example",
+            "corp.example",
+        ] {
+            let mut who = alice();
+            who.preferred_username = Some(address.into());
+            who.email = None;
+            assert_eq!(allow.check(&who), Err(Denial::EmailDomain), "{address}");
+        }
+        assert_eq!(email_domain("a@evil.com@corp.example"), None);
+    }
+
+    #[test]
+    fn group_overage_fails_closed_with_its_own_reason() {
+        let mut who = alice();
+        who.groups.clear();
+        who.groups_overage = true;
+        assert_eq!(
+            rules(|c| c.groups = vec!["g-users".into()]).check(&who),
+            Err(Denial::GroupOverage)
+        );
+        assert_eq!(
+            Rules::default().check(&who),
+            Ok(()),
+            "no group rule: overage does not matter"
+        );
+    }
+}
