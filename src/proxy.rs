@@ -292,6 +292,13 @@ impl Upstream {
         ctx: &ForwardContext<'_>,
     ) -> Forwarded {
         let request_id = ctx.request_id.to_str().unwrap_or_default();
+        // RustDesk clients: 424 Failed Dependency (the request was fine, what it
+        // depends on failed) instead of a 5xx they would retry around.
+        let status = if ctx.api_client && status.is_server_error() {
+            StatusCode::FAILED_DEPENDENCY
+        } else {
+            status
+        };
         let title = status.canonical_reason().unwrap_or("Error");
         Forwarded {
             response: ErrorPage {

@@ -256,8 +256,7 @@ impl Auth {
         };
         let rd = uri
             .query()
-            .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "rd"))
-            .map(|(_, v)| v.into_owned())
+            .map(redirect_target)
             .unwrap_or_else(|| "/".into());
         self.start_login(headers, &origin, &return_to::sanitize(&rd), facts)
     }
@@ -867,6 +866,25 @@ async fn read_limited(mut body: Body, limit: usize) -> Option<Bytes> {
         }
     }
     Some(buffer.freeze())
+}
+
+/// The `rd` of a sign_in query. When `rd=` leads the query, everything after it
+/// is the target, so that proxies which cannot URL-encode (nginx:
+/// `sign_in?rd=$request_uri`) keep the target's own `&`-separated query.
+fn redirect_target(query: &str) -> String {
+    if let Some(rest) = query.strip_prefix("rd=") {
+        if rest.starts_with('/') {
+            // Raw, unencoded: keep as is (sanitised by the caller).
+            return rest.to_string();
+        }
+        return percent_encoding::percent_decode_str(rest)
+            .decode_utf8_lossy()
+            .into_owned();
+    }
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "rd")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// A top-level browser navigation (may be redirected to a login page), as

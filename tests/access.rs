@@ -1,0 +1,666 @@
+//! Who gets in and what bypasses login: access rules, per-path routes on the
+//! normalized path, the RustDesk preset, bearer tokens, the signed identity
+//! assertion, login rate limits — and the anchors' advisories as regressions.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+}
+
+/// An upstream that counts requests and echoes like `echo_upstream`.
+async fn counting_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let echo = echo_upstream().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let addr = upstream(move |req: Request<Incoming>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let client = client.clone();
+        async move {
+            // Relay to the echo upstream to reuse its JSON shape.
+            let mut forward =
+                client.request(req.method().clone(), format!("http://{echo}{}", req.uri()));
+            for (name, value) in req.headers() {
+                forward = forward.header(name, value);
+            }
+            let body = forward.send().await.unwrap().bytes().await.unwrap();
+            Response::new(full_body(body))
+        }
+    })
+    .await;
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_user_who_fails_the_rules_gets_a_403_naming_them_never_a_loop() {
+    let gw = gateway(echo_upstream().await)
+        .section("[access]\ngroups = [\"admins-only\"]")
+        .start()
+        .await;
+    let page = navigate(gw.http1().get(gw.url("/console")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 403);
+    assert!(
+        !page.headers().contains_key("location"),
+        "no redirect: that would loop"
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(USER), "names who is signed in: {html}");
+    assert!(html.contains("/.gateway/sign_out"), "offers a way out");
+    let api = gw.http1().get(gw.url("/api/data")).send().await.unwrap();
+    assert_eq!(api.status(), 403);
+    let json: serde_json::Value = api.json().await.unwrap();
+    assert_eq!(json["error"], "forbidden");
+    assert_eq!(json["user"], USER);
+}
+
+#[tokio::test]
+async fn each_rule_kind_admits_and_refuses() {
+    let upstream = echo_upstream().await;
+    let cases = [
+        (format!("tenants = [\"{TENANT}\"]"), 200),
+        (
+            "tenants = [\"99999999-0000-0000-0000-000000000000\"]".to_string(),
+            403,
+        ),
+        ("email_domains = [\"contoso.example\"]".to_string(), 200),
+        ("email_domains = [\"example\"]".to_string(), 403),
+        (format!("users = [\"{}\"]", USER.to_uppercase()), 200),
+        ("users = [\"bob@contoso.example\"]".to_string(), 403),
+        ("groups = [\"nope\", \"5f1d2e4b-users\"]".to_string(), 200),
+        ("roles = [\"Console.Admin\"]".to_string(), 403),
+    ];
+    for (rule, expected) in cases {
+        let gw = gateway(upstream)
+            .section(&format!("[access]\n{rule}"))
+            .start()
+            .await;
+        let status = gw.http1().get(gw.url("/")).send().await.unwrap().status();
+        assert_eq!(status, expected, "{rule}");
+    }
+}
+
+#[tokio::test]
+async fn app_roles_from_the_token_are_honoured() {
+    let gw = gateway(echo_upstream().await)
+        .section("[access]\nroles = [\"Console.Admin\"]")
+        .anonymous()
+        .start()
+        .await;
+    let mut claims = serde_json::Map::new();
+    claims.insert("roles".into(), serde_json::json!(["Console.Admin"]));
+    gw.idp.set_user_override(USER, Some(claims));
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn email_domain_is_an_exact_match_on_a_single_at_address() {
+    // oauth2-proxy advisory: a@evil.com@corp.com passed a corp.com domain check.
+    for (address, expected) in [
+        ("alice@contoso.example", 200),
+        ("a@evil.example@contoso.example", 403),
+        ("a@sub.contoso.example", 403),
+        ("a@contoso.example.evil.example", 403),
+    ] {
+        let gw = gateway(echo_upstream().await)
+            .section("[access]\nemail_domains = [\"contoso.example\"]")
+            .anonymous()
+            .start()
+            .await;
+        let mut claims = serde_json::Map::new();
+        claims.insert("preferred_username".into(), address.into());
+        gw.idp.set_user_override(USER, Some(claims));
+        let browser = gw.fresh_browser();
+        assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+        let status = browser.get(gw.url("/")).send().await.unwrap().status();
+        assert_eq!(status, expected, "{address}");
+    }
+}
+
+#[tokio::test]
+async fn group_overage_fails_closed_with_a_clear_message() {
+    let gw = gateway(echo_upstream().await)
+        .section("[access]\ngroups = [\"0b5e7a3c-admins\"]")
+        .anonymous()
+        .start()
+        .await;
+    let mut claims = serde_json::Map::new();
+    claims.insert("groups".into(), serde_json::Value::Null);
+    claims.insert("_claim_names".into(), serde_json::json!({"groups": "src1"}));
+    gw.idp.set_user_override(USER, Some(claims));
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let json: serde_json::Value = denied.json().await.unwrap();
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many groups"),
+        "{json}"
+    );
+}
+
+const ROUTES: &str = r#"
+[[routes]]
+path = "/public/**"
+methods = ["GET", "HEAD"]
+action = "public"
+
+[[routes]]
+path = "/admin/**"
+allow = { groups = ["only-admins"] }
+
+[[routes]]
+path = "/internal/**"
+action = "deny"
+"#;
+
+#[tokio::test]
+async fn public_routes_forward_anonymously_without_identity() {
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream).section(ROUTES).anonymous().start().await;
+    let client = gw.fresh_browser();
+    let echo: serde_json::Value = client
+        .get(gw.url("/public/logo.png?v=1"))
+        .header("x-forwarded-user", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["uri"], "/public/logo.png?v=1");
+    assert!(
+        echoed(&echo, "x-forwarded-user").is_empty(),
+        "no identity on public routes: {echo}"
+    );
+    assert!(echoed(&echo, "x-gateway-assertion").is_empty());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The route is GET/HEAD only: a POST there needs sign-in.
+    assert_eq!(
+        client
+            .post(gw.url("/public/form"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn stricter_and_deny_routes_apply_on_the_normalized_path() {
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream).section(ROUTES).start().await;
+    let client = gw.http1();
+    assert_eq!(
+        client
+            .get(gw.url("/console"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in [
+        "/admin/users",
+        "/ADMIN/users",
+        "/Admin/",
+        "/admin",
+        "//admin/users",
+        "/admin;x=1/users",
+        "/public/..;/admin",
+    ] {
+        let status = client.get(gw.url(path)).send().await.unwrap().status();
+        assert!(status == 403 || status == 400, "{path} answered {status}");
+    }
+    for path in ["/internal/metrics", "/INTERNAL/x"] {
+        assert_eq!(
+            client.get(gw.url(path)).send().await.unwrap().status(),
+            403,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only /console reached the upstream"
+    );
+}
+
+/// Sends `GET <path>` exactly as written (HTTP clients resolve `..` before
+/// sending; attackers do not), returns the status code and body.
+async fn raw_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn confusing_paths_are_refused_before_matching() {
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream).section(ROUTES).anonymous().start().await;
+    for path in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public%2F..%2Fadmin/x",
+        "/public/%2Fadmin",
+        "/public/x%00",
+        "/public/%5C..%5Cadmin",
+        "/public/./x",
+    ] {
+        let (status, text) = raw_get(&gw, path).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("bad_path"), "{path}: {text}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn skip_auth_routes_never_match_the_query_or_fragment() {
+    // oauth2-proxy advisories: skip-auth regex matched against the query string,
+    // or widened by '#'/'%23'.
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream).section(ROUTES).anonymous().start().await;
+    let client = gw.fresh_browser();
+    for path in [
+        "/secret?x=/public/a",
+        "/secret?/public/",
+        "/secret%23/public/a",
+        "/public%23/../secret",
+    ] {
+        let status = client.get(gw.url(path)).send().await.unwrap().status();
+        assert!(status == 401 || status == 400, "{path} answered {status}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream anonymously"
+    );
+}
+
+#[tokio::test]
+async fn health_probe_user_agents_get_nothing_beyond_health() {
+    // oauth2-proxy advisory: a health-check User-Agent bypassed authentication.
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream).anonymous().start().await;
+    let client = gw.fresh_browser();
+    for agent in ["kube-probe/1.29", "ELB-HealthChecker/2.0", "GoogleHC/1.0"] {
+        let status = client
+            .get(gw.url("/console"))
+            .header("user-agent", agent)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{agent}");
+        assert_eq!(
+            client
+                .get(gw.url("/healthz"))
+                .header("user-agent", agent)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn open_redirects_through_the_deep_link_are_neutralised() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    for path in ["//evil.example/x", "/%2F%2Fevil.example/x"] {
+        let browser = gw.fresh_browser();
+        let start = navigate(browser.get(gw.url(path))).send().await.unwrap();
+        if start.status() == 400 {
+            continue; // refused outright: no redirect at all
+        }
+        assert_eq!(start.status(), 302, "{path}");
+        let done = gw.follow_login(&browser, start).await;
+        assert_eq!(done.status(), 303);
+        let location = done.headers()["location"].to_str().unwrap();
+        assert!(
+            !location.starts_with("//") && !location.contains("evil.example"),
+            "{path} → {location}"
+        );
+    }
+}
+
+const RUSTDESK: &str = "[rustdesk]\nenabled = true";
+
+#[tokio::test]
+async fn rustdesk_client_api_reaches_the_console_untouched() {
+    let gw = gateway(echo_upstream().await)
+        .section(RUSTDESK)
+        .anonymous()
+        .start()
+        .await;
+    let client = gw.fresh_http1();
+    for path in [
+        "/api/heartbeat",
+        "/api/login",
+        "/api/audit/conn",
+        "/api/ab",
+        "/api/ab/personal",
+        "/api/devices/cli",
+        "/api/currentUser",
+    ] {
+        let response = client
+            .post(gw.url(path))
+            .header("authorization", "Bearer rustdesk-client-token")
+            .header("x-forwarded-user", "admin")
+            .header("content-type", "application/json")
+            .body("{\"id\":\"123\"}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            echoed(&echo, "authorization"),
+            ["Bearer rustdesk-client-token"],
+            "{path}"
+        );
+        assert!(
+            echoed(&echo, "x-forwarded-user").is_empty(),
+            "{path}: {echo}"
+        );
+        assert!(echoed(&echo, "x-gateway-assertion").is_empty(), "{path}");
+    }
+    // Not on the list: the console's web UI still needs sign-in.
+    assert_eq!(
+        client
+            .get(gw.url("/api/admin/settings"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let web = navigate(gw.fresh_browser().get(gw.url("/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(web.status(), 302);
+}
+
+#[tokio::test]
+async fn rustdesk_client_api_never_sees_html_or_a_gateway_5xx() {
+    let gw = gateway(closed_port().await)
+        .section(RUSTDESK)
+        .anonymous()
+        .start()
+        .await;
+    let response = gw
+        .fresh_http1()
+        .get(gw.url("/api/heartbeat"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        424,
+        "4xx, not 502: a RustDesk client retries around a 5xx"
+    );
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"], "upstream_unavailable");
+    // Confusing paths on the client API are refused as 4xx JSON too.
+    let (status, text) = raw_get(&gw, "/api/ab/%2e%2e/x").await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("application/json"), "{text}");
+}
+
+#[tokio::test]
+async fn rustdesk_foreign_callbacks_go_to_the_console_and_ours_do_not() {
+    let (upstream, hits) = counting_echo().await;
+    let gw = gateway(upstream)
+        .section(RUSTDESK)
+        .anonymous()
+        .start()
+        .await;
+    // RustDesk's own OIDC login for a desktop client: a state we never issued.
+    let foreign = gw
+        .fresh_browser()
+        .get(gw.url("/api/oidc/callback?code=rd-code&state=rustdesk-state-123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 200);
+    let echo: serde_json::Value = foreign.json().await.unwrap();
+    assert_eq!(
+        echo["uri"],
+        "/api/oidc/callback?code=rd-code&state=rustdesk-state-123"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Our own login's callback is finished by the gateway, not forwarded.
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "our callback never reached the console"
+    );
+}
+
+#[tokio::test]
+async fn rustdesk_websockets_pass_without_a_browser_login() {
+    let gw = gateway(echo_upstream().await)
+        .section(RUSTDESK)
+        .anonymous()
+        .start()
+        .await;
+    let response = gw
+        .fresh_http1()
+        .get(gw.url("/ws/id"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "forwarded, not redirected to a login"
+    );
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_the_issuer_pass_with_identity() {
+    let gw = gateway(echo_upstream().await)
+        .section("[bearer]\nenabled = true")
+        .anonymous()
+        .start()
+        .await;
+    let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    let echo: serde_json::Value = gw
+        .fresh_http1()
+        .get(gw.url("/api/data"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&echo, "x-forwarded-user"), [USER]);
+    assert_eq!(echoed(&echo, "x-gateway-assertion").len(), 1);
+}
+
+#[tokio::test]
+async fn bad_bearer_tokens_get_401_invalid_token() {
+    let gw = gateway(echo_upstream().await)
+        .section("[bearer]\nenabled = true")
+        .anonymous()
+        .start()
+        .await;
+    let mut expired = serde_json::Map::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    expired.insert("exp".into(), (now - 3600).into());
+    expired.insert("iat".into(), (now - 7200).into());
+    expired.insert("nbf".into(), (now - 7200).into());
+    let mut other_audience = serde_json::Map::new();
+    other_audience.insert("aud".into(), "some-other-app".into());
+    let valid = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    let mut tampered = valid.clone();
+    tampered.pop();
+    tampered.push(if valid.ends_with('A') { 'B' } else { 'A' });
+    for (name, token) in [
+        ("garbage", "not-a-jwt".to_string()),
+        ("expired", gw.idp.mint_id_token(USER, None, expired)),
+        (
+            "wrong audience",
+            gw.idp.mint_id_token(USER, None, other_audience),
+        ),
+        ("tampered", tampered),
+    ] {
+        let response = gw
+            .fresh_http1()
+            .get(gw.url("/api/data"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{name}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_ignored_when_bearer_is_off() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    let response = gw
+        .fresh_http1()
+        .get(gw.url("/api/data"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response
+        .headers()
+        .get("www-authenticate")
+        .is_some_and(|v| !v.to_str().unwrap().contains("invalid_token")));
+}
+
+#[tokio::test]
+async fn the_assertion_verifies_with_the_published_key_and_is_reused() {
+    let upstream = echo_upstream().await;
+    let gw = gateway(upstream).start().await;
+    let client = gw.http1();
+    let jwks: jsonwebtoken::jwk::JwkSet = client
+        .get(gw.url("/.gateway/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut assertions = Vec::new();
+    for _ in 0..2 {
+        let echo: serde_json::Value = client
+            .get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assertions.push(echoed(&echo, "x-gateway-assertion")[0].to_string());
+    }
+    assert_eq!(
+        assertions[0], assertions[1],
+        "reused within its window, not signed per request"
+    );
+    let header = jsonwebtoken::decode_header(&assertions[0]).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[format!("http://{upstream}")]);
+    validation.set_issuer(&["oidc-gateway"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &assertions[0],
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .expect("assertion verifies with the published key")
+    .claims;
+    assert_eq!(claims["name"], USER);
+    assert_eq!(claims["sub"], gw.idp.subject(USER));
+    assert_eq!(
+        claims["groups"],
+        serde_json::json!(["0b5e7a3c-admins", "5f1d2e4b-users"])
+    );
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 60, "short-lived: {lifetime}s");
+}
+
+#[tokio::test]
+async fn login_starts_are_rate_limited_per_client_but_signed_in_traffic_is_not() {
+    let gw = gateway(echo_upstream().await)
+        .section("[rate_limit]\nlogin_per_minute = 1\nlogin_burst = 3")
+        .start()
+        .await;
+    // The harness's own sign-in used one login start and one callback.
+    let anonymous = gw.fresh_browser();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(navigate(anonymous.get(gw.url("/x"))).send().await.unwrap());
+    }
+    let last = statuses.pop().unwrap();
+    assert_eq!(
+        last.status(),
+        429,
+        "{:?}",
+        statuses.iter().map(|r| r.status()).collect::<Vec<_>>()
+    );
+    assert!(last.headers().contains_key("retry-after"));
+    for _ in 0..50 {
+        assert_eq!(
+            gw.http1().get(gw.url("/")).send().await.unwrap().status(),
+            200
+        );
+    }
+}
