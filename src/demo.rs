@@ -70,7 +70,10 @@ format = "text"
         client_id = options.client_id,
         client_secret = options.client_secret,
     );
-    config::load_str(&toml, &[])
+    // OIDC_GATEWAY__SECTION__KEY overrides apply to the demo too (e.g. the benchmark
+    // turns the login rate limit off to create many sessions through real logins).
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    config::load_str(&toml, &env)
 }
 
 /// Starts the demo console on 127.0.0.1:0; returns its address.

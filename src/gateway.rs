@@ -371,9 +371,23 @@ impl Gateway {
             let method = header("x-forwarded-method")
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .unwrap_or(Method::GET);
-            let target = header("x-original-uri")
-                .or_else(|| header("x-forwarded-uri"))
-                .unwrap_or("/");
+            // nginx sets X-Original-URI, Traefik and Caddy X-Forwarded-Uri — and may pass
+            // the other one through from the client. Two different answers: refuse.
+            let target = match (header("x-original-uri"), header("x-forwarded-uri")) {
+                (Some(a), Some(b)) if a != b => {
+                    tracing::warn!(request_id = %facts.request_id, "forward-auth: X-Original-URI and X-Forwarded-Uri disagree");
+                    return ErrorPage {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "conflicting_original_uri",
+                        title: "Bad request",
+                        detail: "X-Original-URI and X-Forwarded-Uri name different targets; the proxy must send one (and drop the client's).",
+                        request_id: facts.request_id,
+                    }
+                    .render(false);
+                }
+                (Some(uri), _) | (None, Some(uri)) => uri,
+                (None, None) => "/",
+            };
             (method, target.to_string())
         } else {
             (Method::GET, "/".to_string())
@@ -392,10 +406,18 @@ impl Gateway {
             CallerLookup::Found(caller) => caller,
             CallerLookup::BadBearer(e) => return invalid_bearer(&e, facts),
             CallerLookup::Anonymous => {
+                // Where a browser should go to sign in (proxies that cannot redirect
+                // by themselves show this body).
+                let login_url = format!(
+                    "{}/sign_in?rd={}",
+                    self.settings.config.gateway.prefix,
+                    url::form_urlencoded::byte_serialize(oidc_return_to(&target).as_bytes())
+                        .collect::<String>()
+                );
                 return pages::json(
                     StatusCode::UNAUTHORIZED,
-                    &serde_json::json!({"error": "unauthenticated", "request_id": facts.request_id}),
-                )
+                    &serde_json::json!({"error": "unauthenticated", "login_url": login_url, "request_id": facts.request_id}),
+                );
             }
         };
         if let Err(denial) = self.access.check(&caller.identity, extra.as_deref()) {
@@ -459,6 +481,10 @@ enum CallerLookup {
     Found(Caller),
     BadBearer(TokenError),
     Anonymous,
+}
+
+fn oidc_return_to(target: &str) -> String {
+    crate::oidc::return_to::sanitize(target)
 }
 
 fn status_only(status: StatusCode) -> Response<Body> {
