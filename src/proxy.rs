@@ -384,6 +384,16 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Hot path: most messages carry none of these. One pass over the names
+    // (cheap comparisons) instead of a dozen hashed removals.
+    let present = headers.keys().any(|name| {
+        HOP_BY_HOP.contains(name)
+            || name.as_str() == KEEP_ALIVE
+            || name.as_str() == PROXY_CONNECTION
+    });
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
