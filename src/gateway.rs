@@ -304,21 +304,10 @@ impl Gateway {
                 }),
             );
         }
-        let mut response = Response::new(crate::full_body(forbidden_page(
-            identity,
-            denial,
-            &sign_out,
-            facts.request_id,
-        )));
-        *response.status_mut() = StatusCode::FORBIDDEN;
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        response
-            .headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        pages::html(
+            StatusCode::FORBIDDEN,
+            forbidden_page(identity, denial, &sign_out, facts.request_id),
+        )
     }
 
     async fn gateway_endpoint(

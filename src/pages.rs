@@ -86,6 +86,19 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// A complete HTML page answer (never cached).
+pub fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut response = Response::new(full_body(page));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// A small JSON answer (health endpoints, API answers).
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full_body(value.to_string()));

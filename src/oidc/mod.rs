@@ -918,16 +918,7 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
 }
 
 fn html(status: StatusCode, text: &str) -> Response<Body> {
-    let mut response = Response::new(full_body(text.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    pages::html(status, text.to_string())
 }
 
 fn page(title: &str, body_html: &str) -> String {
