@@ -165,21 +165,56 @@ struct CodeGrant {
 struct RefreshGrant {
     client_id: String,
     login: Login,
+    issued_at: Instant,
 }
+
+/// How long a refresh token of the development IdP can be redeemed.
+const REFRESH_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Expired grants are forgotten at most this often (not on every insert: that
+/// made a long login run quadratic).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Grants {
     codes: HashMap<String, CodeGrant>,
     refresh: HashMap<String, RefreshGrant>,
+    last_prune: Option<Instant>,
 }
 
 impl Grants {
-    /// Stores a code, forgetting expired ones (used codes stay until they
-    /// expire, so a replay is recognised as one).
+    /// Stores a code (used codes stay until they expire, so that a replay is
+    /// recognised as one).
     fn insert_code(&mut self, code: String, grant: CodeGrant) {
-        self.codes
-            .retain(|_, g| g.issued_at.elapsed() <= CODE_LIFETIME);
+        self.prune();
         self.codes.insert(code, grant);
+    }
+
+    fn insert_refresh(&mut self, token: String, grant: RefreshGrant) {
+        self.prune();
+        self.refresh.insert(token, grant);
+    }
+
+    /// The refresh grant for `token`, while it is valid.
+    fn refresh_grant(&self, token: &str) -> Option<RefreshGrant> {
+        self.refresh
+            .get(token)
+            .filter(|g| g.issued_at.elapsed() <= REFRESH_LIFETIME)
+            .cloned()
+    }
+
+    fn prune(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_prune
+            .is_some_and(|at| now.duration_since(at) < PRUNE_EVERY)
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        self.codes
+            .retain(|_, g| now.duration_since(g.issued_at) <= CODE_LIFETIME);
+        self.refresh
+            .retain(|_, g| now.duration_since(g.issued_at) <= REFRESH_LIFETIME);
     }
 }
 

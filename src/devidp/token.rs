@@ -8,6 +8,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 use super::tokens::{opaque_refresh_token, Login};
 use super::web::{b64url, entra_error, form_decode, json, Params};
@@ -248,7 +249,7 @@ fn redeem_refresh_token(shared: &Shared, client_id: &str, params: &Params) -> An
     let token = params
         .non_empty("refresh_token")
         .ok_or_else(|| missing("refresh_token"))?;
-    let grant = lock(&shared.grants).refresh.get(token).cloned();
+    let grant = lock(&shared.grants).refresh_grant(token);
     let Some(grant) = grant.filter(|g| g.client_id == client_id) else {
         return Err(invalid_grant(
             "AADSTS9002313: Invalid request. Request is malformed or invalid. (unknown refresh token)",
@@ -294,10 +295,9 @@ fn issue_tokens(
         let grant = RefreshGrant {
             client_id: client_id.to_string(),
             login: login.clone(),
+            issued_at: Instant::now(),
         };
-        lock(&shared.grants)
-            .refresh
-            .insert(refresh_token.clone(), grant);
+        lock(&shared.grants).insert_refresh(refresh_token.clone(), grant);
         body.insert("refresh_token".into(), json!(refresh_token));
     }
     json(StatusCode::OK, &Value::Object(body))
