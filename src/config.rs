@@ -230,6 +230,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Worker threads, each with its own listener (SO_REUSEPORT) and upstream
+    /// pool; 0 = one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -243,6 +246,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }

@@ -83,14 +83,16 @@ pub enum GatewayInitError {
     Assertion(#[from] AssertionError),
 }
 
+/// One worker's gateway: its own upstream connection pool, and the state every
+/// worker shares (sessions, keys, rules, readiness) behind `Arc`s.
 pub struct Gateway {
     settings: Arc<Settings>,
     readiness: Readiness,
     upstream: Upstream,
-    auth: Auth,
-    access: AccessPolicy,
-    assertion: Option<AssertionSigner>,
-    request_ids: RequestIds,
+    auth: Arc<Auth>,
+    access: Arc<AccessPolicy>,
+    assertion: Option<Arc<AssertionSigner>>,
+    request_ids: Arc<RequestIds>,
 }
 
 impl Gateway {
@@ -106,13 +108,27 @@ impl Gateway {
             false => None,
         };
         Ok(Gateway {
-            access: AccessPolicy::new(&settings),
+            access: Arc::new(AccessPolicy::new(&settings)),
             settings,
             readiness,
             upstream,
-            auth,
-            assertion,
-            request_ids: RequestIds::new(),
+            auth: Arc::new(auth),
+            assertion: assertion.map(Arc::new),
+            request_ids: Arc::new(RequestIds::new()),
+        })
+    }
+
+    /// A gateway for another worker thread: the same shared state, its own
+    /// upstream pool (whose connections then live on that worker's runtime).
+    pub fn for_worker(&self, tunnels: Tunnels) -> Result<Self, GatewayInitError> {
+        Ok(Gateway {
+            settings: self.settings.clone(),
+            readiness: self.readiness.clone(),
+            upstream: Upstream::new(&self.settings, tunnels)?,
+            auth: self.auth.clone(),
+            access: self.access.clone(),
+            assertion: self.assertion.clone(),
+            request_ids: self.request_ids.clone(),
         })
     }
 
@@ -143,8 +159,14 @@ impl Gateway {
             .request_ids
             .for_request(request.headers(), client.peer_trusted);
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let quiet = health::is_health_path(&path);
+        let quiet = health::is_health_path(request.uri().path());
+        // The access line's path is copied only when the line will be written.
+        let logged = if quiet {
+            tracing::enabled!(target: "access", tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(target: "access", tracing::Level::INFO)
+        };
+        let path = logged.then(|| request.uri().path().to_owned());
 
         // Every request, whatever happens next: no client may speak for the gateway.
         let spoofed = self.auth.headers.strip(request.headers_mut());
@@ -177,8 +199,8 @@ impl Gateway {
         response
             .headers_mut()
             .insert(&X_REQUEST_ID, request_id.clone());
-        let record = AccessRecord {
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        let record = path.map(|path| AccessRecord {
+            request_id: request_id.clone(),
             client: client.client_ip,
             method,
             path,
@@ -186,7 +208,7 @@ impl Gateway {
             started,
             upstream: upstream_time,
             quiet,
-        };
+        });
         response.map(|body| AccessLogBody::new(body, record))
     }
 
@@ -550,9 +572,24 @@ impl RequestIds {
             }
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix))
-            .unwrap_or(HeaderValue::from_static("unknown"))
+        // `<prefix as 8 hex>-<counter as hex>`, formatted without a heap String.
+        let mut buf = [0u8; 8 + 1 + 16];
+        let mut len = write_hex(&mut buf, u64::from(self.prefix), 8);
+        buf[len] = b'-';
+        len += 1;
+        len += write_hex(&mut buf[len..], n, 1);
+        HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
     }
+}
+
+/// Writes `value` as lower-case hex, at least `min_digits` wide; returns the length.
+fn write_hex(out: &mut [u8], value: u64, min_digits: usize) -> usize {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((64 - value.leading_zeros() as usize).div_ceil(4)).max(min_digits);
+    for i in 0..digits {
+        out[digits - 1 - i] = DIGITS[((value >> (4 * i)) & 0xf) as usize];
+    }
+    digits
 }
 
 fn is_valid_request_id(id: &[u8]) -> bool {
@@ -560,4 +597,42 @@ fn is_valid_request_id(id: &[u8]) -> bool {
         && id
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_dash_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0xab,
+            counter: AtomicU64::new(0x1f),
+        };
+        let id = ids.for_request(&http::HeaderMap::new(), false);
+        assert_eq!(id, "000000ab-1f");
+        assert_eq!(
+            ids.for_request(&http::HeaderMap::new(), false),
+            "000000ab-20"
+        );
+        let mut buf = [0u8; 16];
+        let len = write_hex(&mut buf, 0, 1);
+        assert_eq!(&buf[..len], b"0");
+        let len = write_hex(&mut buf, u64::MAX, 1);
+        assert_eq!(&buf[..len], b"ffffffffffffffff");
+    }
+
+    #[test]
+    fn a_trusted_proxys_request_id_is_kept_when_well_formed() {
+        let ids = RequestIds::new();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("lb-42"));
+        assert_eq!(ids.for_request(&headers, true), "lb-42");
+        assert_ne!(ids.for_request(&headers, false), "lb-42");
+        headers.insert(
+            &X_REQUEST_ID,
+            HeaderValue::from_static("bad id with spaces"),
+        );
+        assert_ne!(ids.for_request(&headers, true), "bad id with spaces");
+    }
 }

@@ -60,6 +60,8 @@ pub struct RunningServer {
     pub readiness: Readiness,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// One per extra worker thread: completes when that worker has drained.
+    worker_exits: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RunningServer {
@@ -72,6 +74,10 @@ impl RunningServer {
     pub async fn wait(self) {
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "server task ended abnormally");
+        }
+        for exit in self.worker_exits {
+            // Err: the worker thread ended without signalling (it panicked); nothing to wait for.
+            let _ = exit.await;
         }
     }
 
@@ -95,8 +101,27 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     }
     let acceptor = TlsAcceptor::from(tls::server_config(&tls_cfg.cert, &tls_cfg.key)?);
 
-    let https_listener = bind("server.listen", settings.listen).await?;
+    let workers = match settings.config.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    // One listening socket per worker on the same address (SO_REUSEPORT: the
+    // kernel spreads new connections). All are bound here, so that an address
+    // problem is a start-up error, not a worker thread's.
+    let https_listener = bind_listener("server.listen", settings.listen, workers > 1)?;
     let https_addr = local_addr("server.listen", &https_listener, settings.listen)?;
+    let mut worker_listeners = Vec::new();
+    for _ in 1..workers {
+        let listener = bind_listener("server.listen", https_addr, true)?;
+        let std_listener = listener.into_std().map_err(|source| StartError::Bind {
+            key: "server.listen",
+            addr: https_addr,
+            source,
+        })?;
+        worker_listeners.push(std_listener);
+    }
     let http_listener = match settings.redirect_http {
         Some(addr) => Some(bind("server.redirect_http", addr).await?),
         None => None,
@@ -114,10 +139,45 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
             other => StartError::Init(other.to_string()),
         },
     )?;
+    let mut worker_gateways = Vec::new();
+    for _ in 1..workers {
+        worker_gateways.push(
+            gateway
+                .for_worker(tunnels.clone())
+                .map_err(|e| StartError::Init(e.to_string()))?,
+        );
+    }
     let gateway = Arc::new(gateway);
     let stop = CancellationToken::new();
     gateway.spawn_background(stop.child_token());
     let builder = connection_builder(&settings);
+
+    let mut worker_exits = Vec::new();
+    for (index, (listener, worker_gateway)) in worker_listeners
+        .into_iter()
+        .zip(worker_gateways)
+        .enumerate()
+    {
+        let (exited, exit_signal) = tokio::sync::oneshot::channel::<()>();
+        let listeners = WorkerListeners {
+            settings: settings.clone(),
+            https: listener,
+            https_port: https_addr.port(),
+            acceptor: acceptor.clone(),
+            gateway: Arc::new(worker_gateway),
+            builder: builder.clone(),
+            tunnels: tunnels.clone(),
+            stop: stop.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("worker-{}", index + 1))
+            .spawn(move || {
+                run_worker(listeners);
+                let _ = exited.send(());
+            })
+            .map_err(|e| StartError::Init(format!("cannot start a worker thread: {e}")))?;
+        worker_exits.push(exit_signal);
+    }
 
     let task = tokio::spawn(run(Listeners {
         settings: settings.clone(),
@@ -134,6 +194,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         listen = %https_addr,
         redirect_http = ?http_addr,
         upstream = %settings.upstream,
+        workers,
         "oidc-gateway is serving"
     );
     Ok(RunningServer {
@@ -142,13 +203,86 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         readiness,
         stop,
         task,
+        worker_exits,
     })
 }
 
+/// A listening socket; with `reuse_port`, several may share the address (one per worker).
+fn bind_listener(
+    key: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
+    let fail = |source| StartError::Bind { key, addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true).map_err(fail)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(1024).map_err(fail)
+}
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { key, addr, source })
+    bind_listener(key, addr, false)
+}
+
+/// What an extra worker thread serves: its own listener and gateway (own
+/// upstream pool), the shared acceptor, builder, tunnels and stop signal.
+struct WorkerListeners {
+    settings: Arc<Settings>,
+    https: std::net::TcpListener,
+    https_port: u16,
+    acceptor: TlsAcceptor,
+    gateway: Arc<Gateway>,
+    builder: auto::Builder<TokioExecutor>,
+    tunnels: Tunnels,
+    stop: CancellationToken,
+}
+
+/// A worker thread: one single-threaded runtime, like an nginx worker. Tasks
+/// never migrate, so a request and its upstream connection wake each other
+/// without crossing threads.
+fn run_worker(worker: WorkerListeners) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime; this worker serves nothing");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let https = match TcpListener::from_std(worker.https) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "worker cannot take its listener; it serves nothing");
+                return;
+            }
+        };
+        run(Listeners {
+            settings: worker.settings,
+            https,
+            http: None,
+            https_port: worker.https_port,
+            acceptor: worker.acceptor,
+            gateway: worker.gateway,
+            builder: worker.builder,
+            tunnels: worker.tunnels,
+            stop: worker.stop,
+        })
+        .await;
+    });
 }
 
 fn local_addr(

@@ -39,7 +39,7 @@ pub fn init(log: &LogConfig) {
 
 /// What the access log records about one request.
 pub struct AccessRecord {
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     pub client: IpAddr,
     pub method: Method,
     /// The path without its query: queries carry codes and tokens.
@@ -59,7 +59,7 @@ impl AccessRecord {
             ($level:ident) => {
                 tracing::$level!(
                     target: "access",
-                    request_id = %self.request_id,
+                    request_id = %self.request_id.to_str().unwrap_or_default(),
                     client = %self.client,
                     method = %self.method,
                     path = %self.path,
@@ -108,10 +108,11 @@ pin_project_lite::pin_project! {
 }
 
 impl AccessLogBody {
-    pub fn new(inner: Body, record: AccessRecord) -> Self {
+    /// `record`: None when the access line is not logged at the current level.
+    pub fn new(inner: Body, record: Option<AccessRecord>) -> Self {
         AccessLogBody {
             inner,
-            record: Some(record),
+            record,
             bytes: 0,
         }
     }

@@ -864,3 +864,34 @@ async fn plain_http_listener_redirects_with_308_and_answers_health() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn several_workers_share_the_port_the_sessions_and_the_drain() {
+    let gw = gateway(echo_upstream().await)
+        .server("workers = 3")
+        .start()
+        .await;
+    let cookie = gw.session_cookie();
+    // Separate connections: the kernel spreads them over the workers' listeners;
+    // each worker must know the session created through another.
+    let mut answers = Vec::new();
+    for _ in 0..24 {
+        let client = gw.fresh_http1();
+        answers.push(tokio::spawn(
+            client
+                .get(gw.url("/"))
+                .header("cookie", cookie.clone())
+                .send(),
+        ));
+    }
+    for answer in answers {
+        let echo: serde_json::Value = answer.await.unwrap().unwrap().json().await.unwrap();
+        assert_eq!(echoed(&echo, "x-forwarded-user"), [USER]);
+    }
+    let TestGateway { server, addr, .. } = gw;
+    bounded("all workers drain and stop", server.shutdown()).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no worker listens any more"
+    );
+}
