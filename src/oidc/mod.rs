@@ -453,7 +453,10 @@ impl Auth {
         let mut session = Session::new(identity, self.settings.config.session.ttl.as_secs(), now);
         session.id_token = Some(tokens.id_token.into());
         session.refresh_token = tokens.refresh_token.map(Into::into);
-        session.access_token = tokens.access_token.map(Into::into);
+        // Kept only when it is sent upstream: ~1-2 KiB per session otherwise unused.
+        if self.settings.config.headers.pass_access_token {
+            session.access_token = tokens.access_token.map(Into::into);
+        }
         // Gateway-side cost of the callback (validation, session), without the IdP's time.
         let gateway_us = started.elapsed().saturating_sub(idp_time).as_micros() as u64;
         tracing::info!(
