@@ -10,6 +10,8 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 # Dependencies first, so code changes do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# The manifest names the bench targets: cargo wants their files present.
+COPY benches ./benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
