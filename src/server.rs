@@ -159,9 +159,8 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         .enumerate()
     {
         let (exited, exit_signal) = tokio::sync::oneshot::channel::<()>();
-        let listeners = WorkerListeners {
+        let serving = Serving {
             settings: settings.clone(),
-            https: listener,
             https_port: https_addr.port(),
             acceptor: acceptor.clone(),
             gateway: Arc::new(worker_gateway),
@@ -172,24 +171,23 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         std::thread::Builder::new()
             .name(format!("worker-{}", index + 1))
             .spawn(move || {
-                run_worker(listeners);
+                run_worker(listener, serving);
                 let _ = exited.send(());
             })
             .map_err(|e| StartError::Init(format!("cannot start a worker thread: {e}")))?;
         worker_exits.push(exit_signal);
     }
 
-    let task = tokio::spawn(run(Listeners {
+    let serving = Serving {
         settings: settings.clone(),
-        https: https_listener,
-        http: http_listener,
         https_port: https_addr.port(),
         acceptor,
         gateway,
         builder,
         tunnels,
         stop: stop.clone(),
-    }));
+    };
+    let task = tokio::spawn(run(https_listener, http_listener, serving));
     tracing::info!(
         listen = %https_addr,
         redirect_http = ?http_addr,
@@ -235,23 +233,10 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     bind_listener(key, addr, false)
 }
 
-/// What an extra worker thread serves: its own listener and gateway (own
-/// upstream pool), the shared acceptor, builder, tunnels and stop signal.
-struct WorkerListeners {
-    settings: Arc<Settings>,
-    https: std::net::TcpListener,
-    https_port: u16,
-    acceptor: TlsAcceptor,
-    gateway: Arc<Gateway>,
-    builder: auto::Builder<TokioExecutor>,
-    tunnels: Tunnels,
-    stop: CancellationToken,
-}
-
 /// A worker thread: one single-threaded runtime, like an nginx worker. Tasks
 /// never migrate, so a request and its upstream connection wake each other
 /// without crossing threads.
-fn run_worker(worker: WorkerListeners) {
+fn run_worker(https: std::net::TcpListener, serving: Serving) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,25 +248,14 @@ fn run_worker(worker: WorkerListeners) {
         }
     };
     runtime.block_on(async move {
-        let https = match TcpListener::from_std(worker.https) {
+        let https = match TcpListener::from_std(https) {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::error!(error = %e, "worker cannot take its listener; it serves nothing");
                 return;
             }
         };
-        run(Listeners {
-            settings: worker.settings,
-            https,
-            http: None,
-            https_port: worker.https_port,
-            acceptor: worker.acceptor,
-            gateway: worker.gateway,
-            builder: worker.builder,
-            tunnels: worker.tunnels,
-            stop: worker.stop,
-        })
-        .await;
+        run(https, None, serving).await;
     });
 }
 
@@ -315,10 +289,10 @@ fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-struct Listeners {
+/// What a worker serves its listeners with: its gateway (own upstream pool) and
+/// the shared acceptor, connection builder, tunnels and stop signal.
+struct Serving {
     settings: Arc<Settings>,
-    https: TcpListener,
-    http: Option<TcpListener>,
     https_port: u16,
     acceptor: TlsAcceptor,
     gateway: Arc<Gateway>,
@@ -327,18 +301,17 @@ struct Listeners {
     stop: CancellationToken,
 }
 
-async fn run(listeners: Listeners) {
-    let Listeners {
+/// One worker's accept loop and drain. Only the first worker has the plain-HTTP listener.
+async fn run(https: TcpListener, http: Option<TcpListener>, serving: Serving) {
+    let Serving {
         settings,
-        https,
-        http,
         https_port,
         acceptor,
         gateway,
         builder,
         tunnels,
         stop,
-    } = listeners;
+    } = serving;
     let graceful = GracefulShutdown::new();
     let handshake_timeout = settings.config.server.tls_handshake_timeout;
     let redirect = Arc::new(RedirectTarget::new(&settings, https_port));
