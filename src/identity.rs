@@ -32,7 +32,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// An identity with just a user name (store tests, examples).
+    /// An identity with just a user name (unit tests).
+    #[cfg(test)]
     pub fn for_tests(user: &str) -> Self {
         Identity {
             user: user.into(),
