@@ -30,7 +30,6 @@ pub enum AssertionError {
 
 pub struct AssertionSigner {
     key: EcdsaKeyPair,
-    kid: String,
     header_name: HeaderName,
     /// Pre-encoded JOSE header (`{"alg":"ES256","typ":"JWT","kid":…}`).
     jose: String,
@@ -108,7 +107,6 @@ impl AssertionSigner {
         });
         Ok(AssertionSigner {
             key,
-            kid,
             header_name: HeaderName::from_bytes(config.header.as_bytes())
                 .unwrap_or(HeaderName::from_static("x-gateway-assertion")),
             jose,
@@ -122,10 +120,6 @@ impl AssertionSigner {
 
     pub fn header_name(&self) -> &HeaderName {
         &self.header_name
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.kid
     }
 
     /// The JWKS document with the public key.

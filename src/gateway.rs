@@ -141,10 +141,6 @@ impl Gateway {
         &self.readiness
     }
 
-    pub fn auth(&self) -> &Auth {
-        &self.auth
-    }
-
     /// Runs one request through the pipeline.
     pub async fn handle(
         &self,

@@ -137,10 +137,6 @@ impl Auth {
         });
     }
 
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     pub fn callback_path(&self) -> &str {
         &self.settings.config.oidc.callback_path
     }

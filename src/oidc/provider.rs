@@ -120,11 +120,6 @@ impl Provider {
         )
     }
 
-    /// The configured issuer (normalised: no trailing slash).
-    pub fn configured_issuer(&self) -> &str {
-        &self.configured_issuer
-    }
-
     /// Metadata and keys, once loaded.
     pub fn current(&self) -> Option<Arc<Loaded>> {
         self.loaded.load_full()
