@@ -11,13 +11,6 @@ use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header("accept", "text/html,application/xhtml+xml")
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-dest", "document")
-}
-
 /// An upstream that counts requests and echoes like `echo_upstream`.
 async fn counting_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let echo = echo_upstream().await;

@@ -490,12 +490,6 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
         .expect("request")
 }
 
-fn location(response: &reqwest::Response) -> String {
-    header(response, "location")
-        .unwrap_or_else(|| panic!("{} without Location", response.status()))
-        .to_string()
-}
-
 /// What both fronts must do, from the first anonymous request to the application.
 async fn check_front(front: &Front, gw: &TestGateway) {
     let who = front.name;

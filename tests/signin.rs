@@ -10,37 +10,6 @@ use oidc_gateway::devidp::{DevIdp, DevIdpOptions};
 
 const BOUND: Duration = Duration::from_secs(20);
 
-/// Headers a browser sends when the user navigates (address bar, link).
-fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header(
-            "accept",
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-        )
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-dest", "document")
-}
-
-fn query_param(url: &str, name: &str) -> Option<String> {
-    let url = reqwest::Url::parse(url).ok()?;
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-fn location(response: &reqwest::Response) -> String {
-    response.headers()["location"].to_str().unwrap().to_string()
-}
-
-fn set_cookies(response: &reqwest::Response) -> Vec<String> {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn deep_link_login_returns_to_the_exact_page_signed_in() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;

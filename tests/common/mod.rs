@@ -393,6 +393,45 @@ pub fn echoed<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
+/// Headers a browser sends when the user navigates (address bar, link).
+pub fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+}
+
+/// The `Location` of a redirect (panics, naming the status, when there is none).
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{} without Location", response.status()))
+        .to_string()
+}
+
+/// Every `Set-Cookie` value of a response.
+pub fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The value of query parameter `name` in `url`.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 pub fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
