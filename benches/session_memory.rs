@@ -35,6 +35,7 @@ fn identity(i: usize) -> Identity {
         groups_overage: false,
         issuer: "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
             .into(),
+        header_values: Default::default(),
     }
 }
 

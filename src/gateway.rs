@@ -29,7 +29,7 @@ use crate::access::{forbidden_page, AccessPolicy, Denial, Requirement};
 use crate::assertion::{AssertionError, AssertionSigner};
 use crate::config::Settings;
 use crate::health::{self, Readiness};
-use crate::identity::{header_value, Identity};
+use crate::identity::Identity;
 use crate::oidc::token::TokenError;
 use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
 use crate::pages;
@@ -66,11 +66,24 @@ pub struct Caller {
 }
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, formatted once per connection (every
+    /// request sends it upstream in X-Forwarded-For and X-Real-IP).
+    pub peer_ip: HeaderValue,
     /// "https" for the TLS listener.
     pub scheme: &'static str,
+}
+
+impl ConnectionInfo {
+    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
+        ConnectionInfo {
+            peer,
+            peer_ip: crate::proxy::ip_header_value(peer.ip()),
+            scheme,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +163,7 @@ impl Gateway {
         let started = Instant::now();
         let mut request = request.map(crate::boxed_body);
         let client =
-            ClientAddress::resolve(conn.peer, request.headers(), &self.settings.trusted_proxies);
+            ClientAddress::resolve(&conn, request.headers(), &self.settings.trusted_proxies);
         let request_id = self
             .request_ids
             .for_request(request.headers(), client.peer_trusted);
@@ -194,7 +207,7 @@ impl Gateway {
         };
         response
             .headers_mut()
-            .insert(&X_REQUEST_ID, request_id.clone());
+            .insert(&X_REQUEST_ID, never_indexed(&request_id));
         let record = path.map(|path| AccessRecord {
             request_id: request_id.clone(),
             client: client.client_ip,
@@ -215,7 +228,10 @@ impl Gateway {
             return Decision::Respond(answer);
         }
         if path == self.auth.callback_path() {
-            return match self.auth.callback(request, facts).await {
+            // Box::pin: the login paths' futures are large (token request, JWKS);
+            // boxing them keeps every request's future small, and every request's
+            // future is moved into its task (HTTP/2) or connection state.
+            return match Box::pin(self.auth.callback(request, facts)).await {
                 CallbackOutcome::Done(response) => Decision::Respond(response),
                 CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
                     tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
@@ -235,7 +251,7 @@ impl Gateway {
             .and_then(|rest| rest.strip_prefix('/'))
         {
             return Decision::Respond(
-                self.gateway_endpoint(endpoint, request.uri(), request.headers(), facts)
+                Box::pin(self.gateway_endpoint(endpoint, request.uri(), request.headers(), facts))
                     .await,
             );
         }
@@ -293,7 +309,8 @@ impl Gateway {
                 session: Some(session),
             });
         }
-        match self.auth.bearer_identity(headers).await {
+        // Boxed like the login paths: a JWKS refresh may happen in there.
+        match Box::pin(self.auth.bearer_identity(headers)).await {
             Some(Ok(identity)) => CallerLookup::Found(Caller {
                 identity: Arc::new(identity),
                 session: None,
@@ -433,20 +450,19 @@ impl Gateway {
         let mut response = status_only(StatusCode::ACCEPTED);
         let out = response.headers_mut();
         let identity = &caller.identity;
-        let mut put = |name: &'static str, value: &str| {
-            if let Some(value) = header_value(value) {
-                out.insert(HeaderName::from_static(name), value);
+        let values = identity.header_values();
+        for (name, value) in [
+            ("x-auth-request-user", &values.user),
+            ("x-auth-request-email", &values.email),
+            (
+                "x-auth-request-preferred-username",
+                &values.preferred_username,
+            ),
+            ("x-auth-request-groups", &values.groups),
+        ] {
+            if let Some(value) = value {
+                out.insert(HeaderName::from_static(name), value.clone());
             }
-        };
-        put("x-auth-request-user", &identity.user);
-        if let Some(email) = &identity.email {
-            put("x-auth-request-email", email);
-        }
-        if let Some(username) = &identity.preferred_username {
-            put("x-auth-request-preferred-username", username);
-        }
-        if !identity.groups.is_empty() {
-            put("x-auth-request-groups", &identity.groups.join(","));
         }
         if let Some(signer) = &self.assertion {
             let cache = caller.session.as_ref().map(|s| &s.assertion);
@@ -578,6 +594,16 @@ impl RequestIds {
     }
 }
 
+/// A copy of a per-request value marked sensitive: HTTP/2 then sends it as a
+/// never-indexed literal. Indexed, every unique request id would be added to
+/// the connection's HPACK table, evicting useful entries and making each
+/// response's header encoding search a long chain of dead ids.
+fn never_indexed(value: &HeaderValue) -> HeaderValue {
+    let mut value = value.clone();
+    value.set_sensitive(true);
+    value
+}
+
 /// Writes `value` as lower-case hex, at least `min_digits` wide; returns the length.
 fn write_hex(out: &mut [u8], value: u64, min_digits: usize) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -598,6 +624,15 @@ fn is_valid_request_id(id: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_request_ids_are_never_indexed_by_hpack() {
+        let id = HeaderValue::from_static("000000ab-1f");
+        let sent = never_indexed(&id);
+        // h2's HPACK encoder keeps sensitive values out of the dynamic table.
+        assert!(sent.is_sensitive());
+        assert_eq!(sent, id);
+    }
 
     #[test]
     fn request_ids_are_prefix_dash_counter_in_hex() {

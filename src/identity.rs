@@ -6,6 +6,8 @@
 //! CGI/WSGI, PHP) fold `X_Forwarded_User` into the same variable as
 //! `X-Forwarded-User`, the smuggling vector of oauth2-proxy's advisory.
 
+use std::sync::OnceLock;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
@@ -29,7 +31,35 @@ pub struct Identity {
     /// Entra sent an overage marker instead of the group list (more than ~200 groups).
     pub groups_overage: bool,
     pub issuer: String,
+    /// The sanitized header values, built on first use and reused by every
+    /// request of the session (sanitizing claims on each request cost more
+    /// than all other identity work together).
+    #[serde(skip)]
+    pub header_values: HeaderValuesCache,
 }
+
+/// The identity as header values (see [`header_value`]); None where the claim
+/// is absent or nothing visible is left of it.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityValues {
+    pub user: Option<HeaderValue>,
+    pub email: Option<HeaderValue>,
+    pub preferred_username: Option<HeaderValue>,
+    /// Comma-joined.
+    pub groups: Option<HeaderValue>,
+}
+
+/// A cache, not part of who someone is: equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderValuesCache(OnceLock<IdentityValues>);
+
+impl PartialEq for HeaderValuesCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HeaderValuesCache {}
 
 impl Identity {
     /// An identity with just a user name (unit tests).
@@ -47,7 +77,20 @@ impl Identity {
             roles: Vec::new(),
             groups_overage: false,
             issuer: "https://issuer.invalid".into(),
+            header_values: Default::default(),
         }
+    }
+
+    /// The identity's header values, sanitized once per identity.
+    pub fn header_values(&self) -> &IdentityValues {
+        self.header_values.0.get_or_init(|| IdentityValues {
+            user: header_value(&self.user),
+            email: self.email.as_deref().and_then(header_value),
+            preferred_username: self.preferred_username.as_deref().and_then(header_value),
+            groups: (!self.groups.is_empty())
+                .then(|| header_value(&self.groups.join(",")))
+                .flatten(),
+        })
     }
 }
 
@@ -114,20 +157,16 @@ impl IdentityHeaders {
 
     /// Adds the identity headers for `identity` (after [`IdentityHeaders::strip`]).
     pub fn insert(&self, headers: &mut HeaderMap, identity: &Identity) {
-        let mut put = |name: &HeaderName, value: &str| {
-            if let Some(value) = header_value(value) {
-                headers.insert(name.clone(), value);
+        let values = identity.header_values();
+        for (name, value) in [
+            (&self.user, &values.user),
+            (&self.email, &values.email),
+            (&self.preferred_username, &values.preferred_username),
+            (&self.groups, &values.groups),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
             }
-        };
-        put(&self.user, &identity.user);
-        if let Some(email) = &identity.email {
-            put(&self.email, email);
-        }
-        if let Some(username) = &identity.preferred_username {
-            put(&self.preferred_username, username);
-        }
-        if !identity.groups.is_empty() {
-            put(&self.groups, &identity.groups.join(","));
         }
     }
 }

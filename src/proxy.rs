@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::gateway::ConnectionInfo;
 use crate::pages::ErrorPage;
 use crate::tls::{self, TlsError};
 use crate::{empty_body, Body};
@@ -386,25 +387,26 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Hot path: most messages carry none of these. One pass over the names
     // (cheap comparisons) instead of a dozen hashed removals.
-    let present = headers.keys().any(|name| {
-        HOP_BY_HOP.contains(name)
-            || name.as_str() == KEEP_ALIVE
-            || name.as_str() == PROXY_CONNECTION
-    });
-    if !present {
+    // (upstream answers usually carry `Connection: keep-alive`: only the names
+    // actually present are removed.)
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || name.as_str() == KEEP_ALIVE
+                || name.as_str() == PROXY_CONNECTION
+        })
+        .cloned()
+        .collect();
+    if present.is_empty() {
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for name in named {
+    for name in named.into_iter().chain(present) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
 }
 
 /// HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
@@ -427,13 +429,17 @@ fn merge_cookie_headers(headers: &mut HeaderMap) {
 /// proxy, X-Forwarded-For is appended to and -Proto/-Host are kept; from anyone
 /// else all of them (and `Forwarded`) are replaced by what we saw ourselves.
 fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, host: Option<&str>) {
-    let peer = ctx.client.peer.ip();
-    let trusted = ctx.client.peer_trusted;
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted && !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer.to_string(),
+    let client = ctx.client;
+    let trusted = client.peer_trusted;
+    let prior = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prior| trusted && !prior.trim().is_empty());
+    let xff = match prior {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.peer.ip())).ok(),
+        None => Some(client.peer_ip_value.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Some(value) = xff {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -452,10 +458,14 @@ fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, hos
     if !trusted {
         headers.remove(header::FORWARDED);
     }
-    if let Ok(value) = HeaderValue::from_str(&ctx.client.client_ip.to_string()) {
-        headers.insert(&X_REAL_IP, value);
-    }
+    headers.insert(&X_REAL_IP, client.client_ip_value.clone());
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+}
+
+/// An IP address as a header value.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    // An IP address always formats to a valid header value.
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Who is on the other end: the TCP peer, whether it is a trusted proxy, and the
@@ -465,10 +475,14 @@ pub struct ClientAddress {
     pub peer: SocketAddr,
     pub peer_trusted: bool,
     pub client_ip: IpAddr,
+    /// `peer` and `client_ip` as header values.
+    pub peer_ip_value: HeaderValue,
+    pub client_ip_value: HeaderValue,
 }
 
 impl ClientAddress {
-    pub fn resolve(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> Self {
+    pub fn resolve(conn: &ConnectionInfo, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> Self {
+        let peer = conn.peer;
         let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
         let peer_trusted = is_trusted(&peer.ip());
         let mut client_ip = peer.ip();
@@ -488,10 +502,17 @@ impl ClientAddress {
                 }
             }
         }
+        let client_ip_value = if client_ip == peer.ip() {
+            conn.peer_ip.clone()
+        } else {
+            ip_header_value(client_ip)
+        };
         ClientAddress {
             peer,
             peer_trusted,
             client_ip,
+            peer_ip_value: conn.peer_ip.clone(),
+            client_ip_value,
         }
     }
 }
@@ -540,14 +561,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.2".parse().unwrap());
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let via_proxy = ClientAddress::resolve("10.0.0.1:5000".parse().unwrap(), &h, &trusted);
+        let conn = |peer: &str| ConnectionInfo::new(peer.parse().unwrap(), "https");
+        let via_proxy = ClientAddress::resolve(&conn("10.0.0.1:5000"), &h, &trusted);
         assert!(via_proxy.peer_trusted);
         assert_eq!(
             via_proxy.client_ip,
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
-        let direct = ClientAddress::resolve("198.51.100.1:5000".parse().unwrap(), &h, &trusted);
+        assert_eq!(via_proxy.client_ip_value, "203.0.113.7");
+        assert_eq!(via_proxy.peer_ip_value, "10.0.0.1");
+        let direct = ClientAddress::resolve(&conn("198.51.100.1:5000"), &h, &trusted);
         assert!(!direct.peer_trusted);
         assert_eq!(direct.client_ip, "198.51.100.1".parse::<IpAddr>().unwrap());
+        assert_eq!(direct.client_ip_value, "198.51.100.1");
     }
 }

@@ -421,13 +421,14 @@ async fn serve_tls(
             return;
         }
     };
-    let conn_info = ConnectionInfo {
-        peer,
-        scheme: "https",
-    };
+    let conn_info = ConnectionInfo::new(peer, "https");
     let service = service_fn(move |request: Request<Incoming>| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request, conn_info).await) }
+        // Boxed: HTTP/2 moves each request's future into a task of its own and
+        // the runtime copies it again when the task ends; behind a Box those are
+        // pointer moves (the whole future is several KiB).
+        let conn_info = conn_info.clone();
+        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, conn_info).await) })
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(tls), service)

@@ -253,6 +253,7 @@ fn identity(claims: Claims, subject: String) -> Identity {
         roles: claims.roles.unwrap_or_default(),
         groups_overage,
         issuer: claims.iss,
+        header_values: Default::default(),
     }
 }
 
