@@ -46,9 +46,9 @@ async fn fill(store: &MemoryStore, with_tokens: bool) -> u64 {
         let (id, _) = CookieCodec::new_session_id();
         let mut session = Session::new(identity(i), 12 * 3600, now);
         if with_tokens {
-            // Typical Entra sizes: ID token ~1.5 KiB, refresh token ~1.8 KiB, access token ~2 KiB.
+            // Typical Entra sizes: ID token ~1.5 KiB, access token ~2 KiB (kept only
+            // with headers.pass_access_token; refresh tokens are never kept).
             session.id_token = Some("i".repeat(1500).into());
-            session.refresh_token = Some("r".repeat(1800).into());
             session.access_token = Some("a".repeat(2000).into());
         }
         store.insert(session_key(&id), session).await.unwrap();

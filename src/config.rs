@@ -331,9 +331,9 @@ impl fmt::Debug for OidcConfig {
 }
 
 fn default_scopes() -> Vec<String> {
-    ["openid", "profile", "email", "offline_access"]
-        .map(String::from)
-        .to_vec()
+    // No offline_access: sessions are not refreshed, so a refresh token would
+    // only be a long-lived credential the gateway never uses.
+    ["openid", "profile", "email"].map(String::from).to_vec()
 }
 fn default_response_mode() -> ResponseMode {
     ResponseMode::Query

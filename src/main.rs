@@ -1,4 +1,4 @@
-//! The `oidc-gateway` command: run (default), check, healthcheck, demo.
+//! The `oidc-gateway` command: run (default), check, healthcheck, demo, dev-idp.
 #![forbid(unsafe_code)]
 
 // mimalloc: per-thread free lists suit a proxy that allocates and frees small
@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -60,6 +61,13 @@ enum Command {
         #[arg(long, value_name = "URL")]
         upstream: Option<String>,
     },
+    /// Run only the demo's development identity provider (NOT Microsoft) and print
+    /// the [oidc] settings that point `run` at it (loopback only; the benchmark uses it)
+    DevIdp {
+        /// Address of the identity provider (loopback only)
+        #[arg(long, default_value = "127.0.0.1:8600")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +99,7 @@ fn main() -> ExitCode {
                 Err(code) => code,
             },
             Command::Demo { listen, upstream } => run_demo(&listen, upstream.as_deref()).await,
+            Command::DevIdp { listen } => run_dev_idp(&listen).await,
         }
     })
 }
@@ -307,18 +316,56 @@ async fn health(settings: &Settings, ready: bool, timeout: Duration) -> ExitCode
     }
 }
 
-async fn run_demo(listen: &str, upstream_url: Option<&str>) -> ExitCode {
-    let listen_addr: std::net::SocketAddr = match listen.parse() {
+/// `--listen` of demo and dev-idp: an address on loopback, or why not.
+fn loopback_listen(command: &str, listen: &str, example: &str) -> Result<SocketAddr, ExitCode> {
+    let Ok(addr) = listen.parse::<SocketAddr>() else {
+        eprintln!(
+            "oidc-gateway {command}: --listen {listen:?} is not an address:port, e.g. {example}"
+        );
+        return Err(ExitCode::from(2));
+    };
+    if !addr.ip().is_loopback() {
+        eprintln!("oidc-gateway {command}: --listen must be a loopback address (127.0.0.1 or [::1]); the {command} is not for networks");
+        return Err(ExitCode::from(2));
+    }
+    Ok(addr)
+}
+
+/// The development IdP on its own, e.g. for `run` in another process (the
+/// benchmark measures the gateway's memory without the IdP's).
+async fn run_dev_idp(listen: &str) -> ExitCode {
+    let addr = match loopback_listen("dev-idp", listen, "127.0.0.1:8600") {
         Ok(addr) => addr,
-        Err(_) => {
-            eprintln!("oidc-gateway demo: --listen {listen:?} is not an address:port, e.g. 127.0.0.1:8443");
-            return ExitCode::from(2);
+        Err(code) => return code,
+    };
+    let options = demo::demo_idp_options();
+    let idp = match devidp::DevIdp::start_on(options, addr).await {
+        Ok(idp) => idp,
+        Err(e) => {
+            eprintln!("oidc-gateway dev-idp: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
         }
     };
-    if !listen_addr.ip().is_loopback() {
-        eprintln!("oidc-gateway demo: --listen must be a loopback address (127.0.0.1 or [::1]); the demo is not for networks");
-        return ExitCode::from(2);
-    }
+    let options = idp.options();
+    // Printed for the operator (and read by bench/run); a throwaway secret of a
+    // loopback-only development IdP, not a credential.
+    println!(
+        "# development identity provider (NOT Microsoft) on {}; Ctrl-C stops it\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nallowed_algs = [\"ES256\"]",
+        idp.base_url(),
+        idp.issuer(),
+        options.client_id,
+        options.client_secret
+    );
+    shutdown_signal().await;
+    idp.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn run_demo(listen: &str, upstream_url: Option<&str>) -> ExitCode {
+    let listen_addr = match loopback_listen("demo", listen, "127.0.0.1:8443") {
+        Ok(addr) => addr,
+        Err(code) => return code,
+    };
     let idp = match devidp::DevIdp::start(demo::demo_idp_options()).await {
         Ok(idp) => idp,
         Err(e) => {

@@ -26,7 +26,9 @@ pub fn init(log: &LogConfig) {
         .unwrap_or_else(|| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        // Colours for a terminal only: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match log.format {
         LogFormat::Json => builder
             .json()

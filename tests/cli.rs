@@ -733,6 +733,67 @@ fn sigterm_stops_gateway_with_exit_0() {
     assert_eq!(status.code(), Some(0), "status {status}\n{}", gw.logs());
 }
 
+// ---------------------------------------------------------------- dev-idp
+
+#[test]
+fn dev_idp_prints_oidc_settings_that_check_accepts_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new().unwrap();
+    let mut idp = gateway(dir.path())
+        .args(["dev-idp", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dev-idp");
+    let mut lines = BufReader::new(idp.stdout.take().expect("stdout")).lines();
+    let printed: Vec<String> = (0..6)
+        .map(|_| lines.next().expect("a line").expect("utf-8"))
+        .collect();
+    assert!(printed[0].contains("NOT Microsoft"), "{printed:?}");
+    assert_eq!(printed[1], "[oidc]");
+    let oidc = printed[1..].join("\n");
+    write(
+        dir.path(),
+        "config.toml",
+        &format!("[server]\nlisten = \"127.0.0.1:8443\"\n{oidc}\n[upstream]\nurl = \"http://127.0.0.1:9\"\n"),
+    );
+    // `check` reads discovery and JWKS from the printed issuer, as `run` would.
+    let out = check(dir.path(), "config.toml");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let issuer = printed[2]
+        .strip_prefix("issuer = \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("issuer line");
+    assert!(
+        stdout(&out).contains(&format!("issuer enforced         {issuer}")),
+        "{}",
+        stdout(&out)
+    );
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(idp.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = idp.wait().expect("dev-idp exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn dev_idp_refuses_a_non_loopback_address() {
+    let dir = TempDir::new().unwrap();
+    let out = output(gateway(dir.path()).args(["dev-idp", "--listen", "0.0.0.0:0"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
+}
+
 // ---------------------------------------------------------------- --version, --help
 
 #[test]

@@ -49,6 +49,8 @@ async fn deep_link_login_returns_to_the_exact_page_signed_in() {
     );
     let scope = query_param(&authorize, "scope").unwrap();
     assert!(scope.split(' ').any(|s| s == "openid"), "{scope}");
+    // Sessions are not refreshed: no long-lived refresh token is asked for by default.
+    assert!(!scope.split(' ').any(|s| s == "offline_access"), "{scope}");
 
     let callback = gw.follow_login(&browser, first).await;
     assert_eq!(callback.status(), 303);

@@ -26,7 +26,6 @@ pub struct Session {
     pub identity: Arc<Identity>,
     /// Kept for RP-initiated logout (`id_token_hint`).
     pub id_token: Option<Box<str>>,
-    pub refresh_token: Option<Box<str>>,
     pub access_token: Option<Box<str>>,
     pub created_at: u64,
     /// Absolute end: created_at + session.ttl.
@@ -42,7 +41,6 @@ impl Session {
         Session {
             identity: Arc::new(identity),
             id_token: None,
-            refresh_token: None,
             access_token: None,
             created_at: now,
             expires_at: now.saturating_add(ttl_secs),
