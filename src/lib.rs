@@ -24,6 +24,7 @@ pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream_pool;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

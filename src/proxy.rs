@@ -14,10 +14,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +24,7 @@ use crate::config::Settings;
 use crate::gateway::ConnectionInfo;
 use crate::pages::ErrorPage;
 use crate::tls::{self, TlsError};
+use crate::upstream_pool::UpstreamPool;
 use crate::{empty_body, Body};
 
 /// Per-request facts the proxy needs from the connection and the gateway.
@@ -56,8 +55,11 @@ pub struct Tunnels {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
-    scheme: Scheme,
+    pool: UpstreamPool,
+    /// Where connections go: the upstream's scheme and authority.
+    target: Uri,
+    /// Host sent upstream unless the client's is preserved.
+    host: HeaderValue,
     authority: Authority,
     preserve_host: bool,
     response_timeout: Duration,
@@ -99,21 +101,25 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(connector);
+        let pool = UpstreamPool::new(connector, cfg.pool_max_idle_per_host, cfg.pool_idle_timeout);
         let scheme = settings.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = settings
             .upstream
             .authority()
             .cloned()
             .ok_or_else(|| TlsError::Pair("upstream.url has no host".into()))?;
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| TlsError::Pair(format!("upstream.url: {e}")))?;
+        let host = host_header(&scheme, &authority)
+            .map_err(|e| TlsError::Pair(format!("upstream.url: {e}")))?;
         Ok(Upstream {
-            client,
-            scheme,
+            pool,
+            target,
+            host,
             authority,
             preserve_host: cfg.preserve_host,
             response_timeout: cfg.response_timeout,
@@ -155,7 +161,7 @@ impl Upstream {
                 }
             }
             _ => {
-                headers.remove(header::HOST);
+                headers.insert(header::HOST, self.host.clone());
             }
         }
 
@@ -202,9 +208,11 @@ impl Upstream {
         *upstream_request.headers_mut() = headers;
 
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.response_timeout, self.client.request(upstream_request))
-                .await;
+        let result = tokio::time::timeout(
+            self.response_timeout,
+            self.pool.send(&self.target, upstream_request),
+        )
+        .await;
         let upstream_time = started.elapsed();
         let mut response = match result {
             Ok(Ok(response)) => response,
@@ -273,10 +281,10 @@ impl Upstream {
         }
     }
 
+    /// The request target upstream: origin-form (`/path?query`), as HTTP/1.1 to
+    /// an origin server wants it.
     fn upstream_uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
         Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
             .path_and_query(
                 path_and_query
                     .cloned()
@@ -460,6 +468,17 @@ fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, hos
     }
     headers.insert(&X_REAL_IP, client.client_ip_value.clone());
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+}
+
+/// The Host header for the upstream itself: its authority, without a port that
+/// is the scheme's default.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, http::Error> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_string(),
+    };
+    Ok(HeaderValue::from_str(&host)?)
 }
 
 /// An IP address as a header value.

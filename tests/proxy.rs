@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -894,4 +895,87 @@ async fn several_workers_share_the_port_the_sessions_and_the_drain() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no worker listens any more"
     );
+}
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepts. Each answer
+/// is `status` with `body`; with `close_after_each` it closes the connection
+/// after every answer (without saying so), like an upstream whose keep-alive
+/// timeout just expired.
+async fn counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                    pending.drain(..end + 4);
+                    let answer: &[u8] = if head.starts_with("HEAD ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+                    } else if head.contains(" /empty ") {
+                        b"HTTP/1.1 204 No Content\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() || close_after_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (addr, accepted) = counting_upstream(false).await;
+    let gw = gateway(addr).start().await;
+    let client = gw.http1();
+    for i in 0..30 {
+        let request = match i % 3 {
+            0 => client.get(gw.url("/page")),
+            1 => client.get(gw.url("/empty")),
+            _ => client.head(gw.url("/page")),
+        };
+        let response = request.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "request {i}: {}",
+            response.status()
+        );
+        response.bytes().await.unwrap();
+    }
+    // One client connection lands on one worker, whose pool reuses one upstream
+    // connection (bodies read to the end, empty bodies and HEAD included).
+    let seen = accepted.load(Ordering::SeqCst);
+    assert!(
+        seen <= 2,
+        "30 sequential requests used {seen} upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn requests_succeed_when_the_upstream_closes_idle_connections() {
+    let (addr, accepted) = counting_upstream(true).await;
+    let gw = gateway(addr).start().await;
+    let client = gw.http1();
+    for i in 0..10 {
+        let response = client.get(gw.url("/page")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
 }

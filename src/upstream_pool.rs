@@ -1,0 +1,245 @@
+//! Keep-alive HTTP/1.1 connections to the one upstream, per worker.
+//!
+//! Why not hyper-util's general-purpose client: it keys its pool by scheme and
+//! authority (SipHash over every byte, twice per request), boxes each request's
+//! future and spawns a task per request that waits for the connection to be
+//! reusable. With exactly one upstream and one worker thread per pool, that was
+//! ~10% of the instructions of a proxied request (`bench/instructions`). Here a
+//! connection goes back to a LIFO list when its response body has been read to
+//! the end, and is taken from there by the next request.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+use crate::{Body, BoxError};
+
+/// How long a connection handed back at the very end of its response may take
+/// to become reusable (its connection task has not run yet) before another is used.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, TLS handshake failed).
+    #[error("cannot connect: {0}")]
+    Connect(BoxError),
+    /// The connection failed while the request was sent or the response read.
+    #[error(transparent)]
+    Request(hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+pub struct UpstreamPool {
+    shared: Arc<Shared>,
+    connector: HttpsConnector<HttpConnector>,
+}
+
+struct Shared {
+    /// Idle connections, the most recently used at the back.
+    idle: Mutex<VecDeque<IdleConnection>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl UpstreamPool {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        UpstreamPool {
+            shared: Arc::new(Shared {
+                idle: Mutex::new(VecDeque::new()),
+                max_idle,
+                idle_timeout,
+            }),
+            connector,
+        }
+    }
+
+    /// Sends `request` (origin-form URI, Host set) on an idle connection or a
+    /// new one to `target` (scheme and authority of the upstream). A request that
+    /// an idle connection could not even start to send (the upstream had just
+    /// closed it) is sent again on another one.
+    pub async fn send(
+        &self,
+        target: &http::Uri,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                None => (self.connect(target).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.attach(response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and reusable.
+    async fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let candidate = lock(&self.shared.idle).pop_back()?;
+            if candidate.sender.is_closed() || candidate.since.elapsed() > self.shared.idle_timeout
+            {
+                continue; // dropped: the connection closes
+            }
+            let mut sender = candidate.sender;
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self, target: &http::Uri) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let stream = self
+            .connector
+            .clone()
+            .call(target.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(stream)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, its body holding the connection until it has been read.
+    fn attach(
+        &self,
+        response: Response<Incoming>,
+        sender: http1::SendRequest<Body>,
+    ) -> Response<Body> {
+        // An upgraded connection (101) is the tunnel's now, never reused.
+        let sender = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(sender);
+        response.map(|body| {
+            crate::boxed_body(PooledBody {
+                body,
+                release: sender.map(|sender| Release {
+                    sender,
+                    shared: self.shared.clone(),
+                }),
+            })
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection on its way back to the pool.
+struct Release {
+    sender: http1::SendRequest<Body>,
+    shared: Arc<Shared>,
+}
+
+impl Release {
+    fn back_to_pool(self) {
+        let shared = self.shared;
+        let mut idle = lock(&shared.idle);
+        // The oldest sit at the front: forget those past the idle timeout.
+        while idle
+            .front()
+            .is_some_and(|c| c.since.elapsed() > shared.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < shared.max_idle {
+            idle.push_back(IdleConnection {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// The upstream's response body; hands the connection back once read to the end.
+/// Dropped before that, the connection is dropped too (hyper closes it: the
+/// rest of the body is still on the wire).
+struct PooledBody {
+    body: Incoming,
+    release: Option<Release>,
+}
+
+impl PooledBody {
+    fn release_if_done(&mut self) {
+        if self.body.is_end_stream() {
+            if let Some(release) = self.release.take() {
+                release.back_to_pool();
+            }
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(release) = self.release.take() {
+                    release.back_to_pool();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Bodies known to be empty (HEAD, 204, 304, Content-Length: 0) are never
+        // polled by the server side; their connection is reusable all the same.
+        self.release_if_done();
+    }
+}
