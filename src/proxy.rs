@@ -208,11 +208,10 @@ impl Upstream {
         *upstream_request.headers_mut() = headers;
 
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.response_timeout,
-            self.pool.send(&self.target, upstream_request),
-        )
-        .await;
+        // Boxed: the future of a request upstream is ~2 KiB and would otherwise be
+        // copied into the timeout and inflate every request's own future.
+        let sending = Box::pin(self.pool.send(&self.target, upstream_request));
+        let result = tokio::time::timeout(self.response_timeout, sending).await;
         let upstream_time = started.elapsed();
         let mut response = match result {
             Ok(Ok(response)) => response,

@@ -87,9 +87,14 @@ impl UpstreamPool {
         mut request: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.checkout().await {
-                Some(sender) => (sender, true),
-                None => (self.connect(target).await?, false),
+            // The slow paths are boxed so that this (every request's) future stays small.
+            let (mut sender, reused) = match self.checkout() {
+                Checkout::Ready(sender) => (sender, true),
+                Checkout::Finishing(sender) => match Box::pin(Self::when_ready(sender)).await {
+                    Some(sender) => (sender, true),
+                    None => continue,
+                },
+                Checkout::Empty => (Box::pin(self.connect(target)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.attach(response, sender)),
@@ -101,21 +106,30 @@ impl UpstreamPool {
         }
     }
 
-    /// The most recently used idle connection that is still open and reusable.
-    async fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Checkout {
         loop {
-            let candidate = lock(&self.shared.idle).pop_back()?;
+            let Some(candidate) = lock(&self.shared.idle).pop_back() else {
+                return Checkout::Empty;
+            };
             if candidate.sender.is_closed() || candidate.since.elapsed() > self.shared.idle_timeout
             {
                 continue; // dropped: the connection closes
             }
-            let mut sender = candidate.sender;
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                return Some(sender);
-            }
+            return if candidate.sender.is_ready() {
+                Checkout::Ready(candidate.sender)
+            } else {
+                Checkout::Finishing(candidate.sender)
+            };
+        }
+    }
+
+    /// A connection handed back at the very end of its response, once its
+    /// connection task has marked it reusable (None: it did not in time).
+    async fn when_ready(mut sender: http1::SendRequest<Body>) -> Option<http1::SendRequest<Body>> {
+        match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+            Ok(Ok(())) => Some(sender),
+            _ => None,
         }
     }
 
@@ -156,6 +170,13 @@ impl UpstreamPool {
             })
         })
     }
+}
+
+enum Checkout {
+    Ready(http1::SendRequest<Body>),
+    /// Its response was just read to the end; reusable in a moment.
+    Finishing(http1::SendRequest<Body>),
+    Empty,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
