@@ -37,6 +37,7 @@ use crate::pages::ErrorPage;
 use crate::proxy::{ClientAddress, ForwardContext, Tunnels, Upstream, X_REQUEST_ID};
 use crate::routes;
 use crate::session::cookies::strip_gateway_cookies;
+use crate::session::cookies::SessionKeyMemo;
 use crate::session::unix_now;
 use crate::session::Session;
 use crate::telemetry::{AccessLogBody, AccessRecord};
@@ -74,6 +75,7 @@ pub struct ConnectionInfo {
     pub peer_ip: HeaderValue,
     /// "https" for the TLS listener.
     pub scheme: &'static str,
+    pub session_keys: Arc<SessionKeyMemo>,
 }
 
 impl ConnectionInfo {
@@ -82,6 +84,7 @@ impl ConnectionInfo {
             peer,
             peer_ip: crate::proxy::ip_header_value(peer.ip()),
             scheme,
+            session_keys: Arc::default(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl Gateway {
             client: &client,
             request_id: request_id.to_str().unwrap_or_default(),
             wants_html,
+            session_keys: &conn.session_keys,
         };
         let (mut response, upstream_time) = match self.classify(request, &facts).await {
             Decision::Respond(response) => (response, None),
@@ -268,7 +272,10 @@ impl Gateway {
                 },
             ),
             Requirement::Deny => Decision::Respond(self.forbidden(None, &Denial::Route, facts)),
-            Requirement::SignIn { extra } => match self.caller(request.headers()).await {
+            Requirement::SignIn { extra } => match self
+                .caller(request.headers(), facts.session_keys)
+                .await
+            {
                 CallerLookup::Found(caller) => match self
                     .access
                     .check(&caller.identity, extra.as_deref())
@@ -302,8 +309,8 @@ impl Gateway {
     }
 
     /// The caller: a live session, else a bearer token (when enabled).
-    async fn caller(&self, headers: &http::HeaderMap) -> CallerLookup {
-        if let Some(session) = self.auth.session(headers).await {
+    async fn caller(&self, headers: &http::HeaderMap, keys: &SessionKeyMemo) -> CallerLookup {
+        if let Some(session) = self.auth.session(headers, keys).await {
             return CallerLookup::Found(Caller {
                 identity: session.identity.clone(),
                 session: Some(session),
@@ -356,7 +363,7 @@ impl Gateway {
             "sign_in" => self.auth.sign_in(uri, headers, facts),
             "sign_out" => self.auth.sign_out(headers, facts).await,
             "me" => {
-                let session = self.auth.session(headers).await;
+                let session = self.auth.session(headers, facts.session_keys).await;
                 self.auth.me(session.as_deref(), facts)
             }
             "auth" => self.forward_auth(headers, facts).await,
@@ -426,7 +433,7 @@ impl Gateway {
             Requirement::Deny => return self.forbidden(None, &Denial::Route, facts),
             Requirement::SignIn { extra } => extra,
         };
-        let caller = match self.caller(headers).await {
+        let caller = match self.caller(headers, facts.session_keys).await {
             CallerLookup::Found(caller) => caller,
             CallerLookup::BadBearer(e) => return invalid_bearer(&e, facts),
             CallerLookup::Anonymous => {

@@ -26,6 +26,7 @@ use crate::identity::{Identity, IdentityHeaders};
 use crate::pages::{self, escape_html, ErrorPage};
 use crate::proxy::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::ratelimit::LoginLimiter;
+use crate::session::cookies::SessionKeyMemo;
 use crate::session::cookies::{base64url, random_bytes, session_key, CookieCodec, LoginFlow};
 use crate::session::{unix_now, MemoryStore, Session, SessionStore};
 use crate::{empty_body, full_body, Body};
@@ -41,6 +42,8 @@ pub struct RequestFacts<'a> {
     pub client: &'a ClientAddress,
     pub request_id: &'a str,
     pub wants_html: bool,
+    /// The connection's memo of session id → store key.
+    pub session_keys: &'a SessionKeyMemo,
 }
 
 /// The HTTP client for calls to the IdP: bounded by oidc.http_timeout, and it
@@ -183,9 +186,13 @@ impl Auth {
     }
 
     /// The live session of this request, if any (touching it for the idle timeout).
-    pub async fn session(&self, headers: &HeaderMap) -> Option<Arc<Session>> {
+    pub async fn session(
+        &self,
+        headers: &HeaderMap,
+        keys: &SessionKeyMemo,
+    ) -> Option<Arc<Session>> {
         let id = CookieCodec::session_id(headers)?;
-        let key = session_key(&id);
+        let key = keys.key(id);
         let session = match self.store.get(&key).await {
             Ok(found) => found?,
             Err(e) => {
@@ -442,7 +449,7 @@ impl Auth {
 
         // Sign-in replaces any previous session of this browser.
         if let Some(old) = CookieCodec::session_id(headers) {
-            let _ = self.store.remove(&session_key(&old)).await;
+            let _ = self.store.remove(&session_key(old)).await;
         }
         let (id, key) = CookieCodec::new_session_id();
         let now = unix_now();
@@ -548,7 +555,7 @@ impl Auth {
     pub async fn sign_out(&self, headers: &HeaderMap, facts: &RequestFacts<'_>) -> Response<Body> {
         let mut id_token = None;
         if let Some(id) = CookieCodec::session_id(headers) {
-            let key = session_key(&id);
+            let key = session_key(id);
             if let Ok(Some(session)) = self.store.get(&key).await {
                 tracing::info!(request_id = %facts.request_id, user = %session.identity.user, "signed out");
                 id_token = session.id_token.clone();
