@@ -112,6 +112,11 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts exit code 0, showing what the command printed otherwise.
+fn assert_succeeded(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(out), stderr(out));
+}
+
 /// Asserts a configuration error: exit code 2 and every `needle` on stderr.
 fn assert_config_error(out: &Output, needles: &[&str]) -> String {
     let err = stderr(out);
@@ -694,13 +699,7 @@ fn check_prints_what_the_identity_provider_says() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "config.toml", &config_for(8443));
     let out = check(dir.path(), "config.toml");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_succeeded(&out);
     let text = stdout(&out);
     assert!(
         text.contains(&format!("issuer enforced         {}", issuer())),
@@ -759,13 +758,7 @@ fn dev_idp_prints_oidc_settings_that_check_accepts_and_stops_on_sigterm() {
     );
     // `check` reads discovery and JWKS from the printed issuer, as `run` would.
     let out = check(dir.path(), "config.toml");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_succeeded(&out);
     let issuer = printed[2]
         .strip_prefix("issuer = \"")
         .and_then(|rest| rest.strip_suffix('"'))
