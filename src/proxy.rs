@@ -392,10 +392,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Hot path: most messages carry none of these. One pass over the names
-    // (cheap comparisons) instead of a dozen hashed removals.
-    // (upstream answers usually carry `Connection: keep-alive`: only the names
-    // actually present are removed.)
+    // Hot path: one pass over the names (cheap comparisons), then hashed removals
+    // only of the names present (upstream answers carry `Connection: keep-alive`).
     let present: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
