@@ -36,8 +36,7 @@ use crate::pages;
 use crate::pages::ErrorPage;
 use crate::proxy::{ClientAddress, ForwardContext, Tunnels, Upstream, X_REQUEST_ID};
 use crate::routes;
-use crate::session::cookies::strip_gateway_cookies;
-use crate::session::cookies::SessionKeyMemo;
+use crate::session::cookies::{strip_gateway_cookies, SessionKeyMemo};
 use crate::session::unix_now;
 use crate::session::Session;
 use crate::telemetry::{AccessLogBody, AccessRecord};
@@ -457,20 +456,9 @@ impl Gateway {
         let mut response = status_only(StatusCode::ACCEPTED);
         let out = response.headers_mut();
         let identity = &caller.identity;
-        let values = identity.header_values();
-        for (name, value) in [
-            ("x-auth-request-user", &values.user),
-            ("x-auth-request-email", &values.email),
-            (
-                "x-auth-request-preferred-username",
-                &values.preferred_username,
-            ),
-            ("x-auth-request-groups", &values.groups),
-        ] {
-            if let Some(value) = value {
-                out.insert(HeaderName::from_static(name), value.clone());
-            }
-        }
+        identity
+            .header_values()
+            .insert_into(out, AUTH_REQUEST_HEADERS.each_ref());
         if let Some(signer) = &self.assertion {
             let cache = caller.session.as_ref().map(|s| &s.assertion);
             if let Some(value) = signer.assertion(identity, unix_now(), cache) {
@@ -600,6 +588,15 @@ impl RequestIds {
         HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
     }
 }
+
+/// What forward-auth answers carry for nginx/Caddy/Traefik (oauth2-proxy's names):
+/// user, email, preferred username, groups.
+static AUTH_REQUEST_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("x-auth-request-user"),
+    HeaderName::from_static("x-auth-request-email"),
+    HeaderName::from_static("x-auth-request-preferred-username"),
+    HeaderName::from_static("x-auth-request-groups"),
+];
 
 /// A copy of a per-request value marked sensitive: HTTP/2 then sends it as a
 /// never-indexed literal. Indexed, every unique request id would be added to

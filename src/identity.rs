@@ -49,6 +49,24 @@ pub struct IdentityValues {
     pub groups: Option<HeaderValue>,
 }
 
+impl IdentityValues {
+    /// Sets the values present under `names` (user, email, preferred username,
+    /// groups), replacing what was there.
+    pub fn insert_into(&self, headers: &mut HeaderMap, names: [&HeaderName; 4]) {
+        let values = [
+            &self.user,
+            &self.email,
+            &self.preferred_username,
+            &self.groups,
+        ];
+        for (name, value) in names.into_iter().zip(values) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// A cache, not part of who someone is: equal whatever it holds.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderValuesCache(OnceLock<IdentityValues>);
@@ -157,17 +175,15 @@ impl IdentityHeaders {
 
     /// Adds the identity headers for `identity` (after [`IdentityHeaders::strip`]).
     pub fn insert(&self, headers: &mut HeaderMap, identity: &Identity) {
-        let values = identity.header_values();
-        for (name, value) in [
-            (&self.user, &values.user),
-            (&self.email, &values.email),
-            (&self.preferred_username, &values.preferred_username),
-            (&self.groups, &values.groups),
-        ] {
-            if let Some(value) = value {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
+        identity.header_values().insert_into(
+            headers,
+            [
+                &self.user,
+                &self.email,
+                &self.preferred_username,
+                &self.groups,
+            ],
+        );
     }
 }
 
