@@ -472,6 +472,9 @@ impl Gateway {
     /// of the gateway's cookies.
     fn prepare_upstream_request(&self, request: &mut Request<Body>, caller: Option<&Caller>) {
         let headers = request.headers_mut();
+        // Room for what the gateway adds (identity, assertion, token, forwarding
+        // headers, Host) in one allocation rather than a rehash every few inserts.
+        headers.reserve(12);
         strip_gateway_cookies(headers);
         let Some(caller) = caller else { return };
         self.auth.headers.insert(headers, &caller.identity);

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod streams;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream_pool;

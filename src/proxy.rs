@@ -66,20 +66,26 @@ pub struct Upstream {
     tunnels: Tunnels,
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus
-/// `proxy-*` (we are no forward proxy) and `expect` (answered by our server already).
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::EXPECT,
-];
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
+/// Whether a header name (lower case, as `HeaderName` keeps it) describes one
+/// connection and is never forwarded (RFC 9110 §7.6.1), counting `proxy-*` (we
+/// are no forward proxy) and `expect` (answered by our server already).
+fn is_hop_by_hop(name: &str) -> bool {
+    // A `match` on the string: a length switch and one comparison per name,
+    // for every header of every request and response.
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "expect"
+    )
+}
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -138,32 +144,25 @@ impl Upstream {
         };
 
         let mut headers = std::mem::take(&mut parts.headers);
-        let original_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
+        // The host the client asked for: the HTTP/2 `:authority`, else `Host`.
+        let original_host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => headers
+                .get(header::HOST)
+                .filter(|h| h.to_str().is_ok())
+                .cloned(),
+        };
         let upgrade_protocol = headers.get(header::UPGRADE).cloned();
         remove_hop_by_hop(&mut headers);
         if parts.version == Version::HTTP_2 {
             merge_cookie_headers(&mut headers);
         }
-        set_forwarding_headers(&mut headers, ctx, original_host.as_deref());
-        match (self.preserve_host, original_host.as_deref()) {
-            (true, Some(host)) => {
-                if let Ok(value) = HeaderValue::from_str(host) {
-                    headers.insert(header::HOST, value);
-                }
-            }
-            _ => {
-                headers.insert(header::HOST, self.host.clone());
-            }
-        }
+        set_forwarding_headers(&mut headers, ctx, original_host.clone());
+        let host = match original_host {
+            Some(host) if self.preserve_host => host,
+            _ => self.host.clone(),
+        };
+        headers.insert(header::HOST, host);
 
         let mut method = parts.method;
         let mut upstream_body: Body = body;
@@ -392,24 +391,29 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Hot path: one pass over the names (cheap comparisons), then hashed removals
-    // only of the names present (upstream answers carry `Connection: keep-alive`).
-    let present: Vec<HeaderName> = headers
+    // Hot path: one pass over the names (no allocation when none is found);
+    // hashed removals only of the names present (upstream answers carry
+    // `Connection: keep-alive`).
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || name.as_str() == KEEP_ALIVE
-                || name.as_str() == PROXY_CONNECTION
-        })
+        .filter(|name| is_hop_by_hop(name.as_str()))
         .cloned()
         .collect();
-    if present.is_empty() {
+    if doomed.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named.into_iter().chain(present) {
+    // Names listed in `Connection`; hop-by-hop ones are in `doomed` already
+    // when present, and `close` names no header.
+    for token in connection_tokens(headers) {
+        let known = |t: &str| t == "close" || is_hop_by_hop(t);
+        let mixed_case = token.bytes().any(|b| b.is_ascii_uppercase());
+        if !(known(token) || mixed_case && known(&token.to_ascii_lowercase())) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -433,7 +437,11 @@ fn merge_cookie_headers(headers: &mut HeaderMap) {
 /// X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a trusted
 /// proxy, X-Forwarded-For is appended to and -Proto/-Host are kept; from anyone
 /// else all of them (and `Forwarded`) are replaced by what we saw ourselves.
-fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, host: Option<&str>) {
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    ctx: &ForwardContext<'_>,
+    host: Option<HeaderValue>,
+) {
     let client = ctx.client;
     let trusted = client.peer_trusted;
     let prior = headers
@@ -451,7 +459,7 @@ fn set_forwarding_headers(headers: &mut HeaderMap, ctx: &ForwardContext<'_>, hos
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme));
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host {
             Some(value) => {
                 headers.insert(&X_FORWARDED_HOST, value);
             }
@@ -570,6 +578,28 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Keep-Alive, X-Secret-Hop, Close".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("content-type", "text/html".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn end_to_end_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "text/html".parse().unwrap());
+        h.insert("x-upgrade-hint", "no".parse().unwrap());
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

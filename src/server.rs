@@ -24,6 +24,7 @@ use crate::config::{ConfigError, Settings};
 use crate::gateway::{ConnectionInfo, Gateway};
 use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
+use crate::streams::{self, StreamExecutor};
 use crate::tls::{self, CertificateSource, TlsError};
 use crate::{empty_body, Body};
 
@@ -150,7 +151,9 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     let gateway = Arc::new(gateway);
     let stop = CancellationToken::new();
     gateway.spawn_background(stop.child_token());
-    let builder = connection_builder(&settings);
+    // For the plain-HTTP redirect listener; each TLS connection gets a builder of
+    // its own, whose executor runs that connection's streams (src/streams.rs).
+    let builder = connection_builder(&settings, TokioExecutor::new());
 
     let mut worker_exits = Vec::new();
     for (index, (listener, worker_gateway)) in worker_listeners
@@ -269,9 +272,10 @@ fn local_addr(
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+/// The connection settings; `executor` runs what hyper spawns (HTTP/2 streams).
+fn connection_builder<E: Clone>(settings: &Settings, executor: E) -> auto::Builder<E> {
     let server = &settings.config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -322,7 +326,7 @@ async fn run(https: TcpListener, http: Option<TcpListener>, serving: Serving) {
             accepted = https.accept() => match accepted {
                 Ok((stream, peer)) => {
                     tokio::spawn(serve_tls(
-                        stream, peer, acceptor.clone(), gateway.clone(), builder.clone(),
+                        stream, peer, acceptor.clone(), gateway.clone(), settings.clone(),
                         handshake_timeout, graceful.watcher(),
                     ));
                 }
@@ -394,7 +398,7 @@ async fn serve_tls(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     gateway: Arc<Gateway>,
-    builder: auto::Builder<TokioExecutor>,
+    settings: Arc<Settings>,
     handshake_timeout: Duration,
     watcher: Watcher,
 ) {
@@ -430,10 +434,11 @@ async fn serve_tls(
         let conn_info = conn_info.clone();
         Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, conn_info).await) })
     });
-    let conn = builder
+    let streams = StreamExecutor::default();
+    let conn = connection_builder(&settings, streams.clone())
         .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    if let Err(e) = streams::drive(watcher.watch(conn), streams).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

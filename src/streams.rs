@@ -1,0 +1,86 @@
+//! HTTP/2 streams run inside their connection's task.
+//!
+//! hyper hands every HTTP/2 stream (request) to an executor as a future of its
+//! own. With tokio's executor each one becomes a task: allocated, registered
+//! with the runtime, scheduled, woken across tasks, torn down. Here the
+//! connection's own task polls them, next to the connection: a stream's
+//! response is written by the same poll that produced it, and a request costs
+//! one allocation instead of a task (bench/instructions measures the saving).
+//! A connection's streams ran on its worker thread already; nothing moves.
+
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor given to one connection's hyper builder. Futures handed to it
+/// wait in a queue until [`drive`] (polling that connection) picks them up.
+#[derive(Clone, Default)]
+pub struct StreamExecutor {
+    arrived: Arc<Mutex<Vec<StreamFuture>>>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        // A panic ends that stream only, as it would in a task of its own.
+        let stream = AssertUnwindSafe(stream).catch_unwind().map(|_| ());
+        self.queue().push(Box::pin(stream));
+    }
+}
+
+impl StreamExecutor {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
+        // Never poisoned: nothing panics while holding it (pushes and drains only).
+        self.arrived.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves the futures that arrived into `running`; false when none had.
+    fn take_arrived(&self, running: &mut FuturesUnordered<StreamFuture>) -> bool {
+        let mut queue = self.queue();
+        if queue.is_empty() {
+            return false;
+        }
+        running.extend(queue.drain(..));
+        true
+    }
+}
+
+/// Polls `connection` and every stream it hands to `executor` until the
+/// connection has ended and its last stream has finished.
+pub async fn drive<C: Future>(connection: C, executor: StreamExecutor) -> C::Output {
+    let mut connection = pin!(connection);
+    let mut running = FuturesUnordered::new();
+    let mut ended = None;
+    poll_fn(|cx| {
+        if ended.is_none() {
+            if let Poll::Ready(output) = connection.as_mut().poll(cx) {
+                ended = Some(output);
+            }
+        }
+        executor.take_arrived(&mut running);
+        loop {
+            while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+            // A stream may hand over a future of its own (an HTTP/2 upgrade's
+            // tunnel): start it now rather than on the next wake-up.
+            if !executor.take_arrived(&mut running) {
+                break;
+            }
+        }
+        if running.is_empty() {
+            if let Some(output) = ended.take() {
+                return Poll::Ready(output);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
