@@ -15,6 +15,9 @@
 //! ```
 //! Before any step, identity headers sent by the client are removed.
 
+use std::future::Future;
+
+use futures_util::future::Either;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use crate::oidc::token::TokenError;
 use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
 use crate::pages;
 use crate::pages::ErrorPage;
-use crate::proxy::{ClientAddress, ForwardContext, Tunnels, Upstream, X_REQUEST_ID};
+use crate::proxy::{ClientAddress, ForwardContext, Forwarded, Tunnels, Upstream, X_REQUEST_ID};
 use crate::routes;
 use crate::session::cookies::{strip_gateway_cookies, SessionKeyMemo};
 use crate::session::unix_now;
@@ -157,11 +160,16 @@ impl Gateway {
     }
 
     /// Runs one request through the pipeline.
-    pub async fn handle(
-        &self,
+    ///
+    /// A plain function returning an `async move` block, not an `async fn`: an
+    /// async fn keeps its arguments twice (captured, then moved into locals),
+    /// and every byte of a request's future is copied into its allocation when
+    /// the request starts. Work that needs no waiting is done here, before it.
+    pub fn handle(
+        self: &Arc<Self>,
         request: Request<Incoming>,
         conn: ConnectionInfo,
-    ) -> Response<AccessLogBody> {
+    ) -> impl Future<Output = Response<AccessLogBody>> + Send + 'static {
         let started = Instant::now();
         let mut request = request.map(crate::boxed_body);
         let client =
@@ -185,120 +193,151 @@ impl Gateway {
             tracing::warn!(request_id = %request_id.to_str().unwrap_or_default(), client = %client.client_ip, headers = spoofed,
                 "removed identity headers sent by the client");
         }
-
         let wants_html = pages::wants_html(request.headers());
-        let facts = RequestFacts {
-            client: &client,
-            request_id: request_id.to_str().unwrap_or_default(),
-            wants_html,
-            session_keys: &conn.session_keys,
-        };
-        let (mut response, upstream_time) = match self.classify(request, &facts).await {
-            Decision::Respond(response) => (response, None),
-            Decision::Forward(mut request, forwarding) => {
-                self.prepare_upstream_request(&mut request, forwarding.caller.as_ref());
-                let ctx = ForwardContext {
-                    request_id: &request_id,
-                    client: &client,
-                    scheme: conn.scheme,
-                    wants_html: wants_html && !forwarding.api_client,
-                    api_client: forwarding.api_client,
-                };
-                let forwarded = self.upstream.forward(request, &ctx).await;
-                (forwarded.response, forwarded.upstream_time)
-            }
-        };
-        response
-            .headers_mut()
-            .insert(&X_REQUEST_ID, never_indexed(&request_id));
-        let record = path.map(|path| AccessRecord {
-            request_id: request_id.clone(),
-            client: client.client_ip,
-            method,
-            path,
-            status: response.status(),
-            started,
-            upstream: upstream_time,
-            quiet,
-        });
-        response.map(|body| AccessLogBody::new(body, record))
+        let gateway = Arc::clone(self);
+
+        async move {
+            let facts = RequestFacts {
+                client: &client,
+                request_id: request_id.to_str().unwrap_or_default(),
+                wants_html,
+                session_keys: &conn.session_keys,
+            };
+            // The decision's block ends before the upstream wait, so the future
+            // does not keep the decision (and a copy of the request) meanwhile.
+            let pending = {
+                let decision = gateway.classify(request, &facts).await;
+                match decision {
+                    Decision::Respond(response) => Either::Right(std::future::ready(Forwarded {
+                        response,
+                        upstream_time: None,
+                    })),
+                    Decision::Forward(mut request, forwarding) => {
+                        gateway.prepare_upstream_request(&mut request, forwarding.caller.as_ref());
+                        let ctx = ForwardContext {
+                            request_id: &request_id,
+                            client: &client,
+                            scheme: conn.scheme,
+                            wants_html: wants_html && !forwarding.api_client,
+                            api_client: forwarding.api_client,
+                        };
+                        Either::Left(gateway.upstream.forward(request, ctx))
+                    }
+                }
+            };
+            let Forwarded {
+                mut response,
+                upstream_time,
+            } = pending.await;
+            response
+                .headers_mut()
+                .insert(&X_REQUEST_ID, never_indexed(&request_id));
+            let record = path.map(|path| AccessRecord {
+                request_id: request_id.clone(),
+                client: client.client_ip,
+                method,
+                path,
+                status: response.status(),
+                started,
+                upstream: upstream_time,
+                quiet,
+            });
+            response.map(|body| AccessLogBody::new(body, record))
+        }
     }
 
-    /// The decision steps, in order. The first that answers wins.
-    async fn classify(&self, request: Request<Body>, facts: &RequestFacts<'_>) -> Decision {
-        let path = request.uri().path();
-        if let Some(answer) = health::answer(request.method(), path, &self.readiness) {
-            return Decision::Respond(answer);
-        }
-        if path == self.auth.callback_path() {
-            // Box::pin: the login paths' futures are large (token request, JWKS);
-            // boxing them keeps every request's future small, and every request's
-            // future is moved into its task (HTTP/2) or connection state.
-            return match Box::pin(self.auth.callback(request, facts)).await {
-                CallbackOutcome::Done(response) => Decision::Respond(response),
-                CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
-                    tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
-                    Decision::Forward(
-                        request,
-                        Forwarding {
-                            caller: None,
-                            api_client: true,
-                        },
-                    )
-                }
-                CallbackOutcome::NotOurs(_) => Decision::Respond(self.auth.foreign_callback(facts)),
-            };
-        }
-        if let Some(endpoint) = path
-            .strip_prefix(self.settings.config.gateway.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix('/'))
-        {
-            return Decision::Respond(
-                Box::pin(self.gateway_endpoint(endpoint, request.uri(), request.headers(), facts))
-                    .await,
-            );
-        }
-        let normalized = match routes::normalize(path) {
-            Ok(normalized) => normalized,
-            Err(e) => return Decision::Respond(bad_path(&e, facts)),
-        };
-        match self.access.requirement(request.method(), &normalized) {
-            Requirement::Public { api_client } => Decision::Forward(
-                request,
-                Forwarding {
-                    caller: None,
-                    api_client,
-                },
-            ),
-            Requirement::Deny => Decision::Respond(self.forbidden(None, &Denial::Route, facts)),
-            Requirement::SignIn { extra } => match self
-                .caller(request.headers(), facts.session_keys)
-                .await
-            {
-                CallerLookup::Found(caller) => match self
-                    .access
-                    .check(&caller.identity, extra.as_deref())
-                {
-                    Ok(()) => Decision::Forward(
-                        request,
-                        Forwarding {
-                            caller: Some(caller),
-                            api_client: false,
-                        },
-                    ),
-                    Err(denial) => {
-                        tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
-                        Decision::Respond(self.forbidden(Some(&caller.identity), &denial, facts))
+    /// The decision steps, in order. The first that answers wins. (An `async
+    /// move` block rather than an `async fn`, for the reason given at `handle`.)
+    #[allow(clippy::manual_async_fn)]
+    fn classify<'a>(
+        &'a self,
+        request: Request<Body>,
+        facts: &'a RequestFacts<'a>,
+    ) -> impl Future<Output = Decision> + Send + 'a {
+        async move {
+            let path = request.uri().path();
+            if let Some(answer) = health::answer(request.method(), path, &self.readiness) {
+                return Decision::Respond(answer);
+            }
+            if path == self.auth.callback_path() {
+                // Box::pin: the login paths' futures are large (token request, JWKS);
+                // boxing them keeps every request's future small, and every request's
+                // future is moved into its task (HTTP/2) or connection state.
+                return match Box::pin(self.auth.callback(request, facts)).await {
+                    CallbackOutcome::Done(response) => Decision::Respond(response),
+                    CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
+                        tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
+                        Decision::Forward(
+                            request,
+                            Forwarding {
+                                caller: None,
+                                api_client: true,
+                            },
+                        )
                     }
-                },
-                CallerLookup::BadBearer(e) => Decision::Respond(invalid_bearer(&e, facts)),
-                CallerLookup::Anonymous => Decision::Respond(self.auth.unauthenticated(
-                    request.method(),
-                    request.uri(),
-                    request.headers(),
-                    facts,
-                )),
-            },
+                    CallbackOutcome::NotOurs(_) => {
+                        Decision::Respond(self.auth.foreign_callback(facts))
+                    }
+                };
+            }
+            if let Some(endpoint) = path
+                .strip_prefix(self.settings.config.gateway.prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                return Decision::Respond(
+                    Box::pin(self.gateway_endpoint(
+                        endpoint,
+                        request.uri(),
+                        request.headers(),
+                        facts,
+                    ))
+                    .await,
+                );
+            }
+            let normalized = match routes::normalize(path) {
+                Ok(normalized) => normalized,
+                Err(e) => return Decision::Respond(bad_path(&e, facts)),
+            };
+            match self.access.requirement(request.method(), &normalized) {
+                Requirement::Public { api_client } => Decision::Forward(
+                    request,
+                    Forwarding {
+                        caller: None,
+                        api_client,
+                    },
+                ),
+                Requirement::Deny => Decision::Respond(self.forbidden(None, &Denial::Route, facts)),
+                Requirement::SignIn { extra } => {
+                    match self.caller(request.headers(), facts.session_keys).await {
+                        CallerLookup::Found(caller) => {
+                            match self.access.check(&caller.identity, extra.as_deref()) {
+                                Ok(()) => Decision::Forward(
+                                    request,
+                                    Forwarding {
+                                        caller: Some(caller),
+                                        api_client: false,
+                                    },
+                                ),
+                                Err(denial) => {
+                                    tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
+                                    Decision::Respond(self.forbidden(
+                                        Some(&caller.identity),
+                                        &denial,
+                                        facts,
+                                    ))
+                                }
+                            }
+                        }
+                        CallerLookup::BadBearer(e) => Decision::Respond(invalid_bearer(&e, facts)),
+                        CallerLookup::Anonymous => Decision::Respond(self.auth.unauthenticated(
+                            request.method(),
+                            request.uri(),
+                            request.headers(),
+                            facts,
+                        )),
+                    }
+                }
+            }
         }
     }
 

@@ -6,10 +6,12 @@
 //! The proxy knows nothing about authentication: the gateway hands it a request
 //! whose identity headers are already what they must be.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -28,6 +30,7 @@ use crate::upstream_pool::UpstreamPool;
 use crate::{empty_body, Body};
 
 /// Per-request facts the proxy needs from the connection and the gateway.
+#[derive(Clone, Copy)]
 pub struct ForwardContext<'a> {
     pub request_id: &'a HeaderValue,
     pub client: &'a ClientAddress,
@@ -41,6 +44,13 @@ pub struct ForwardContext<'a> {
 
 /// What came back from forwarding: the response and how long the upstream took
 /// to answer (None when it never answered).
+/// An upstream request ready to send, and whether it asks for an upgrade.
+struct Outbound {
+    request: Request<Body>,
+    upgrade: Upgrade,
+    client_upgrade: Option<OnUpgrade>,
+}
+
 pub struct Forwarded {
     pub response: Response<Body>,
     pub upstream_time: Option<Duration>,
@@ -135,7 +145,26 @@ impl Upstream {
 
     /// Sends `request` upstream and streams the answer back. Never fails: upstream
     /// problems become 502/504 answers (HTML or JSON as the client prefers).
-    pub async fn forward(&self, request: Request<Body>, ctx: &ForwardContext<'_>) -> Forwarded {
+    ///
+    /// The upstream request is built before the returned future starts; the
+    /// future holds only what it needs while waiting (see `Gateway::handle`).
+    pub fn forward<'a>(
+        &'a self,
+        request: Request<Body>,
+        ctx: ForwardContext<'a>,
+    ) -> impl Future<Output = Forwarded> + Send + 'a {
+        match self.outbound(request, &ctx) {
+            Ok(outbound) => Either::Left(self.exchange(outbound, ctx)),
+            Err(failure) => Either::Right(std::future::ready(*failure)),
+        }
+    }
+
+    /// The request as the upstream gets it, with what its answer needs to know.
+    fn outbound(
+        &self,
+        request: Request<Body>,
+        ctx: &ForwardContext<'_>,
+    ) -> Result<Outbound, Box<Forwarded>> {
         let (mut parts, body) = request.into_parts();
         let upgrade = Upgrade::detect(&parts);
         let client_upgrade = match upgrade {
@@ -192,12 +221,12 @@ impl Upstream {
             Ok(uri) => uri,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id.to_str().unwrap_or_default(), error = %e, "cannot build upstream URI");
-                return self.failure(
+                return Err(Box::new(self.failure(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "The request target is invalid.",
                     ctx,
-                );
+                )));
             }
         };
         let mut upstream_request = Request::new(upstream_body);
@@ -205,77 +234,101 @@ impl Upstream {
         *upstream_request.uri_mut() = uri;
         *upstream_request.version_mut() = Version::HTTP_11;
         *upstream_request.headers_mut() = headers;
+        Ok(Outbound {
+            request: upstream_request,
+            upgrade,
+            client_upgrade,
+        })
+    }
 
+    /// Sends the request and turns the answer (or its absence) into ours.
+    fn exchange<'a>(
+        &'a self,
+        outbound: Outbound,
+        ctx: ForwardContext<'a>,
+    ) -> impl Future<Output = Forwarded> + Send + 'a {
+        let Outbound {
+            request,
+            upgrade,
+            client_upgrade,
+        } = outbound;
         let started = Instant::now();
-        // Boxed: the future of a request upstream is ~2 KiB and would otherwise be
+        // Boxed: the future of a request upstream (~600 B) would otherwise be
         // copied into the timeout and inflate every request's own future.
-        let sending = Box::pin(self.pool.send(&self.target, upstream_request));
-        let result = tokio::time::timeout(self.response_timeout, sending).await;
-        let upstream_time = started.elapsed();
-        let mut response = match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                let connect = e.is_connect();
-                tracing::warn!(
-                    request_id = %ctx.request_id.to_str().unwrap_or_default(),
-                    upstream = %self.authority,
-                    error = %error_chain(&e),
-                    "upstream request failed"
-                );
-                let detail = if connect {
-                    "The console behind this gateway is not reachable right now."
-                } else {
-                    "The console behind this gateway closed the connection or sent an invalid response."
-                };
-                return self.failure(StatusCode::BAD_GATEWAY, "upstream_unavailable", detail, ctx);
-            }
-            Err(_elapsed) => {
-                tracing::warn!(
-                    request_id = %ctx.request_id.to_str().unwrap_or_default(),
-                    upstream = %self.authority,
-                    timeout_ms = self.response_timeout.as_millis() as u64,
-                    "upstream did not answer in time"
-                );
-                return self.failure(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "The console behind this gateway did not answer in time.",
-                    ctx,
-                );
-            }
-        };
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade != Upgrade::None {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                self.spawn_tunnel(client_upgrade, upstream_upgrade, ctx.request_id.clone());
-                let mut answer = Response::new(empty_body());
-                *answer.headers_mut() = std::mem::take(response.headers_mut());
-                if upgrade == Upgrade::H2WebSocket {
-                    // An h2 CONNECT succeeds with 200 and carries no handshake headers.
-                    *answer.status_mut() = StatusCode::OK;
-                    for name in [
-                        header::CONNECTION,
-                        header::UPGRADE,
-                        header::SEC_WEBSOCKET_ACCEPT,
-                    ] {
-                        answer.headers_mut().remove(name);
-                    }
-                } else {
-                    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let sending = Box::pin(self.pool.send(&self.target, request));
+        async move {
+            let result = tokio::time::timeout(self.response_timeout, sending).await;
+            let upstream_time = started.elapsed();
+            let mut response = match result {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    tracing::warn!(
+                        request_id = %ctx.request_id.to_str().unwrap_or_default(),
+                        upstream = %self.authority,
+                        error = %error_chain(&e),
+                        "upstream request failed"
+                    );
+                    let detail = if connect {
+                        "The console behind this gateway is not reachable right now."
+                    } else {
+                        "The console behind this gateway closed the connection or sent an invalid response."
+                    };
+                    return self.failure(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        detail,
+                        &ctx,
+                    );
                 }
-                return Forwarded {
-                    response: answer,
-                    upstream_time: Some(upstream_time),
-                };
-            }
-        }
+                Err(_elapsed) => {
+                    tracing::warn!(
+                        request_id = %ctx.request_id.to_str().unwrap_or_default(),
+                        upstream = %self.authority,
+                        timeout_ms = self.response_timeout.as_millis() as u64,
+                        "upstream did not answer in time"
+                    );
+                    return self.failure(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        "The console behind this gateway did not answer in time.",
+                        &ctx,
+                    );
+                }
+            };
 
-        remove_hop_by_hop(response.headers_mut());
-        let response = response.map(crate::boxed_body);
-        Forwarded {
-            response,
-            upstream_time: Some(upstream_time),
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade != Upgrade::None {
+                if let Some(client_upgrade) = client_upgrade {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    self.spawn_tunnel(client_upgrade, upstream_upgrade, ctx.request_id.clone());
+                    let mut answer = Response::new(empty_body());
+                    *answer.headers_mut() = std::mem::take(response.headers_mut());
+                    if upgrade == Upgrade::H2WebSocket {
+                        // An h2 CONNECT succeeds with 200 and carries no handshake headers.
+                        *answer.status_mut() = StatusCode::OK;
+                        for name in [
+                            header::CONNECTION,
+                            header::UPGRADE,
+                            header::SEC_WEBSOCKET_ACCEPT,
+                        ] {
+                            answer.headers_mut().remove(name);
+                        }
+                    } else {
+                        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    }
+                    return Forwarded {
+                        response: answer,
+                        upstream_time: Some(upstream_time),
+                    };
+                }
+            }
+
+            remove_hop_by_hop(response.headers_mut());
+            let response = response.map(crate::boxed_body);
+            Forwarded {
+                response,
+                upstream_time: Some(upstream_time),
+            }
         }
     }
 
@@ -583,7 +636,10 @@ mod tests {
     #[test]
     fn connection_tokens_are_matched_whatever_their_case() {
         let mut h = HeaderMap::new();
-        h.insert("connection", "Keep-Alive, X-Secret-Hop, Close".parse().unwrap());
+        h.insert(
+            "connection",
+            "Keep-Alive, X-Secret-Hop, Close".parse().unwrap(),
+        );
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("content-type", "text/html".parse().unwrap());

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::header::{CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -427,12 +428,11 @@ async fn serve_tls(
     };
     let conn_info = ConnectionInfo::new(peer, "https");
     let service = service_fn(move |request: Request<Incoming>| {
-        let gateway = gateway.clone();
-        // Boxed: HTTP/2 moves each request's future into a task of its own and
-        // the runtime copies it again when the task ends; behind a Box those are
-        // pointer moves (the whole future is several KiB).
-        let conn_info = conn_info.clone();
-        Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, conn_info).await) })
+        // Not boxed: HTTP/1 keeps it in the connection's own (reused) slot, and
+        // HTTP/2 in the stream future that StreamExecutor allocates anyway.
+        gateway
+            .handle(request, conn_info.clone())
+            .map(Ok::<_, Infallible>)
     });
     let streams = StreamExecutor::default();
     let conn = connection_builder(&settings, streams.clone())

@@ -9,6 +9,7 @@
 //! the end, and is taken from there by the next request.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -81,27 +82,32 @@ impl UpstreamPool {
     /// new one to `target` (scheme and authority of the upstream). A request that
     /// an idle connection could not even start to send (the upstream had just
     /// closed it) is sent again on another one.
-    pub async fn send(
-        &self,
-        target: &http::Uri,
+    #[allow(clippy::manual_async_fn)] // deliberate: see the comment inside
+    pub fn send<'a>(
+        &'a self,
+        target: &'a http::Uri,
         mut request: Request<Body>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        loop {
-            // The slow paths are boxed so that this (every request's) future stays small.
-            let (mut sender, reused) = match self.checkout() {
-                Checkout::Ready(sender) => (sender, true),
-                Checkout::Finishing(sender) => match Box::pin(Self::when_ready(sender)).await {
-                    Some(sender) => (sender, true),
-                    None => continue,
-                },
-                Checkout::Empty => (Box::pin(self.connect(target)).await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.attach(response, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Request(e.into_error())),
-                },
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a {
+        // An `async move` block, not an `async fn`: it keeps the request once, not
+        // twice (see `Gateway::handle`).
+        async move {
+            loop {
+                // The slow paths are boxed so that this (every request's) future stays small.
+                let (mut sender, reused) = match self.checkout() {
+                    Checkout::Ready(sender) => (sender, true),
+                    Checkout::Finishing(sender) => match Box::pin(Self::when_ready(sender)).await {
+                        Some(sender) => (sender, true),
+                        None => continue,
+                    },
+                    Checkout::Empty => (Box::pin(self.connect(target)).await?, false),
+                };
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.attach(response, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => request = unsent,
+                        _ => return Err(UpstreamError::Request(e.into_error())),
+                    },
+                }
             }
         }
     }
