@@ -84,3 +84,74 @@ pub async fn drive<C: Future>(connection: C, executor: StreamExecutor) -> C::Out
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A connection future made by `body` from its executor and a counter of
+    /// streams that finished.
+    fn connection<Fut>(
+        body: impl FnOnce(StreamExecutor, Arc<AtomicUsize>) -> Fut,
+    ) -> (StreamExecutor, Arc<AtomicUsize>, Fut) {
+        let executor = StreamExecutor::default();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let connection = body(executor.clone(), finished.clone());
+        (executor, finished, connection)
+    }
+
+    #[tokio::test]
+    async fn the_connection_ends_only_after_its_last_stream() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (executor, finished, connection) = connection(|executor, finished| async move {
+            executor.execute(async move {
+                let _ = released.await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            "connection output"
+        });
+        let driving = tokio::spawn(drive(connection, executor));
+        tokio::task::yield_now().await;
+        assert!(
+            !driving.is_finished(),
+            "ended while a stream was still running"
+        );
+        let _ = release.send(());
+        assert_eq!(driving.await.ok(), Some("connection output"));
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_only_itself() {
+        let (executor, finished, connection) = connection(|executor, finished| async move {
+            executor.execute(async { panic!("a stream's bug") });
+            executor.execute(async move {
+                tokio::task::yield_now().await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        });
+        drive(connection, executor).await;
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            1,
+            "the other stream did not finish"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_may_hand_over_a_future_of_its_own() {
+        // An HTTP/2 upgrade's tunnel arrives from inside a running stream.
+        let (executor, finished, connection) = connection(|executor, finished| async move {
+            let inner = executor.clone();
+            executor.execute(async move {
+                inner.execute(async move {
+                    finished.fetch_add(1, Ordering::SeqCst);
+                });
+            });
+        });
+        drive(connection, executor).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+    }
+}
