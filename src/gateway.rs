@@ -229,9 +229,6 @@ impl Gateway {
                 mut response,
                 upstream_time,
             } = pending.await;
-            response
-                .headers_mut()
-                .insert(&X_REQUEST_ID, never_indexed(&request_id));
             let record = path.map(|path| AccessRecord {
                 request_id: request_id.clone(),
                 client: client.client_ip,
@@ -242,6 +239,7 @@ impl Gateway {
                 upstream: upstream_time,
                 quiet,
             });
+            response.headers_mut().insert(&X_REQUEST_ID, request_id);
             response.map(|body| AccessLogBody::new(body, record))
         }
     }
@@ -611,7 +609,17 @@ impl RequestIds {
         }
     }
 
+    /// The request's id, marked sensitive: HTTP/2 then sends it back as a
+    /// never-indexed literal. Indexed, every unique id would be added to the
+    /// connection's HPACK table, evicting useful entries and making each
+    /// response's header encoding search a long chain of dead ids.
     fn for_request(&self, headers: &http::HeaderMap, trusted: bool) -> HeaderValue {
+        let mut id = self.id_for(headers, trusted);
+        id.set_sensitive(true);
+        id
+    }
+
+    fn id_for(&self, headers: &http::HeaderMap, trusted: bool) -> HeaderValue {
         if trusted {
             if let Some(id) = headers
                 .get(&X_REQUEST_ID)
@@ -640,16 +648,6 @@ static AUTH_REQUEST_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-auth-request-groups"),
 ];
 
-/// A copy of a per-request value marked sensitive: HTTP/2 then sends it as a
-/// never-indexed literal. Indexed, every unique request id would be added to
-/// the connection's HPACK table, evicting useful entries and making each
-/// response's header encoding search a long chain of dead ids.
-fn never_indexed(value: &HeaderValue) -> HeaderValue {
-    let mut value = value.clone();
-    value.set_sensitive(true);
-    value
-}
-
 /// Writes `value` as lower-case hex, at least `min_digits` wide; returns the length.
 fn write_hex(out: &mut [u8], value: u64, min_digits: usize) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -672,12 +670,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn response_request_ids_are_never_indexed_by_hpack() {
-        let id = HeaderValue::from_static("000000ab-1f");
-        let sent = never_indexed(&id);
+    fn request_ids_are_never_indexed_by_hpack() {
         // h2's HPACK encoder keeps sensitive values out of the dynamic table.
-        assert!(sent.is_sensitive());
-        assert_eq!(sent, id);
+        let ids = RequestIds::new();
+        assert!(ids
+            .for_request(&http::HeaderMap::new(), false)
+            .is_sensitive());
+        let mut relayed = http::HeaderMap::new();
+        relayed.insert(&X_REQUEST_ID, HeaderValue::from_static("lb-1234"));
+        let id = ids.for_request(&relayed, true);
+        assert!(id.is_sensitive());
+        assert_eq!(id, "lb-1234");
     }
 
     #[test]

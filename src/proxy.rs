@@ -76,25 +76,39 @@ pub struct Upstream {
     tunnels: Tunnels,
 }
 
-/// Whether a header name (lower case, as `HeaderName` keeps it) describes one
-/// connection and is never forwarded (RFC 9110 §7.6.1), counting `proxy-*` (we
-/// are no forward proxy) and `expect` (answered by our server already).
-fn is_hop_by_hop(name: &str) -> bool {
-    // A `match` on the string: a length switch and one comparison per name,
-    // for every header of every request and response.
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "proxy-connection"
-            | "expect"
-    )
+/// Headers that describe one connection and are never forwarded (RFC 9110
+/// §7.6.1), counting `proxy-*` (we are no forward proxy) and `expect`
+/// (answered by our server already). In the order of [`hop_by_hop_index`].
+static HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-connection"),
+    header::EXPECT,
+];
+
+/// The position in [`HOP_BY_HOP`] of a header name (lower case, as
+/// `HeaderName` keeps it). A `match` on the string: a length switch and one
+/// comparison, for every header of every request and response.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "te" => Some(2),
+        "trailer" => Some(3),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        "proxy-authorization" => Some(6),
+        "proxy-authenticate" => Some(7),
+        "proxy-connection" => Some(8),
+        "expect" => Some(9),
+        _ => None,
+    }
 }
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -186,11 +200,11 @@ impl Upstream {
         if parts.version == Version::HTTP_2 {
             merge_cookie_headers(&mut headers);
         }
-        set_forwarding_headers(&mut headers, ctx, original_host.clone());
-        let host = match original_host {
-            Some(host) if self.preserve_host => host,
+        let host = match &original_host {
+            Some(host) if self.preserve_host => host.clone(),
             _ => self.host.clone(),
         };
+        set_forwarding_headers(&mut headers, ctx, original_host);
         headers.insert(header::HOST, host);
 
         let mut method = parts.method;
@@ -444,30 +458,36 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Hot path: one pass over the names (no allocation when none is found);
-    // hashed removals only of the names present (upstream answers carry
-    // `Connection: keep-alive`).
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    // Hot path: one pass over the names, no allocation; hashed removals only of
+    // the names present (upstream answers carry `Connection: keep-alive`).
+    let present = headers.keys().fold(0u16, |present, name| {
+        match hop_by_hop_index(name.as_str()) {
+            Some(i) => present | (1 << i),
+            None => present,
+        }
+    });
+    if present == 0 {
         return;
     }
-    // Names listed in `Connection`; hop-by-hop ones are in `doomed` already
-    // when present, and `close` names no header.
-    for token in connection_tokens(headers) {
-        let known = |t: &str| t == "close" || is_hop_by_hop(t);
-        let mixed_case = token.bytes().any(|b| b.is_ascii_uppercase());
-        if !(known(token) || mixed_case && known(&token.to_ascii_lowercase())) {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                doomed.push(name);
-            }
+    if present & 1 != 0 {
+        // Names listed in `Connection`, other than hop-by-hop ones (removed
+        // below when present) and `close`, which names no header.
+        let known = |t: &str| t == "close" || hop_by_hop_index(t).is_some();
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|token| {
+                let mixed_case = token.bytes().any(|b| b.is_ascii_uppercase());
+                !(known(token) || mixed_case && known(&token.to_ascii_lowercase()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in doomed {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -631,6 +651,13 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_knows_its_place() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
     }
 
     #[test]

@@ -532,8 +532,8 @@ async fn access_token_is_passed_upstream_only_when_configured() {
 
 #[tokio::test]
 async fn idp_down_at_startup_means_not_ready_then_ready_when_it_appears() {
-    // Reserve an address for the IdP, with nothing answering there yet.
-    let reserved = closed_port().await;
+    // An address for the IdP, with nothing answering there yet.
+    let reserved = released_port().await;
     let options = DevIdpOptions {
         tenant_id: TENANT.into(),
         client_id: CLIENT_ID.into(),

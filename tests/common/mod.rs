@@ -436,10 +436,23 @@ pub fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// A port with nothing listening (bound, then released).
-pub async fn closed_port() -> SocketAddr {
+/// A port for a server to be started on later (bound, then released).
+pub async fn released_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
+    addr
+}
+
+/// A port with nothing listening: bound but never listened on, so connections
+/// are refused, and kept bound for the rest of the test process so that no other
+/// test's listener can be given the same port meanwhile.
+pub async fn closed_port() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    std::mem::forget(socket);
     addr
 }
