@@ -259,7 +259,7 @@ impl Gateway {
             if path == self.auth.callback_path() {
                 // Box::pin: the login paths' futures are large (token request, JWKS);
                 // boxing them keeps every request's future small, and every request's
-                // future is moved into its task (HTTP/2) or connection state.
+                // future is copied into its stream (HTTP/2) or connection state.
                 return match Box::pin(self.auth.callback(request, facts)).await {
                     CallbackOutcome::Done(response) => Decision::Respond(response),
                     CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {

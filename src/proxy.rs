@@ -42,8 +42,6 @@ pub struct ForwardContext<'a> {
     pub api_client: bool,
 }
 
-/// What came back from forwarding: the response and how long the upstream took
-/// to answer (None when it never answered).
 /// An upstream request ready to send, and whether it asks for an upgrade.
 struct Outbound {
     request: Request<Body>,
@@ -51,6 +49,8 @@ struct Outbound {
     client_upgrade: Option<OnUpgrade>,
 }
 
+/// What came back from forwarding: the response and how long the upstream took
+/// to answer (None when it never answered).
 pub struct Forwarded {
     pub response: Response<Body>,
     pub upstream_time: Option<Duration>,
@@ -517,10 +517,12 @@ fn set_forwarding_headers(
 ) {
     let client = ctx.client;
     let trusted = client.peer_trusted;
-    let prior = headers
-        .get(&X_FORWARDED_FOR)
+    // Only a trusted proxy's X-Forwarded-For is looked at (most peers are not).
+    let prior = trusted
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .filter(|prior| trusted && !prior.trim().is_empty());
+        .filter(|prior| !prior.trim().is_empty());
     let xff = match prior {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.peer.ip())).ok(),
         None => Some(client.peer_ip_value.clone()),

@@ -224,11 +224,15 @@ struct PooledBody {
 }
 
 impl PooledBody {
+    fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            release.back_to_pool();
+        }
+    }
+
     fn release_if_done(&mut self) {
         if self.body.is_end_stream() {
-            if let Some(release) = self.release.take() {
-                release.back_to_pool();
-            }
+            self.release();
         }
     }
 }
@@ -243,11 +247,7 @@ impl HttpBody for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some(release) = self.release.take() {
-                    release.back_to_pool();
-                }
-            }
+            Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) => self.release_if_done(),
             _ => {}
         }

@@ -77,15 +77,10 @@ impl CookieCodec {
         (id, key)
     }
 
-    /// The session id from the request's cookies, if there is one.
     /// The session id from the `Cookie` header(s). A plain scan of the pairs
     /// (every request does this): ids are unquoted base64url, 43 characters.
     pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
+        cookie_pairs(headers)
             .filter_map(|pair| pair.split_once('='))
             .find(|(name, _)| name.trim() == SESSION_COOKIE)
             .map(|(_, value)| value.trim())
@@ -226,12 +221,7 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     }
     // One string, allocated only when other cookies remain.
     let mut kept = String::new();
-    for pair in headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
+    for pair in cookie_pairs(headers)
         .filter(|pair| !pair.is_empty() && !pair.starts_with(GATEWAY_COOKIE_PREFIX))
     {
         if !kept.is_empty() {
@@ -245,6 +235,17 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
             headers.insert(COOKIE, value);
         }
     }
+}
+
+/// The `name=value` pairs of the `Cookie` header(s), trimmed, as sent (no
+/// decoding): for the hot paths that only look for a name.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
 }
 
 fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
