@@ -51,7 +51,10 @@ async fn fill(store: &MemoryStore, with_tokens: bool) -> u64 {
             session.id_token = Some("i".repeat(1500).into());
             session.access_token = Some("a".repeat(2000).into());
         }
-        store.insert(session_key(&id), session).await.unwrap();
+        store
+            .insert(session_key(id.as_bytes()), session)
+            .await
+            .unwrap();
     }
     rss_bytes().saturating_sub(before)
 }

@@ -469,7 +469,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    // Upstream answers carry `Connection: keep-alive` (or `close`), which names
+    // no other header: no token parsing for them.
+    let names_nothing = |value: &HeaderValue| {
+        let value = value.as_bytes();
+        value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
+    };
+    if present & 1 != 0
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(names_nothing)
+    {
         // Names listed in `Connection`, other than hop-by-hop ones (removed
         // below when present) and `close`, which names no header.
         let known = |t: &str| t == "close" || hop_by_hop_index(t).is_some();

@@ -73,18 +73,20 @@ impl CookieCodec {
     /// A fresh session id and the key the store files it under.
     pub fn new_session_id() -> (String, SessionKey) {
         let id = base64url(&random_bytes::<32>());
-        let key = session_key(&id);
+        let key = session_key(id.as_bytes());
         (id, key)
     }
 
     /// The session id from the `Cookie` header(s). A plain scan of the pairs
     /// (every request does this): ids are unquoted base64url, 43 characters.
-    pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-        cookie_pairs(headers)
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(name, _)| name.trim() == SESSION_COOKIE)
-            .map(|(_, value)| value.trim())
-            .filter(|v| v.len() == 43)
+    pub fn session_id(headers: &HeaderMap) -> Option<&[u8]> {
+        let value = cookie_pairs(headers).find_map(|pair| {
+            let rest = pair.strip_prefix(SESSION_COOKIE.as_bytes())?;
+            rest.trim_ascii_start().strip_prefix(b"=")
+        })?;
+        // Bytes, not text: the store files SHA-256(id), so whatever else a
+        // client sends is simply not found.
+        Some(value.trim_ascii()).filter(|id| id.len() == 43)
     }
 
     pub fn set_session(&self, id: &str) -> HeaderValue {
@@ -180,8 +182,8 @@ impl CookieCodec {
 }
 
 /// SHA-256 of a session id: what the store is keyed by.
-pub fn session_key(id: &str) -> SessionKey {
-    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+pub fn session_key(id: &[u8]) -> SessionKey {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id);
     let mut key = [0u8; 32];
     key.copy_from_slice(digest.as_ref());
     key
@@ -192,10 +194,10 @@ pub fn session_key(id: &str) -> SessionKey {
 /// (SHA-256) on each one was ~3% of a proxied request. Kept per connection, the
 /// raw id lives no longer than that connection's own buffers hold it anyway.
 #[derive(Debug, Default)]
-pub struct SessionKeyMemo(Mutex<Option<(Box<str>, SessionKey)>>);
+pub struct SessionKeyMemo(Mutex<Option<(Box<[u8]>, SessionKey)>>);
 
 impl SessionKeyMemo {
-    pub fn key(&self, id: &str) -> SessionKey {
+    pub fn key(&self, id: &[u8]) -> SessionKey {
         let mut memo = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((seen, key)) = memo.as_ref() {
             // Only this connection's own ids are ever compared here.
@@ -212,40 +214,65 @@ impl SessionKeyMemo {
 /// Removes the gateway's cookies from the `Cookie` header(s), keeping the
 /// others byte for byte. The header goes away when nothing else is left.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    if !headers.get_all(COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .windows(GATEWAY_COOKIE_PREFIX.len())
-            .any(|w| w == GATEWAY_COOKIE_PREFIX.as_bytes())
-    }) {
+    let ours = |pair: &[u8]| pair.starts_with(GATEWAY_COOKIE_PREFIX.as_bytes());
+    let (mut any_ours, mut any_other) = (false, false);
+    for pair in cookie_pairs(headers).filter(|pair| !pair.is_empty()) {
+        if ours(pair) {
+            any_ours = true;
+        } else {
+            any_other = true;
+        }
+    }
+    if !any_ours {
         return;
     }
-    // One string, allocated only when other cookies remain.
-    let mut kept = String::new();
-    for pair in cookie_pairs(headers)
-        .filter(|pair| !pair.is_empty() && !pair.starts_with(GATEWAY_COOKIE_PREFIX))
-    {
-        if !kept.is_empty() {
-            kept.push_str("; ");
+    // Allocated only when other cookies remain (the one header the upstream gets).
+    let kept = any_other.then(|| {
+        let mut kept = Vec::new();
+        for pair in cookie_pairs(headers).filter(|pair| !pair.is_empty() && !ours(pair)) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
         }
-        kept.push_str(pair);
-    }
+        kept
+    });
     headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept) {
-            headers.insert(COOKIE, value);
-        }
+    if let Some(value) = kept.and_then(|kept| HeaderValue::from_bytes(&kept).ok()) {
+        headers.insert(COOKIE, value);
     }
 }
 
-/// The `name=value` pairs of the `Cookie` header(s), trimmed, as sent (no
-/// decoding): for the hot paths that only look for a name.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The `name=value` pairs of the `Cookie` header(s), trimmed, as sent (bytes,
+/// no decoding): for the hot paths that only look for a name.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
+        .flat_map(|value| Pairs(value.as_bytes()))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// `;`-separated pieces of a header value, found with memchr (a cookie header
+/// is mostly one long session id: no byte-by-byte walk).
+struct Pairs<'a>(&'a [u8]);
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match memchr::memchr(b';', self.0) {
+            Some(at) => {
+                let pair = &self.0[..at];
+                self.0 = &self.0[at + 1..];
+                Some(pair)
+            }
+            None => Some(std::mem::take(&mut self.0)),
+        }
+    }
 }
 
 fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {
@@ -313,11 +340,12 @@ mod tests {
                 "theme=dark; {flow};  {SESSION_COOKIE}={id} ; lang=en"
             )],
             vec!["theme=dark".to_string(), format!("{SESSION_COOKIE}={id}")],
+            vec![format!("{SESSION_COOKIE} = {id};")],
         ] {
             let refs: Vec<&str> = values.iter().map(String::as_str).collect();
             assert_eq!(
                 CookieCodec::session_id(&cookie_headers(&refs)),
-                Some(id.as_str()),
+                Some(id.as_bytes()),
                 "{values:?}"
             );
         }
@@ -341,7 +369,7 @@ mod tests {
         let memo = SessionKeyMemo::default();
         let (a, b) = ("a".repeat(43), "b".repeat(43));
         for id in [&a, &a, &b, &a, &b, &b] {
-            assert_eq!(memo.key(id), session_key(id));
+            assert_eq!(memo.key(id.as_bytes()), session_key(id.as_bytes()));
         }
     }
 
@@ -424,5 +452,10 @@ mod tests {
         only_ours.insert(COOKIE, "__Host-oidc-gateway=secret".parse().unwrap());
         strip_gateway_cookies(&mut only_ours);
         assert!(only_ours.get(COOKIE).is_none());
+        // A name that merely contains ours is someone else's.
+        let mut lookalike = HeaderMap::new();
+        lookalike.insert(COOKIE, "x__Host-oidc-gateway=1;a=2".parse().unwrap());
+        strip_gateway_cookies(&mut lookalike);
+        assert_eq!(lookalike.get(COOKIE).unwrap(), "x__Host-oidc-gateway=1;a=2");
     }
 }
