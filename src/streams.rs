@@ -15,9 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 
-type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+type StreamFuture = Caught<Pin<Box<dyn Future<Output = ()> + Send>>>;
 
 /// The executor given to one connection's hyper builder. Futures handed to it
 /// wait in a queue until [`drive`] (polling that connection) picks them up.
@@ -31,9 +30,25 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, stream: F) {
-        // A panic ends that stream only, as it would in a task of its own.
-        let stream = AssertUnwindSafe(stream).catch_unwind().map(|_| ());
-        self.queue().push(Box::pin(stream));
+        // Boxed as it comes: a stream's future is ~1 KiB, and every wrapper
+        // around it before boxing would be one more copy of it.
+        self.queue().push(Caught(Box::pin(stream)));
+    }
+}
+
+/// A stream whose panic ends that stream only, as it would in a task of its own.
+struct Caught<F>(F);
+
+impl<F: Future<Output = ()> + Unpin> Future for Caught<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let stream = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(stream).poll(cx))) {
+            Ok(polled) => polled,
+            // Dropping it now (FuturesUnordered drops what is ready) ends it.
+            Err(_) => Poll::Ready(()),
+        }
     }
 }
 
