@@ -16,13 +16,11 @@ use std::task::Poll;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-type StreamFuture = Caught<Pin<Box<dyn Future<Output = ()> + Send>>>;
-
 /// The executor given to one connection's hyper builder. Futures handed to it
 /// wait in a queue until [`drive`] (polling that connection) picks them up.
 #[derive(Clone, Default)]
 pub struct StreamExecutor {
-    arrived: Arc<Mutex<Vec<StreamFuture>>>,
+    arrived: Arc<Mutex<Vec<Caught>>>,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
@@ -37,14 +35,14 @@ where
 }
 
 /// A stream whose panic ends that stream only, as it would in a task of its own.
-struct Caught<F>(F);
+struct Caught(Pin<Box<dyn Future<Output = ()> + Send>>);
 
-impl<F: Future<Output = ()> + Unpin> Future for Caught<F> {
+impl Future for Caught {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let stream = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(stream).poll(cx))) {
+        let stream = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| stream.poll(cx))) {
             Ok(polled) => polled,
             // Dropping it now (FuturesUnordered drops what is ready) ends it.
             Err(_) => Poll::Ready(()),
@@ -53,13 +51,13 @@ impl<F: Future<Output = ()> + Unpin> Future for Caught<F> {
 }
 
 impl StreamExecutor {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Caught>> {
         // Never poisoned: nothing panics while holding it (pushes and drains only).
         self.arrived.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Moves the futures that arrived into `running`; false when none had.
-    fn take_arrived(&self, running: &mut FuturesUnordered<StreamFuture>) -> bool {
+    fn take_arrived(&self, running: &mut FuturesUnordered<Caught>) -> bool {
         let mut queue = self.queue();
         if queue.is_empty() {
             return false;
