@@ -5,9 +5,11 @@
 //! Every function here answers with a complete response: the proxy never sees
 //! OIDC, and OIDC never touches sockets.
 
+pub mod client_auth;
 pub mod provider;
 pub mod return_to;
 pub mod token;
+pub mod token_endpoint;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,6 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ResponseMode, Settings};
@@ -30,8 +31,10 @@ use crate::session::cookies::SessionKeyMemo;
 use crate::session::cookies::{base64url, random_bytes, session_key, CookieCodec, LoginFlow};
 use crate::session::{unix_now, MemoryStore, Session, SessionStore};
 use crate::{empty_body, full_body, Body};
+use client_auth::ClientCredential;
 use provider::Provider;
 use token::TokenPolicy;
+use token_endpoint::{TokenEndpoint, TokenEndpointError};
 
 /// Largest callback body read (form_post carries code, state, maybe id_token).
 const MAX_CALLBACK_BODY: usize = 64 * 1024;
@@ -75,7 +78,7 @@ pub struct Auth {
     limiter: Arc<LoginLimiter>,
     cookies: CookieCodec,
     store: Arc<dyn SessionStore>,
-    http: reqwest::Client,
+    pub token_endpoint: TokenEndpoint,
     pub headers: IdentityHeaders,
 }
 
@@ -96,8 +99,15 @@ impl Auth {
             settings.config.session.ttl,
             oidc.response_mode == ResponseMode::FormPost,
         );
+        let provider = Arc::new(Provider::new(&settings, http.clone(), readiness));
         Ok(Auth {
-            provider: Arc::new(Provider::new(&settings, http.clone(), readiness)),
+            token_endpoint: TokenEndpoint::new(
+                http,
+                provider.clone(),
+                oidc.client_id.clone(),
+                ClientCredential::Secret(oidc.client_secret.clone()),
+            ),
+            provider,
             policy: TokenPolicy::new(&settings),
             bearer_policy: settings
                 .config
@@ -107,7 +117,6 @@ impl Auth {
             limiter: Arc::new(LoginLimiter::new(&settings.config.rate_limit)),
             cookies,
             store: Arc::new(MemoryStore::new()),
-            http,
             headers: IdentityHeaders::new(
                 &settings.config.headers,
                 &[settings.config.assertion.header.as_str()],
@@ -422,14 +431,19 @@ impl Auth {
             );
         };
         let started = std::time::Instant::now();
-        let tokens = match self.exchange_code(code, flow).await {
+        let tokens = match self
+            .token_endpoint
+            .exchange_code(code, &flow.redirect_uri, &flow.pkce_verifier)
+            .await
+        {
             Ok(tokens) => tokens,
-            Err(failure) => return failure.page(self, flow, facts),
+            Err(failure) => return self.exchange_failure_page(failure, flow, facts),
         };
+        let id_token = tokens.id_token.unwrap_or_default();
         let idp_time = started.elapsed();
         let identity = match self
             .policy
-            .validate(&self.provider, &tokens.id_token, Some(&flow.nonce))
+            .validate(&self.provider, &id_token, Some(&flow.nonce))
             .await
         {
             Ok(identity) => identity,
@@ -454,7 +468,7 @@ impl Auth {
         let (id, key) = CookieCodec::new_session_id();
         let now = unix_now();
         let mut session = Session::new(identity, self.settings.config.session.ttl.as_secs(), now);
-        session.id_token = Some(tokens.id_token.into());
+        session.id_token = Some(id_token.into());
         // Kept only when it is sent upstream: ~1-2 KiB per session otherwise unused.
         if self.settings.config.headers.pass_access_token {
             session.access_token = tokens.access_token.map(Into::into);
@@ -489,65 +503,6 @@ impl Auth {
             .headers_mut()
             .append(SET_COOKIE, self.cookies.set_session(&id));
         response
-    }
-
-    async fn exchange_code(
-        &self,
-        code: &str,
-        flow: &LoginFlow,
-    ) -> Result<TokenResponse, ExchangeFailure> {
-        let loaded = self
-            .provider
-            .current()
-            .ok_or(ExchangeFailure::Unreachable("metadata not loaded".into()))?;
-        let oidc = &self.settings.config.oidc;
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", flow.redirect_uri.as_str()),
-            ("code_verifier", flow.pkce_verifier.as_str()),
-            ("client_id", oidc.client_id.as_str()),
-        ];
-        let mut request = self.http.post(&loaded.metadata.token_endpoint);
-        if loaded.metadata.prefers_client_secret_post() {
-            form.push(("client_secret", oidc.client_secret.as_str()));
-        } else {
-            // RFC 6749 §2.3.1: form-urlencode id and secret before Basic.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(&oidc.client_id),
-                enc(&oidc.client_secret)
-            ));
-            request = request.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
-        }
-        let response = request
-            .header(http::header::ACCEPT, "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    ExchangeFailure::Timeout
-                } else {
-                    ExchangeFailure::Unreachable(crate::proxy::error_chain(&e))
-                }
-            })?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ExchangeFailure::Unreachable(crate::proxy::error_chain(&e)))?;
-        if !status.is_success() {
-            let error: Option<IdpError> = serde_json::from_slice(&body).ok();
-            return Err(ExchangeFailure::Refused {
-                status: status.as_u16(),
-                error: error.as_ref().map(|e| e.error.clone()).unwrap_or_default(),
-                description: error.and_then(|e| e.error_description).unwrap_or_default(),
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| ExchangeFailure::Invalid(e.to_string()))
     }
 
     /// `/.gateway/sign_out`: forget the session here, clear the cookie, then end
@@ -676,6 +631,73 @@ impl Auth {
         html(status, &page(title, &body))
     }
 
+    /// The answer when the code exchange failed.
+    fn exchange_failure_page(
+        &self,
+        failure: TokenEndpointError,
+        flow: &LoginFlow,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        let (status, code, title, detail) = match &failure {
+            TokenEndpointError::Refused { status, error } => {
+                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error.error,
+                    description = %error.error_description, "token endpoint refused the code");
+                if *status < 500 {
+                    // The IdP's own words (invalid_grant: code already redeemed, …).
+                    let code = if error.error.is_empty() {
+                        "invalid_grant"
+                    } else {
+                        &error.error
+                    };
+                    return self.idp_error_page(code, &error.error_description, flow, facts);
+                }
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "token_endpoint_error",
+                    "The identity provider had a problem",
+                    "The identity provider failed to issue a token. Try again.",
+                )
+            }
+            TokenEndpointError::Timeout => {
+                tracing::warn!(request_id = %facts.request_id, "token endpoint did not answer in time");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "token_endpoint_timeout",
+                    "Sign-in timed out",
+                    "The identity provider did not answer in time. Try again.",
+                )
+            }
+            TokenEndpointError::Unreachable(reason) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint unreachable");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "token_endpoint_unreachable",
+                    "Sign-in is not available right now",
+                    "The identity provider could not be reached. Try again.",
+                )
+            }
+            TokenEndpointError::Invalid(reason) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint answer unreadable");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "token_response_invalid",
+                    "Sign-in could not be completed",
+                    "The identity provider's answer could not be read. Try again.",
+                )
+            }
+            TokenEndpointError::Credential(reason) => {
+                tracing::error!(request_id = %facts.request_id, reason = %reason, "client credential unusable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "client_credential_unusable",
+                    "Sign-in is misconfigured",
+                    "The gateway cannot authenticate to the identity provider. Tell the administrator (the gateway's log names the reason).",
+                )
+            }
+        };
+        self.login_error_page(status, code, title, detail, &flow.return_to, None, facts)
+    }
+
     fn idp_error_page(
         &self,
         error: &str,
@@ -701,76 +723,6 @@ impl Auth {
     }
 }
 
-/// Why the code exchange failed, each with its answer.
-enum ExchangeFailure {
-    Timeout,
-    Unreachable(String),
-    Refused {
-        status: u16,
-        error: String,
-        description: String,
-    },
-    Invalid(String),
-}
-
-impl ExchangeFailure {
-    fn page(self, auth: &Auth, flow: &LoginFlow, facts: &RequestFacts<'_>) -> Response<Body> {
-        let (status, code, title, detail) = match &self {
-            ExchangeFailure::Refused {
-                status,
-                error,
-                description,
-            } => {
-                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error,
-                    description = %description, "token endpoint refused the code");
-                if *status < 500 {
-                    // The IdP's own words (invalid_grant: code already redeemed, …).
-                    let error = if error.is_empty() {
-                        "invalid_grant"
-                    } else {
-                        error
-                    };
-                    return auth.idp_error_page(error, description, flow, facts);
-                }
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "token_endpoint_error",
-                    "The identity provider had a problem",
-                    "The identity provider failed to issue a token. Try again.",
-                )
-            }
-            ExchangeFailure::Timeout => {
-                tracing::warn!(request_id = %facts.request_id, "token endpoint did not answer in time");
-                (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "token_endpoint_timeout",
-                    "Sign-in timed out",
-                    "The identity provider did not answer in time. Try again.",
-                )
-            }
-            ExchangeFailure::Unreachable(reason) => {
-                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint unreachable");
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "token_endpoint_unreachable",
-                    "Sign-in is not available right now",
-                    "The identity provider could not be reached. Try again.",
-                )
-            }
-            ExchangeFailure::Invalid(reason) => {
-                tracing::warn!(request_id = %facts.request_id, reason = %reason, "token endpoint answer unreadable");
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "token_response_invalid",
-                    "Sign-in could not be completed",
-                    "The identity provider's answer could not be read. Try again.",
-                )
-            }
-        };
-        auth.login_error_page(status, code, title, detail, &flow.return_to, None, facts)
-    }
-}
-
 /// Entra's AADSTS50011 (and the generic redirect_uri errors): show the exact
 /// callback URL the operator must register.
 fn redirect_uri_hint(description: &str, redirect_uri: &str) -> Option<String> {
@@ -781,23 +733,6 @@ fn redirect_uri_hint(description: &str, redirect_uri: &str) -> Option<String> {
             escape_html(redirect_uri)
         )
     })
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    id_token: String,
-    #[serde(default)]
-    access_token: Option<String>,
-    // A refresh_token (sent when offline_access is requested) is ignored: sessions
-    // end at session.ttl and are never refreshed, so it is not kept.
-}
-
-#[derive(Deserialize)]
-struct IdpError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
 }
 
 /// A callback that could not even be read.
