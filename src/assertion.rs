@@ -17,8 +17,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
 use crate::config::Settings;
+use crate::crypto::base64url;
 use crate::identity::Identity;
-use crate::session::cookies::base64url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssertionError {

@@ -16,9 +16,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::config::{self, ConfigError, Settings};
+use crate::crypto::{base64url, random_bytes};
 use crate::devidp::{DevIdp, DevIdpOptions, SigningAlg};
 use crate::pages::escape_html;
-use crate::session::cookies::{base64url, random_bytes};
 use crate::{full_body, Body};
 
 /// The development IdP's options for the demo: ES256 (ring generates the keys),

@@ -16,7 +16,6 @@
 //! Before any step, identity headers sent by the client are removed.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,13 +29,14 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{forbidden_page, AccessPolicy, Denial, Requirement};
 use crate::assertion::{AssertionError, AssertionSigner};
 use crate::config::Settings;
+use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
 use crate::identity::Identity;
 use crate::oidc::token::TokenError;
 use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
 use crate::pages;
 use crate::pages::ErrorPage;
-use crate::proxy::{ClientAddress, ForwardContext, Forwarded, Tunnels, Upstream, X_REQUEST_ID};
+use crate::proxy::{ForwardContext, Forwarded, Tunnels, Upstream};
 use crate::routes;
 use crate::session::cookies::{strip_gateway_cookies, SessionKeyMemo};
 use crate::session::unix_now;
@@ -65,29 +65,6 @@ pub struct Forwarding {
 pub struct Caller {
     pub identity: Arc<Identity>,
     pub session: Option<Arc<Session>>,
-}
-
-/// Facts about the connection a request arrived on.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub peer: SocketAddr,
-    /// The peer's IP as a header value, formatted once per connection (every
-    /// request sends it upstream in X-Forwarded-For and X-Real-IP).
-    pub peer_ip: HeaderValue,
-    /// "https" for the TLS listener.
-    pub scheme: &'static str,
-    pub session_keys: Arc<SessionKeyMemo>,
-}
-
-impl ConnectionInfo {
-    pub fn new(peer: SocketAddr, scheme: &'static str) -> Self {
-        ConnectionInfo {
-            peer,
-            peer_ip: crate::proxy::ip_header_value(peer.ip()),
-            scheme,
-            session_keys: Arc::default(),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -291,50 +268,74 @@ impl Gateway {
                     .await,
                 );
             }
-            let normalized = match routes::normalize(path) {
-                Ok(normalized) => normalized,
-                Err(e) => return Decision::Respond(bad_path(&e, facts)),
-            };
-            match self.access.requirement(request.method(), &normalized) {
-                Requirement::Public { api_client } => Decision::Forward(
+            let authorization = self
+                .authorize(request.method(), path, request.headers(), facts)
+                .await;
+            match authorization {
+                Authorization::Public { api_client } => Decision::Forward(
                     request,
                     Forwarding {
                         caller: None,
                         api_client,
                     },
                 ),
-                Requirement::Deny => Decision::Respond(self.forbidden(None, &Denial::Route, facts)),
-                Requirement::SignIn { extra } => {
-                    match self.caller(request.headers(), facts.session_keys).await {
-                        CallerLookup::Found(caller) => {
-                            match self.access.check(&caller.identity, extra.as_deref()) {
-                                Ok(()) => Decision::Forward(
-                                    request,
-                                    Forwarding {
-                                        caller: Some(caller),
-                                        api_client: false,
-                                    },
-                                ),
-                                Err(denial) => {
-                                    tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
-                                    Decision::Respond(self.forbidden(
-                                        Some(&caller.identity),
-                                        &denial,
-                                        facts,
-                                    ))
-                                }
-                            }
-                        }
-                        CallerLookup::BadBearer(e) => Decision::Respond(invalid_bearer(&e, facts)),
-                        CallerLookup::Anonymous => Decision::Respond(self.auth.unauthenticated(
-                            request.method(),
-                            request.uri(),
-                            request.headers(),
+                Authorization::Allowed(caller) => Decision::Forward(
+                    request,
+                    Forwarding {
+                        caller: Some(caller),
+                        api_client: false,
+                    },
+                ),
+                Authorization::Refused(response) => Decision::Respond(response),
+                Authorization::Anonymous => Decision::Respond(self.auth.unauthenticated(
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    facts,
+                )),
+            }
+        }
+    }
+
+    /// The access step, shared by the pipeline and forward-auth: the normalized
+    /// path picks a route, the route says public / sign-in (+ rules) / deny, and
+    /// a signed-in caller is checked against the rules. Only what an anonymous
+    /// caller gets differs between the two (a login redirect vs. a 401 naming
+    /// the login URL), so that is left to the caller of this step.
+    async fn authorize(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Authorization {
+        let normalized = match routes::normalize(path) {
+            Ok(normalized) => normalized,
+            Err(e) => return Authorization::Refused(bad_path(&e, facts)),
+        };
+        let extra = match self.access.requirement(method, &normalized) {
+            Requirement::Public { api_client } => return Authorization::Public { api_client },
+            Requirement::Deny => {
+                return Authorization::Refused(self.forbidden(None, &Denial::Route, facts))
+            }
+            Requirement::SignIn { extra } => extra,
+        };
+        match self.caller(headers, facts.session_keys).await {
+            CallerLookup::Found(caller) => {
+                match self.access.check(&caller.identity, extra.as_deref()) {
+                    Ok(()) => Authorization::Allowed(caller),
+                    Err(denial) => {
+                        tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
+                        Authorization::Refused(self.forbidden(
+                            Some(&caller.identity),
+                            &denial,
                             facts,
-                        )),
+                        ))
                     }
                 }
             }
+            CallerLookup::BadBearer(e) => Authorization::Refused(invalid_bearer(&e, facts)),
+            CallerLookup::Anonymous => Authorization::Anonymous,
         }
     }
 
@@ -459,19 +460,11 @@ impl Gateway {
             (Method::GET, "/".to_string())
         };
         let path = target.split(['?', '#']).next().unwrap_or("/");
-        let normalized = match routes::normalize(path) {
-            Ok(normalized) => normalized,
-            Err(e) => return bad_path(&e, facts),
-        };
-        let extra = match self.access.requirement(&method, &normalized) {
-            Requirement::Public { .. } => return status_only(StatusCode::ACCEPTED),
-            Requirement::Deny => return self.forbidden(None, &Denial::Route, facts),
-            Requirement::SignIn { extra } => extra,
-        };
-        let caller = match self.caller(headers, facts.session_keys).await {
-            CallerLookup::Found(caller) => caller,
-            CallerLookup::BadBearer(e) => return invalid_bearer(&e, facts),
-            CallerLookup::Anonymous => {
+        let caller = match self.authorize(&method, path, headers, facts).await {
+            Authorization::Public { .. } => return status_only(StatusCode::ACCEPTED),
+            Authorization::Allowed(caller) => caller,
+            Authorization::Refused(response) => return response,
+            Authorization::Anonymous => {
                 // Where a browser should go to sign in (proxies that cannot redirect
                 // by themselves show this body).
                 let login_url = format!(
@@ -486,9 +479,6 @@ impl Gateway {
                 );
             }
         };
-        if let Err(denial) = self.access.check(&caller.identity, extra.as_deref()) {
-            return self.forbidden(Some(&caller.identity), &denial, facts);
-        }
         let mut response = status_only(StatusCode::ACCEPTED);
         let out = response.headers_mut();
         let identity = &caller.identity;
@@ -532,6 +522,18 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What the access step decided for a request target.
+enum Authorization {
+    /// A public route: forward without identity.
+    Public { api_client: bool },
+    /// A signed-in caller who passes the rules.
+    Allowed(Caller),
+    /// Answered: a refused path, a denied route or user, a bad bearer token.
+    Refused(Response<Body>),
+    /// Sign-in needed and there is no caller.
+    Anonymous,
 }
 
 enum CallerLookup {

@@ -9,8 +9,11 @@
 pub mod access;
 pub mod assertion;
 pub mod config;
+pub mod connection;
+pub mod crypto;
 pub mod demo;
 pub mod devidp;
+pub mod errors;
 pub mod gateway;
 pub mod health;
 pub mod healthcheck;

@@ -7,7 +7,6 @@
 //! whose identity headers are already what they must be.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -18,12 +17,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::gateway::ConnectionInfo;
+use crate::connection::{
+    ClientAddress, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+};
+use crate::errors::error_chain;
 use crate::pages::ErrorPage;
 use crate::tls::{self, TlsError};
 use crate::upstream_pool::UpstreamPool;
@@ -110,12 +111,6 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
         _ => None,
     }
 }
-
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Upstream {
     pub fn new(settings: &Settings, tunnels: Tunnels) -> Result<Self, TlsError> {
@@ -572,79 +567,12 @@ fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, ht
     Ok(HeaderValue::from_str(&host)?)
 }
 
-/// An IP address as a header value.
-pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    // An IP address always formats to a valid header value.
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
-}
-
-/// Who is on the other end: the TCP peer, whether it is a trusted proxy, and the
-/// client address derived from X-Forwarded-For when it is.
-#[derive(Debug, Clone)]
-pub struct ClientAddress {
-    pub peer: SocketAddr,
-    pub peer_trusted: bool,
-    pub client_ip: IpAddr,
-    /// `peer` and `client_ip` as header values.
-    pub peer_ip_value: HeaderValue,
-    pub client_ip_value: HeaderValue,
-}
-
-impl ClientAddress {
-    pub fn resolve(conn: &ConnectionInfo, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> Self {
-        let peer = conn.peer;
-        let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
-        let peer_trusted = is_trusted(&peer.ip());
-        let mut client_ip = peer.ip();
-        if peer_trusted {
-            // Walk X-Forwarded-For from the right: the first hop we do not trust is the client.
-            let hops: Vec<IpAddr> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|h| h.trim().parse().ok())
-                .collect();
-            for hop in hops.iter().rev() {
-                client_ip = *hop;
-                if !is_trusted(hop) {
-                    break;
-                }
-            }
-        }
-        let client_ip_value = if client_ip == peer.ip() {
-            conn.peer_ip.clone()
-        } else {
-            ip_header_value(client_ip)
-        };
-        ClientAddress {
-            peer,
-            peer_trusted,
-            client_ip,
-            peer_ip_value: conn.peer_ip.clone(),
-            client_ip_value,
-        }
-    }
-}
-
 fn websocket_key() -> HeaderValue {
     let mut nonce = [0u8; 16];
     // SystemRandom failing leaves zeros; the key is a handshake nonce, not a secret.
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
     HeaderValue::from_str(&key).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
-}
-
-/// "a: b: c" from an error and its sources (hyper's top-level messages are terse).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -696,25 +624,5 @@ mod tests {
         let before = h.clone();
         remove_hop_by_hop(&mut h);
         assert_eq!(h, before);
-    }
-
-    #[test]
-    fn client_address_only_believes_trusted_proxies() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.2".parse().unwrap());
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let conn = |peer: &str| ConnectionInfo::new(peer.parse().unwrap(), "https");
-        let via_proxy = ClientAddress::resolve(&conn("10.0.0.1:5000"), &h, &trusted);
-        assert!(via_proxy.peer_trusted);
-        assert_eq!(
-            via_proxy.client_ip,
-            "203.0.113.7".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(via_proxy.client_ip_value, "203.0.113.7");
-        assert_eq!(via_proxy.peer_ip_value, "10.0.0.1");
-        let direct = ClientAddress::resolve(&conn("198.51.100.1:5000"), &h, &trusted);
-        assert!(!direct.peer_trusted);
-        assert_eq!(direct.client_ip, "198.51.100.1".parse::<IpAddr>().unwrap());
-        assert_eq!(direct.client_ip_value, "198.51.100.1");
     }
 }

@@ -22,7 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::gateway::{ConnectionInfo, Gateway};
+use crate::connection::ConnectionInfo;
+use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
 use crate::streams::{self, StreamExecutor};

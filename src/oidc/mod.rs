@@ -22,13 +22,14 @@ use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ResponseMode, Settings};
+use crate::connection::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::crypto::{base64url, random_bytes};
 use crate::health::Readiness;
 use crate::identity::{Identity, IdentityHeaders};
 use crate::pages::{self, escape_html, ErrorPage};
-use crate::proxy::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::ratelimit::LoginLimiter;
 use crate::session::cookies::SessionKeyMemo;
-use crate::session::cookies::{base64url, random_bytes, session_key, CookieCodec, LoginFlow};
+use crate::session::cookies::{session_key, CookieCodec, LoginFlow};
 use crate::session::{unix_now, MemoryStore, Session, SessionStore};
 use crate::{empty_body, full_body, Body};
 use client_auth::ClientCredential;

@@ -179,7 +179,7 @@ impl Provider {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| fetch(crate::proxy::error_chain(&e)))?;
+            .map_err(|e| fetch(crate::errors::error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(fetch(format!("HTTP {status}")));
@@ -187,7 +187,7 @@ impl Provider {
         response.json().await.map_err(|e| ProviderError::Invalid {
             what,
             url: url.to_string(),
-            reason: crate::proxy::error_chain(&e),
+            reason: crate::errors::error_chain(&e),
         })
     }
 

@@ -166,7 +166,7 @@ impl TokenEndpoint {
             if e.is_timeout() {
                 TokenEndpointError::Timeout
             } else {
-                TokenEndpointError::Unreachable(crate::proxy::error_chain(&e))
+                TokenEndpointError::Unreachable(crate::errors::error_chain(&e))
             }
         })?;
         let status = response.status();
@@ -174,7 +174,7 @@ impl TokenEndpoint {
             if e.is_timeout() {
                 TokenEndpointError::Timeout
             } else {
-                TokenEndpointError::Unreachable(crate::proxy::error_chain(&e))
+                TokenEndpointError::Unreachable(crate::errors::error_chain(&e))
             }
         })?;
         if !status.is_success() {

@@ -13,13 +13,13 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use base64::Engine;
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::SessionKey;
+use crate::crypto::{base64url, random_bytes};
 
 pub const SESSION_COOKIE: &str = "__Host-oidc-gateway";
 pub const FLOW_COOKIE_PREFIX: &str = "__Host-oidc-gateway-flow-";
@@ -297,21 +297,6 @@ fn clear(name: &str, same_site: SameSite) -> HeaderValue {
 fn set_cookie_value(cookie: &Cookie<'_>) -> HeaderValue {
     // Names and values here are base64url/JSON-free ASCII: always a valid header.
     HeaderValue::from_str(&cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
-}
-
-/// `N` bytes from the operating system's CSPRNG.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // The OS RNG failing is not survivable for a security gateway.
-        tracing::error!("the operating system's random number generator failed");
-        std::process::abort();
-    }
-    bytes
-}
-
-pub fn base64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]
