@@ -233,6 +233,19 @@ pub struct ServerConfig {
     /// Worker threads, each with its own listener (SO_REUSEPORT) and upstream
     /// pool; 0 = one per CPU.
     pub workers: usize,
+    /// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2
+    /// without open streams) is closed after this long.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A response that gets nothing through to the client for this long is
+    /// ended (and its upstream connection released).
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
+    /// Client connections open at once, all workers together; beyond it new
+    /// connections are closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -247,6 +260,10 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -829,15 +846,30 @@ impl Validator<'_> {
                 "use at least 8192 (the default is 65536)",
             ));
         }
-        for key in ["server.header_read_timeout", "server.tls_handshake_timeout"] {
-            let d = if key.ends_with("header_read_timeout") {
-                config.server.header_read_timeout
-            } else {
-                config.server.tls_handshake_timeout
-            };
+        let server = &config.server;
+        for (key, d) in [
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.tls_handshake_timeout", server.tls_handshake_timeout),
+            ("server.idle_timeout", server.idle_timeout),
+            ("server.send_timeout", server.send_timeout),
+        ] {
             if d.is_zero() {
                 return Err(self.err(key, "is zero", "use a positive duration like \"10s\""));
             }
+        }
+        if server.max_connections == 0 {
+            return Err(self.err(
+                "server.max_connections",
+                "is zero: no client could connect",
+                "use at least 1 (the default is 4096)",
+            ));
+        }
+        if server.max_concurrent_streams == 0 {
+            return Err(self.err(
+                "server.max_concurrent_streams",
+                "is zero: no HTTP/2 request could be made",
+                "use at least 1 (the default is 128)",
+            ));
         }
 
         self.oidc(&mut config.oidc)?;
@@ -1438,6 +1470,11 @@ url = "http://127.0.0.1:21114"
             "tls_handshake_timeout",
             "max_header_bytes",
             "shutdown_grace",
+            "workers",
+            "idle_timeout",
+            "send_timeout",
+            "max_connections",
+            "max_concurrent_streams",
             "cert",
             "key",
             "self_signed",

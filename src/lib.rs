@@ -29,6 +29,7 @@ pub mod streams;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream_pool;
+pub mod watchdog;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

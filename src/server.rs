@@ -1,33 +1,36 @@
 //! Listeners and connection handling: the TLS listener (HTTP/1.1 and HTTP/2 by
-//! ALPN), the optional plain-HTTP listener that redirects to https, and graceful
-//! shutdown (readiness 503 → stop accepting → drain requests and tunnels).
+//! ALPN), the optional plain-HTTP listener that redirects to https, the cap on
+//! client connections, and graceful shutdown (readiness 503 → stop accepting →
+//! drain requests and tunnels).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use http::header::{CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, Settings};
 use crate::connection::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
-use crate::streams::{self, StreamExecutor};
+use crate::streams::{self, Ended, StreamExecutor};
 use crate::tls::{self, CertificateSource, TlsError};
+use crate::watchdog::{self, Limits, ObservedIo, Watched};
 use crate::{empty_body, Body};
 
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +156,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     let gateway = Arc::new(gateway);
     let stop = CancellationToken::new();
     gateway.spawn_background(stop.child_token());
-    // For the plain-HTTP redirect listener; each TLS connection gets a builder of
-    // its own, whose executor runs that connection's streams (src/streams.rs).
-    let builder = connection_builder(&settings, TokioExecutor::new());
+    let admission = Admission::new(connection_cap(settings.config.server.max_connections));
 
     let mut worker_exits = Vec::new();
     for (index, (listener, worker_gateway)) in worker_listeners
@@ -169,7 +170,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
             https_port: https_addr.port(),
             acceptor: acceptor.clone(),
             gateway: Arc::new(worker_gateway),
-            builder: builder.clone(),
+            admission: admission.clone(),
             tunnels: tunnels.clone(),
             stop: stop.clone(),
         };
@@ -188,7 +189,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         https_port: https_addr.port(),
         acceptor,
         gateway,
-        builder,
+        admission,
         tunnels,
         stop: stop.clone(),
     };
@@ -274,20 +275,29 @@ fn local_addr(
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-/// The connection settings; `executor` runs what hyper spawns (HTTP/2 streams).
-fn connection_builder<E: Clone>(settings: &Settings, executor: E) -> auto::Builder<E> {
+/// HTTP/1.1 connection settings. Its timeouts (request head, idle, send) are
+/// kept by the connection's task (src/watchdog.rs), not by hyper: hyper's
+/// header timer would also end keep-alive connections after the header timeout.
+fn http1_builder(settings: &Settings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    let max_header_bytes = settings.config.server.max_header_bytes;
+    builder
+        .header_read_timeout(None)
+        // 431 for a bigger head however its bytes arrive (the buffer limit
+        // alone lets through a head completed by one large read).
+        .max_header_size(max_header_bytes)
+        .max_buf_size(max_header_bytes);
+    builder
+}
+
+/// HTTP/2 connection settings; `executor` runs the connection's streams (src/streams.rs).
+fn http2_builder(settings: &Settings, executor: StreamExecutor) -> http2::Builder<StreamExecutor> {
     let server = &settings.config.server;
-    let mut builder = auto::Builder::new(executor);
+    let mut builder = http2::Builder::new(executor);
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Slowloris: the whole header block must arrive within this time.
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(server.max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(server.header_read_timeout)
         // RFC 8441: WebSocket over HTTP/2.
@@ -295,16 +305,157 @@ fn connection_builder<E: Clone>(settings: &Settings, executor: E) -> auto::Build
     builder
 }
 
+/// Descriptors kept out of the connection budget: listeners, the runtime's
+/// epoll and wake-up descriptors, log and state files, the IdP and Redis clients.
+const RESERVED_FDS: u64 = 64;
+
+/// `server.max_connections`, lowered to what the open-file limit can hold: each
+/// client connection may need an upstream connection as well.
+fn connection_cap(configured: usize) -> usize {
+    let Some(files) = raise_open_file_limit() else {
+        return configured;
+    };
+    let budget = usize::try_from(files.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if configured > budget {
+        tracing::warn!(
+            max_connections = configured,
+            lowered_to = budget,
+            open_file_limit = files,
+            "key `server.max_connections` is more than the open-file limit can hold (two descriptors per \
+             connection, client and upstream, plus {RESERVED_FDS}); using {budget}. Raise the hard limit \
+             (systemd LimitNOFILE=, docker --ulimit nofile=) or lower server.max_connections"
+        );
+        budget
+    } else {
+        configured
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (often 1024 vs 524288 under
+/// systemd); returns the limit in force, None when unlimited or unknown.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return limit.current;
+    };
+    if soft < hard {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit; keeping the soft limit");
+            return Some(soft);
+        }
+    }
+    tracing::info!(open_file_limit = hard, "open-file limit");
+    Some(hard)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+/// The cap on client connections, shared by every worker and listener.
+#[derive(Clone)]
+struct Admission {
+    open: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+/// A client connection's place under the cap, given back when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    fn new(cap: usize) -> Self {
+        Admission {
+            open: Arc::default(),
+            cap,
+        }
+    }
+
+    /// A place for one more connection, or None at the cap.
+    fn admit(&self) -> Option<Admitted> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.cap {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(self.open.clone()))
+    }
+}
+
 /// What a worker serves its listeners with: its gateway (own upstream pool) and
-/// the shared acceptor, connection builder, tunnels and stop signal.
+/// the shared acceptor, connection cap, tunnels and stop signal.
 struct Serving {
     settings: Arc<Settings>,
     https_port: u16,
     acceptor: TlsAcceptor,
     gateway: Arc<Gateway>,
-    builder: auto::Builder<TokioExecutor>,
+    admission: Admission,
     tunnels: Tunnels,
     stop: CancellationToken,
+}
+
+/// Connections turned away (cap, or out of descriptors), logged at most every
+/// few seconds: under a flood, one line per connection would be a flood too.
+struct TurnedAway {
+    count: u64,
+    last_logged: Option<Instant>,
+}
+
+impl TurnedAway {
+    fn one(&mut self, why: &'static str, cap: usize) {
+        self.count += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                turned_away = self.count,
+                max_connections = cap,
+                "new connections closed at once: {why}"
+            );
+            self.count = 0;
+            self.last_logged = Some(Instant::now());
+        }
+    }
+}
+
+/// One descriptor held back so that, with the table full (EMFILE), a pending
+/// connection can still be accepted and closed instead of being retried forever.
+struct SpareDescriptor(Option<std::fs::File>);
+
+impl SpareDescriptor {
+    fn new() -> Self {
+        SpareDescriptor(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the spare, accepts and closes one pending connection, takes the
+    /// spare back. False when that was not possible (wait before retrying).
+    fn turn_away_one(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            return false;
+        }
+        let accepted = matches!(listener.accept().now_or_never(), Some(Ok(_)));
+        self.0 = std::fs::File::open("/dev/null").ok();
+        accepted
+    }
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    // EMFILE (this process) and ENFILE (the whole system).
+    matches!(e.raw_os_error(), Some(24) | Some(23))
 }
 
 /// One worker's accept loop and drain. Only the first worker has the plain-HTTP listener.
@@ -314,34 +465,49 @@ async fn run(https: TcpListener, http: Option<TcpListener>, serving: Serving) {
         https_port,
         acceptor,
         gateway,
-        builder,
+        admission,
         tunnels,
         stop,
     } = serving;
-    let graceful = GracefulShutdown::new();
-    let handshake_timeout = settings.config.server.tls_handshake_timeout;
+    let connections = TaskTracker::new();
     let redirect = Arc::new(RedirectTarget::new(&settings, https_port));
+    let mut spare = SpareDescriptor::new();
+    let mut turned_away = TurnedAway {
+        count: 0,
+        last_logged: None,
+    };
 
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = https.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve_tls(
-                        stream, peer, acceptor.clone(), gateway.clone(), settings.clone(),
-                        handshake_timeout, graceful.watcher(),
-                    ));
-                }
-                Err(e) => accept_failed(e).await,
+                Ok((stream, peer)) => match admission.admit() {
+                    Some(admitted) => {
+                        connections.spawn(serve_tls(
+                            stream, peer, acceptor.clone(), gateway.clone(), settings.clone(),
+                            stop.clone(), admitted,
+                        ));
+                    }
+                    // Closed at once: the client learns now, not at its timeout.
+                    None => turned_away.one("server.max_connections reached", admission.cap),
+                },
+                Err(e) => accept_failed(e, &https, &mut spare, &mut turned_away, admission.cap).await,
             },
             accepted = accept_optional(http.as_ref()) => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve_redirect(
-                        stream, peer, redirect.clone(), gateway.readiness().clone(),
-                        builder.clone(), graceful.watcher(),
-                    ));
+                Ok((stream, peer)) => match admission.admit() {
+                    Some(admitted) => {
+                        connections.spawn(serve_redirect(
+                            stream, peer, redirect.clone(), gateway.readiness().clone(),
+                            settings.clone(), stop.clone(), admitted,
+                        ));
+                    }
+                    None => turned_away.one("server.max_connections reached", admission.cap),
+                },
+                Err(e) => {
+                    if let Some(listener) = http.as_ref() {
+                        accept_failed(e, listener, &mut spare, &mut turned_away, admission.cap).await;
+                    }
                 }
-                Err(e) => accept_failed(e).await,
             },
         }
     }
@@ -354,11 +520,13 @@ async fn run(https: TcpListener, http: Option<TcpListener>, serving: Serving) {
     let grace = settings.config.server.shutdown_grace;
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
-        connections = graceful.count(),
+        connections = connections.len(),
         "shutting down: draining connections"
     );
     let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, graceful.shutdown())
+    // Each connection saw `stop` and is closing gracefully (src/streams.rs).
+    connections.close();
+    if tokio::time::timeout_at(deadline, connections.wait())
         .await
         .is_err()
     {
@@ -388,9 +556,24 @@ async fn accept_optional(
     }
 }
 
-/// Accept errors (EMFILE, ECONNABORTED) are per-connection or transient: log,
-/// back off a moment so a full fd table does not spin the loop, go on.
-async fn accept_failed(e: std::io::Error) {
+/// An accept error. Out of descriptors, the pending connection is accepted on
+/// the spare descriptor and closed (else it would be retried in a loop); other
+/// errors are the one connection's (ECONNABORTED) or transient (ENOBUFS): back
+/// off a moment.
+async fn accept_failed(
+    e: std::io::Error,
+    listener: &TcpListener,
+    spare: &mut SpareDescriptor,
+    turned_away: &mut TurnedAway,
+    cap: usize,
+) {
+    if out_of_descriptors(&e) && spare.turn_away_one(listener) {
+        turned_away.one(
+            "out of file descriptors (raise the open-file limit or lower server.max_connections)",
+            cap,
+        );
+        return;
+    }
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
@@ -401,9 +584,10 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     gateway: Arc<Gateway>,
     settings: Arc<Settings>,
-    handshake_timeout: Duration,
-    watcher: Watcher,
+    stop: CancellationToken,
+    _admitted: Admitted,
 ) {
+    let handshake_timeout = settings.config.server.tls_handshake_timeout;
     let _ = stream.set_nodelay(true);
     // A TLS connection starts with a handshake record (0x16). Anything else is
     // most likely plain HTTP sent to the HTTPS port: say so, in plain HTTP.
@@ -427,20 +611,40 @@ async fn serve_tls(
             return;
         }
     };
+    // The protocol is the one ALPN agreed on (as nginx does): no sniffing of
+    // the first bytes, whose wait would have no timer of its own.
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let conn_info = ConnectionInfo::new(peer, "https");
     let service = service_fn(move |request: Request<Incoming>| {
+        watchdog::request_started();
         // Not boxed: HTTP/1 keeps it in the connection's own (reused) slot, and
         // HTTP/2 in the stream future that StreamExecutor allocates anyway.
         gateway
             .handle(request, conn_info.clone())
-            .map(Ok::<_, Infallible>)
+            .map(|response| Ok::<_, Infallible>(response.map(Watched::new)))
     });
-    let streams = StreamExecutor::default();
-    let conn = connection_builder(&settings, streams.clone())
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .into_owned();
-    if let Err(e) = streams::drive(watcher.watch(conn), streams).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let io = TokioIo::new(ObservedIo::new(tls));
+    let limits = Limits::from_config(&settings.config.server);
+    let ended = if http2 {
+        let streams = StreamExecutor::default();
+        let conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
+        streams::drive(conn, Some(streams), limits, &stop).await
+    } else {
+        let conn = http1_builder(&settings)
+            .serve_connection(io, service)
+            .with_upgrades();
+        streams::drive(conn, None, limits, &stop).await
+    };
+    log_end(peer, &ended);
+}
+
+fn log_end(peer: SocketAddr, ended: &Ended) {
+    match ended {
+        Ended::Closed(Ok(())) => {}
+        Ended::Closed(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error")
+        }
+        Ended::Expired(expiry) => tracing::debug!(%peer, ?expiry, "connection closed by a limit"),
     }
 }
 
@@ -498,19 +702,19 @@ async fn serve_redirect(
     peer: SocketAddr,
     target: Arc<RedirectTarget>,
     readiness: Readiness,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    settings: Arc<Settings>,
+    stop: CancellationToken,
+    _admitted: Admitted,
 ) {
     let service = service_fn(move |request: Request<Incoming>| {
-        let answer = redirect_answer(&request, &target, &readiness);
+        watchdog::request_started();
+        let answer = redirect_answer(&request, &target, &readiness).map(Watched::new);
         async move { Ok::<_, Infallible>(answer) }
     });
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "plain-HTTP connection ended with an error");
-    }
+    let conn =
+        http1_builder(&settings).serve_connection(TokioIo::new(ObservedIo::new(stream)), service);
+    let limits = Limits::from_config(&settings.config.server);
+    log_end(peer, &streams::drive(conn, None, limits, &stop).await);
 }
 
 fn redirect_answer(

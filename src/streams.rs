@@ -1,4 +1,4 @@
-//! HTTP/2 streams run inside their connection's task.
+//! A connection's task: the connection, its HTTP/2 streams and its timers.
 //!
 //! hyper hands every HTTP/2 stream (request) to an executor as a future of its
 //! own. With tokio's executor each one becomes a task: allocated, registered
@@ -7,14 +7,28 @@
 //! response is written by the same poll that produced it, and a request costs
 //! one allocation instead of a task (bench/instructions measures the saving).
 //! A connection's streams ran on its worker thread already; nothing moves.
+//!
+//! The same task keeps the connection's timers (src/watchdog.rs): one coarse
+//! timer ends a connection that sends no request head, stays idle, or does not
+//! take its HTTP/1 response; it resets an HTTP/2 stream whose response the
+//! client gives no window to (releasing the upstream connection behind it); and
+//! it starts the graceful close when the gateway shuts down.
 
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use tokio_util::sync::CancellationToken;
+
+use crate::watchdog::{self, ConnectionClock, Expiry, Limits, SendClock};
+use crate::BoxError;
 
 /// The executor given to one connection's hyper builder. Futures handed to it
 /// wait in a queue until [`drive`] (polling that connection) picks them up.
@@ -30,19 +44,33 @@ where
     fn execute(&self, stream: F) {
         // Boxed as it comes: a stream's future is ~1 KiB, and every wrapper
         // around it before boxing would be one more copy of it.
-        self.queue().push(Caught(Box::pin(stream)));
+        self.queue().push(Caught {
+            stream: Box::pin(stream),
+            send: SendClock::default(),
+            cancelled: false,
+        });
     }
 }
 
-/// A stream whose panic ends that stream only, as it would in a task of its own.
-struct Caught(Pin<Box<dyn Future<Output = ()> + Send>>);
+/// A stream whose panic ends that stream only, as it would in a task of its
+/// own, with the clock of its response.
+struct Caught {
+    stream: Pin<Box<dyn Future<Output = ()> + Send>>,
+    send: SendClock,
+    /// Its response got nothing through for `send_timeout`: to be dropped.
+    cancelled: bool,
+}
 
 impl Future for Caught {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let stream = self.0.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| stream.poll(cx))) {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let stream = this.stream.as_mut();
+        let (polled, activity) =
+            watchdog::observe(|| std::panic::catch_unwind(AssertUnwindSafe(|| stream.poll(cx))));
+        this.send.polled(&activity);
+        match polled {
             Ok(polled) => polled,
             // Dropping it now (FuturesUnordered drops what is ready) ends it.
             Err(_) => Poll::Ready(()),
@@ -67,35 +95,184 @@ impl StreamExecutor {
     }
 }
 
-/// Polls `connection` and every stream it hands to `executor` until the
-/// connection has ended and its last stream has finished.
-pub async fn drive<C: Future>(connection: C, executor: StreamExecutor) -> C::Output {
+/// A served hyper connection: HTTP/1 (with or without upgrades) or HTTP/2.
+pub trait HttpConnection: Future<Output = hyper::Result<()>> {
+    /// Stop taking requests; end once those in flight are answered (HTTP/2: GOAWAY).
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> HttpConnection for http1::Connection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> HttpConnection for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> HttpConnection for http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// How a connection's task ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The connection finished (client closed, graceful shutdown, upgrade).
+    Closed(hyper::Result<()>),
+    /// A limit ended it (src/watchdog.rs).
+    Expired(Expiry),
+}
+
+/// Polls `connection`, and (HTTP/2) every stream it hands to `executor`, until
+/// the connection has ended and its last stream has finished, a limit ends it,
+/// or `stop` has closed it gracefully.
+pub async fn drive<C: HttpConnection>(
+    connection: C,
+    executor: Option<StreamExecutor>,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Ended {
     let mut connection = pin!(connection);
-    let mut running = FuturesUnordered::new();
+    let mut stopping = pin!(stop.cancelled());
+    let tick = limits.tick();
+    let mut timer = pin!(tokio::time::sleep(tick));
+    let mut clock = ConnectionClock::new(limits);
+    // HTTP/2 only: made when the first stream arrives.
+    let mut running: Option<FuturesUnordered<Caught>> = None;
     let mut ended = None;
+    // The stop signal and the timer are polled once to register the task's
+    // waker; afterwards a flag or the deadline is checked (no polls per wake-up).
+    let mut stop_registered = false;
+    let mut timer_registered = false;
+    let mut closing = false;
     poll_fn(|cx| {
+        if !closing {
+            if !stop_registered {
+                stop_registered = true;
+                let _ = stopping.as_mut().poll(cx);
+            }
+            if stop.is_cancelled() {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
         if ended.is_none() {
-            if let Poll::Ready(output) = connection.as_mut().poll(cx) {
+            let (polled, activity) = watchdog::observe(|| connection.as_mut().poll(cx));
+            if let Poll::Ready(output) = polled {
                 ended = Some(output);
             }
-        }
-        executor.take_arrived(&mut running);
-        loop {
-            while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
-            // A stream may hand over a future of its own (an HTTP/2 upgrade's
-            // tunnel): start it now rather than on the next wake-up.
-            if !executor.take_arrived(&mut running) {
-                break;
+            match &executor {
+                None => clock.http1_polled(&activity),
+                Some(executor) => {
+                    let running = running.get_or_insert_with(FuturesUnordered::new);
+                    poll_streams(executor, running, cx);
+                    clock.http2_polled(!running.is_empty(), &activity);
+                }
             }
+        } else if let (Some(executor), Some(running)) = (&executor, running.as_mut()) {
+            poll_streams(executor, running, cx);
         }
-        if running.is_empty() {
+        if running.as_ref().is_none_or(|r| r.is_empty()) {
             if let Some(output) = ended.take() {
-                return Poll::Ready(output);
+                return Poll::Ready(Ended::Closed(output));
             }
         }
-        Poll::Pending
+        // The timer: one tick per Limits::tick.
+        loop {
+            if timer_registered && !timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            if !timer_registered && timer.as_mut().poll(cx).is_pending() {
+                timer_registered = true;
+                return Poll::Pending;
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + tick);
+            timer_registered = false;
+            if let Some(running) = running.as_mut() {
+                reset_stalled_streams(running, tick, limits.send_timeout);
+            }
+            match clock.tick() {
+                None => {}
+                Some(Expiry::Idle) if !closing => {
+                    // Politely: HTTP/1 closes, HTTP/2 sends GOAWAY. If it is still
+                    // open at the next tick, it is dropped then.
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                    cx.waker().wake_by_ref();
+                }
+                Some(expiry) => return Poll::Ready(Ended::Expired(expiry)),
+            }
+        }
     })
     .await
+}
+
+/// Starts the streams that arrived and polls those that are ready.
+fn poll_streams(
+    executor: &StreamExecutor,
+    running: &mut FuturesUnordered<Caught>,
+    cx: &mut Context<'_>,
+) {
+    executor.take_arrived(running);
+    loop {
+        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+        // A stream may hand over a future of its own (an HTTP/2 upgrade's
+        // tunnel): start it now rather than on the next wake-up.
+        if !executor.take_arrived(running) {
+            break;
+        }
+    }
+}
+
+/// Drops the streams whose response got nothing through for `send_timeout`:
+/// the client is reset (RST_STREAM) and the upstream connection released.
+fn reset_stalled_streams(
+    running: &mut FuturesUnordered<Caught>,
+    tick: std::time::Duration,
+    send_timeout: std::time::Duration,
+) {
+    let mut any = false;
+    for stream in running.iter_mut() {
+        if stream.send.expired(tick, send_timeout) {
+            stream.cancelled = true;
+            any = true;
+        }
+    }
+    if any {
+        let kept: FuturesUnordered<Caught> = std::mem::take(running)
+            .into_iter()
+            .filter(|stream| !stream.cancelled)
+            .collect();
+        tracing::debug!("reset HTTP/2 streams whose client gave no room for server.send_timeout");
+        *running = kept;
+    }
 }
 
 #[cfg(test)]
@@ -104,15 +281,47 @@ mod tests {
     use hyper::rt::Executor;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A stand-in for a hyper connection: a future, shut down by nothing.
+    struct Plain<F>(Pin<Box<F>>);
+
+    impl<F: Future<Output = ()>> Future for Plain<F> {
+        type Output = hyper::Result<()>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.0.as_mut().poll(cx).map(Ok)
+        }
+    }
+
+    impl<F: Future<Output = ()>> HttpConnection for Plain<F> {
+        fn graceful_shutdown(self: Pin<&mut Self>) {}
+    }
+
     /// A connection future made by `body` from its executor and a counter of
     /// streams that finished.
-    fn connection<Fut>(
+    fn connection<Fut: Future<Output = ()>>(
         body: impl FnOnce(StreamExecutor, Arc<AtomicUsize>) -> Fut,
-    ) -> (StreamExecutor, Arc<AtomicUsize>, Fut) {
+    ) -> (StreamExecutor, Arc<AtomicUsize>, Plain<Fut>) {
         let executor = StreamExecutor::default();
         let finished = Arc::new(AtomicUsize::new(0));
         let connection = body(executor.clone(), finished.clone());
-        (executor, finished, connection)
+        (executor, finished, Plain(Box::pin(connection)))
+    }
+
+    fn limits() -> Limits {
+        let long = std::time::Duration::from_secs(60);
+        Limits {
+            header_read_timeout: long,
+            idle_timeout: long,
+            send_timeout: long,
+        }
+    }
+
+    async fn drive_to_end<C: HttpConnection>(connection: C, executor: StreamExecutor) -> bool {
+        let stop = CancellationToken::new();
+        matches!(
+            drive(connection, Some(executor), limits(), &stop).await,
+            Ended::Closed(Ok(()))
+        )
     }
 
     #[tokio::test]
@@ -123,16 +332,15 @@ mod tests {
                 let _ = released.await;
                 finished.fetch_add(1, Ordering::SeqCst);
             });
-            "connection output"
         });
-        let driving = tokio::spawn(drive(connection, executor));
+        let driving = tokio::spawn(drive_to_end(connection, executor));
         tokio::task::yield_now().await;
         assert!(
             !driving.is_finished(),
             "ended while a stream was still running"
         );
         let _ = release.send(());
-        assert_eq!(driving.await.ok(), Some("connection output"));
+        assert_eq!(driving.await.ok(), Some(true), "the connection's end");
         assert_eq!(finished.load(Ordering::SeqCst), 1);
     }
 
@@ -145,7 +353,7 @@ mod tests {
                 finished.fetch_add(1, Ordering::SeqCst);
             });
         });
-        drive(connection, executor).await;
+        assert!(drive_to_end(connection, executor).await);
         assert_eq!(
             finished.load(Ordering::SeqCst),
             1,
@@ -164,7 +372,7 @@ mod tests {
                 });
             });
         });
-        drive(connection, executor).await;
+        assert!(drive_to_end(connection, executor).await);
         assert_eq!(finished.load(Ordering::SeqCst), 1);
     }
 }
