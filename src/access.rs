@@ -236,6 +236,12 @@ impl AccessPolicy {
         }
     }
 
+    /// Whether a route with a method list applies to this path: then method
+    /// override headers must not reach the upstream.
+    pub fn has_method_rules_for(&self, normalized_path: &str) -> bool {
+        self.routes.has_method_rules_for(normalized_path)
+    }
+
     /// The [access] rules, then the route's.
     pub fn check(&self, identity: &Identity, extra: Option<&Rules>) -> Result<(), Denial> {
         self.global.check(identity)?;

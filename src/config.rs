@@ -246,6 +246,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 streams (requests) open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// `Strict-Transport-Security: max-age=…` on the gateway's own answers
+    /// when its certificate is not self-signed; 0 = never.
+    #[serde(deserialize_with = "duration")]
+    pub hsts_max_age: Duration,
 }
 
 impl Default for ServerConfig {
@@ -264,6 +268,7 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_concurrent_streams: 128,
+            hsts_max_age: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::pages;
 use crate::pages::ErrorPage;
 use crate::proxy::{ForwardContext, Forwarded, Tunnels, Upstream};
 use crate::routes;
-use crate::session::cookies::{strip_gateway_cookies, SessionKeyMemo};
+use crate::session::cookies::{drop_gateway_set_cookies, strip_gateway_cookies, SessionKeyMemo};
 use crate::session::unix_now;
 use crate::session::Session;
 use crate::telemetry::{AccessLogBody, AccessRecord};
@@ -87,6 +87,9 @@ pub struct Gateway {
     access: Arc<AccessPolicy>,
     assertion: Option<Arc<AssertionSigner>>,
     request_ids: Arc<RequestIds>,
+    /// `Strict-Transport-Security` for the gateway's own answers (None: the
+    /// certificate is self-signed, or `server.hsts_max_age = 0`).
+    hsts: Option<HeaderValue>,
 }
 
 impl Gateway {
@@ -101,8 +104,10 @@ impl Gateway {
             true => Some(AssertionSigner::new(&settings)?),
             false => None,
         };
+        let hsts = hsts_header(&settings);
         Ok(Gateway {
             access: Arc::new(AccessPolicy::new(&settings)),
+            hsts,
             settings,
             readiness,
             upstream,
@@ -123,6 +128,7 @@ impl Gateway {
             access: self.access.clone(),
             assertion: self.assertion.clone(),
             request_ids: self.request_ids.clone(),
+            hsts: self.hsts.clone(),
         })
     }
 
@@ -163,6 +169,9 @@ impl Gateway {
         };
         let path = logged.then(|| request.uri().path().to_owned());
 
+        // Hop-by-hop removal comes before the gateway adds anything, so that a
+        // client's `Connection` cannot name a header the gateway sets.
+        crate::proxy::remove_connection_named(request.headers_mut());
         // Every request, whatever happens next: no client may speak for the gateway.
         let spoofed = self.auth.headers.strip(request.headers_mut());
         if spoofed > 0 {
@@ -215,6 +224,16 @@ impl Gateway {
                 upstream: upstream_time,
                 quiet,
             });
+            if upstream_time.is_none() {
+                // The gateway's own answer (a page, a redirect, a 502/504).
+                pages::add_security_headers(response.headers_mut(), gateway.hsts.as_ref());
+            } else {
+                let dropped = drop_gateway_set_cookies(response.headers_mut());
+                if dropped > 0 {
+                    tracing::warn!(request_id = %request_id.to_str().unwrap_or_default(), cookies = dropped,
+                        "dropped the upstream's Set-Cookie for the gateway's own cookie names");
+                }
+            }
             response.headers_mut().insert(&X_REQUEST_ID, request_id);
             response.map(|body| AccessLogBody::new(body, record))
         }
@@ -229,6 +248,9 @@ impl Gateway {
         facts: &'a RequestFacts<'a>,
     ) -> impl Future<Output = Decision> + Send + 'a {
         async move {
+            if routes::is_case_variant_of_standard_method(request.method()) {
+                return Decision::Respond(bad_method(request.method(), facts));
+            }
             let path = request.uri().path();
             if let Some(answer) = health::answer(request.method(), path, &self.readiness) {
                 return Decision::Respond(answer);
@@ -261,6 +283,7 @@ impl Gateway {
                 return Decision::Respond(
                     Box::pin(self.gateway_endpoint(
                         endpoint,
+                        request.method(),
                         request.uri(),
                         request.headers(),
                         facts,
@@ -313,6 +336,14 @@ impl Gateway {
             Ok(normalized) => normalized,
             Err(e) => return Authorization::Refused(bad_path(&e, facts)),
         };
+        if self.access.has_method_rules_for(&normalized)
+            && routes::METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|name| headers.contains_key(name))
+        {
+            // The method judged must be the method the upstream runs.
+            return Authorization::Refused(method_override_refused(facts));
+        }
         let extra = match self.access.requirement(method, &normalized) {
             Requirement::Public { api_client } => return Authorization::Public { api_client },
             Requirement::Deny => {
@@ -391,13 +422,14 @@ impl Gateway {
     async fn gateway_endpoint(
         &self,
         endpoint: &str,
+        method: &Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
         match endpoint {
             "sign_in" => self.auth.sign_in(uri, headers, facts),
-            "sign_out" => self.auth.sign_out(headers, facts).await,
+            "sign_out" => self.auth.sign_out(method, uri, headers, facts).await,
             "me" => {
                 let session = self.auth.session(headers, facts.session_keys).await;
                 self.auth.me(session.as_deref(), facts)
@@ -438,6 +470,9 @@ impl Gateway {
             let method = header("x-forwarded-method")
                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
                 .unwrap_or(Method::GET);
+            if routes::is_case_variant_of_standard_method(&method) {
+                return bad_method(&method, facts);
+            }
             // nginx sets X-Original-URI, Traefik and Caddy X-Forwarded-Uri — and may pass
             // the other one through from the client. Two different answers: refuse.
             let target = match (header("x-original-uri"), header("x-forwarded-uri")) {
@@ -536,6 +571,17 @@ enum Authorization {
     Anonymous,
 }
 
+/// HSTS for the gateway's answers: only with a certificate browsers can
+/// trust (pinning HSTS to a self-signed one would lock users out of its
+/// warning page), and unless turned off.
+fn hsts_header(settings: &Settings) -> Option<HeaderValue> {
+    let max_age = settings.config.server.hsts_max_age.as_secs();
+    if max_age == 0 || crate::tls::is_self_signed(&settings.config.tls.cert) {
+        return None;
+    }
+    HeaderValue::from_str(&format!("max-age={max_age}")).ok()
+}
+
 enum CallerLookup {
     Found(Caller),
     BadBearer(TokenError),
@@ -569,6 +615,40 @@ fn bad_path(error: &routes::PathError, facts: &RequestFacts<'_>) -> Response<Bod
     ErrorPage {
         status: StatusCode::BAD_REQUEST,
         code: "bad_path",
+        title: "Bad request",
+        detail: &detail,
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html)
+}
+
+/// A method override header (`X-HTTP-Method-Override: DELETE`) on a path
+/// whose rules depend on the method: the upstream would run another method
+/// than the one judged.
+fn method_override_refused(facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, "method override header refused on a path with method rules");
+    ErrorPage {
+        status: StatusCode::BAD_REQUEST,
+        code: "method_override",
+        title: "Bad request",
+        detail: "A method override header (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) is not accepted on a path whose rules depend on the method: send the method itself.",
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html)
+}
+
+/// A standard method in another case (`post`): refused rather than judged as
+/// an unknown method and run as `POST` by the upstream.
+fn bad_method(method: &Method, facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, "request method in the wrong case refused");
+    let detail = format!(
+        "HTTP method names are case-sensitive: send {}, not {}.",
+        method.as_str().to_ascii_uppercase(),
+        method.as_str()
+    );
+    ErrorPage {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_method",
         title: "Bad request",
         detail: &detail,
         request_id: facts.request_id,

@@ -70,6 +70,42 @@ h1{{font-size:1.4rem}}p.meta{{color:#777;font-size:.85rem}}a{{color:#0067b8}}</s
     }
 }
 
+/// Headers on every answer the gateway makes itself — pages, JSON, redirects:
+/// never stored by a cache (they carry per-user state, and the callback's URL
+/// holds a code), never sniffed as another type, never sent as a `Referer`,
+/// never framed (clickjacking of the sign-out and error pages), and HSTS when
+/// `hsts` is given. A header an answer already has is kept: an endpoint that
+/// must be framable (front-channel logout, loaded by the IdP in an iframe)
+/// sets its own `Content-Security-Policy`, and `jwks.json` its own caching.
+pub fn add_security_headers(headers: &mut HeaderMap, hsts: Option<&HeaderValue>) {
+    use http::header::{
+        CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY,
+        X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    headers
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers
+        .entry(X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
+    if !headers.contains_key(CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+        // For browsers without CSP level 2; ignored where frame-ancestors is known.
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    if let Some(hsts) = hsts {
+        headers
+            .entry(STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+}
+
 /// Escapes text for HTML element content and attribute values.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -124,6 +160,36 @@ mod tests {
         assert!(wants_html(&h));
         h.insert("x-requested-with", "XMLHttpRequest".parse().unwrap());
         assert!(!wants_html(&h));
+    }
+
+    #[test]
+    fn security_headers_are_added_but_an_answers_own_are_kept() {
+        let mut h = HeaderMap::new();
+        let hsts = HeaderValue::from_static("max-age=60");
+        add_security_headers(&mut h, Some(&hsts));
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["content-security-policy"], "frame-ancestors 'none'");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["strict-transport-security"], "max-age=60");
+
+        let mut framable = HeaderMap::new();
+        framable.insert(
+            "content-security-policy",
+            "frame-ancestors https://login.microsoftonline.com"
+                .parse()
+                .unwrap(),
+        );
+        framable.insert("cache-control", "public, max-age=300".parse().unwrap());
+        add_security_headers(&mut framable, None);
+        assert_eq!(
+            framable["content-security-policy"],
+            "frame-ancestors https://login.microsoftonline.com"
+        );
+        assert!(!framable.contains_key("x-frame-options"));
+        assert_eq!(framable["cache-control"], "public, max-age=300");
+        assert!(!framable.contains_key("strict-transport-security"));
     }
 
     #[test]

@@ -451,6 +451,58 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Headers a client's `Connection` may never remove: what the gateway judged
+/// the request by and passes on as it judged it. (Everything the gateway adds
+/// itself — identity, assertion, X-Forwarded-*, X-Real-IP, X-Request-Id — is
+/// added after [`remove_connection_named`] and is out of reach anyway.)
+static JUDGED: [HeaderName; 3] = [header::HOST, header::AUTHORIZATION, header::COOKIE];
+
+/// The first step for every request, before the gateway adds any header:
+/// removes the headers the client's `Connection` names (RFC 9110 §7.6.1),
+/// except the [`JUDGED`] ones, and leaves in `Connection` only the hop-by-hop
+/// tokens it held (`upgrade`, `keep-alive`, …; `Upgrade` detection needs them).
+/// A later [`remove_hop_by_hop`] then finds nothing more to remove than
+/// hop-by-hop headers — never one the gateway set (the class of Traefik's
+/// CVE-2024-45410, where `Connection: X-Forwarded-User` removed the identity).
+pub fn remove_connection_named(headers: &mut HeaderMap) {
+    let names_nothing = |value: &HeaderValue| {
+        let value = value.as_bytes();
+        value.eq_ignore_ascii_case(b"keep-alive")
+            || value.eq_ignore_ascii_case(b"close")
+            || value.eq_ignore_ascii_case(b"upgrade")
+    };
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if values.all(names_nothing) {
+        return;
+    }
+    let mut kept = String::new();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in connection_tokens(headers) {
+        let lower = token.to_ascii_lowercase();
+        if lower == "close" || hop_by_hop_index(&lower).is_some() {
+            if !kept.is_empty() {
+                kept.push_str(", ");
+            }
+            kept.push_str(&lower);
+        } else if let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) {
+            if !JUDGED.contains(&name) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    match HeaderValue::from_str(&kept) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(header::CONNECTION, value);
+        }
+        _ => {
+            headers.remove(header::CONNECTION);
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Hot path: one pass over the names, no allocation; hashed removals only of

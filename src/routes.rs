@@ -17,9 +17,23 @@ use http::Method;
 /// Why a request path is refused before any matching (the gateway answers 400 with this text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// `%2F`, `%5C`, `%3B` (encoded `/`, `\`, `;`) or a raw backslash.
-    #[error("the request path contains an encoded separator (%2F, %5C, %3B) or a backslash")]
+    /// `%2F`, `%5C`, `%3B`, `%3F`, `%23` (encoded `/`, `\`, `;`, `?`, `#`) or a raw backslash.
+    #[error(
+        "the request path contains an encoded separator (%2F, %5C, %3B, %3F, %23) or a backslash"
+    )]
     EncodedSlash,
+    /// An empty segment (`//x`, `/a//b`): Node's `URL`, Python's `urlsplit` and
+    /// Java's `URI` read a leading `//x` as a host name, others collapse `//`.
+    #[error("the request path contains an empty segment ('//')")]
+    EmptySegment,
+    /// A segment ending in `.` or a space (`/admin.`, `/admin%20`): Windows and
+    /// servers on it read `admin.` as `admin`.
+    #[error("the request path has a segment ending in '.' or a space")]
+    TrailingDot,
+    /// A non-ASCII character that case mapping or NFKC turns into ASCII
+    /// (`ſ` → `S`, `K` (Kelvin) → `k`, fullwidth `ａ` → `a`).
+    #[error("the request path contains a non-ASCII character that servers may read as ASCII (such as 'ſ' or fullwidth letters)")]
+    FoldsToAscii,
     /// A `.` or `..` segment, raw or percent-encoded, with or without `;params`.
     #[error("the request path contains a '.' or '..' segment")]
     DotSegment,
@@ -39,27 +53,35 @@ pub enum PathError {
 ///
 /// The caller passes `uri.path()` — never the query or fragment. A raw `?` or
 /// `#` in the input is refused ([`PathError::InvalidEncoding`]) so that passing
-/// `path_and_query()` by mistake fails loudly; encoded ones (`%3F`, `%23`) are
-/// ordinary characters of a segment.
+/// `path_and_query()` by mistake fails loudly.
 ///
-/// The result is percent-decoded once, `//`-runs are collapsed, `;params` are
-/// removed from every segment (`/admin;jsessionid=1/x` → `/admin/x`, as servlet
-/// containers do), and a trailing slash is kept as is (`/a/` stays `/a/`).
+/// The result is percent-decoded once and `;params` are removed from every
+/// segment (`/admin;jsessionid=1/x` → `/admin/x`, as servlet containers do); a
+/// trailing slash is kept as is (`/a/` stays `/a/`).
 ///
-/// Refused:
-/// - an encoded `/`, `\` or `;` (`%2F`, `%2f`, `%5C`, `%5c`, `%3B`, `%3b`) anywhere
-///   in the path, including inside `;params`, and a raw backslash;
+/// One rule: every form that some common upstream (Node's `URL`, Python's
+/// `urlsplit`, Java's `URI`, Werkzeug, servlet containers, IIS) reads
+/// differently from the gateway is refused, so that the path the gateway
+/// judged is the path the upstream acts on. Refused:
+/// - an encoded `/`, `\`, `;`, `?` or `#` (`%2F`, `%5C`, `%3B`, `%3F`, `%23`,
+///   either case) anywhere in the path, including inside `;params`, and a raw
+///   backslash;
+/// - an empty segment (`//x`, `/a//b`; also one holding only `;params`): a
+///   leading `//x` is a host name to URL parsers;
 /// - any `.` or `..` segment, raw or after decoding (`%2e%2e`), also when it
-///   carries parameters (`/..;/admin`);
+///   carries parameters (`/..;/admin`), and a segment ending in `.` or a space
+///   (`/admin.`, `/admin%20`), which Windows reads without them;
 /// - control characters, raw or after decoding (`%00`, `%0a`, `%09`, `%7f`, C1);
+/// - a non-ASCII character that Unicode case mapping or NFKC turns into ASCII
+///   (`%C5%BF` `ſ` → `S`, `K` Kelvin → `k`, fullwidth letters);
 /// - a malformed escape (`%zz`, `%4`), a double encoding (a decoded `%` followed by
 ///   two hex digits, e.g. from `%252e`), invalid UTF-8 after decoding (`%C3%28`);
 /// - a path not starting with `/`.
 ///
-/// Browsers never send these, so refusing them costs legitimate users nothing,
-/// and the upstream cannot interpret the path differently from the gateway.
+/// Browsers never send these, so refusing them costs legitimate users nothing.
 ///
-/// Cost: one allocation of at most `raw_path.len()` bytes, linear time.
+/// Cost: one allocation of at most `raw_path.len()` bytes, linear time; the
+/// Unicode checks run only for non-ASCII characters.
 pub fn normalize(raw_path: &str) -> Result<String, PathError> {
     let Some(rest) = raw_path.strip_prefix('/') else {
         return Err(PathError::NotAbsolute);
@@ -83,11 +105,12 @@ pub fn normalize(raw_path: &str) -> Result<String, PathError> {
             out.truncate(mark);
         }
         if name.is_empty() {
-            // `//` runs collapse; an empty last segment is the trailing slash
-            // (or the root itself).
-            if is_last {
-                out.push(b'/');
+            // Only the last segment may be empty: the trailing slash (or the
+            // root itself).
+            if !is_last {
+                return Err(PathError::EmptySegment);
             }
+            out.push(b'/');
             continue;
         }
         out.push(b'/');
@@ -96,6 +119,9 @@ pub fn normalize(raw_path: &str) -> Result<String, PathError> {
         let decoded = &out[start..];
         if decoded == b"." || decoded == b".." {
             return Err(PathError::DotSegment);
+        }
+        if matches!(decoded.last(), Some(b'.' | b' ')) {
+            return Err(PathError::TrailingDot);
         }
         check_decoded(decoded)?;
     }
@@ -115,7 +141,7 @@ fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
                 };
                 i += 3;
                 match (hi << 4) | lo {
-                    b'/' | b'\\' | b';' => return Err(PathError::EncodedSlash),
+                    b'/' | b'\\' | b';' | b'?' | b'#' => return Err(PathError::EncodedSlash),
                     decoded => decoded,
                 }
             }
@@ -135,11 +161,19 @@ fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
 }
 
 /// Checks one decoded segment: valid UTF-8, no (C1) control character, no
-/// escape left that a second decoding would turn into something else.
+/// character that folds to ASCII, no escape left that a second decoding would
+/// turn into something else.
 fn check_decoded(decoded: &[u8]) -> Result<(), PathError> {
     let text = std::str::from_utf8(decoded).map_err(|_| PathError::InvalidEncoding)?;
-    if text.chars().any(char::is_control) {
-        return Err(PathError::ControlCharacter);
+    if !text.is_ascii() {
+        for c in text.chars().filter(|c| !c.is_ascii()) {
+            if c.is_control() {
+                return Err(PathError::ControlCharacter);
+            }
+            if folds_to_ascii(c) {
+                return Err(PathError::FoldsToAscii);
+            }
+        }
     }
     let double_encoded = decoded
         .windows(3)
@@ -148,6 +182,26 @@ fn check_decoded(decoded: &[u8]) -> Result<(), PathError> {
         return Err(PathError::InvalidEncoding);
     }
     Ok(())
+}
+
+/// Does some server's reading of the non-ASCII `c` contain ASCII: its Unicode
+/// upper or lower case (`ſ` → `S`, `K` → `k`, `ı` → `I`, `ﬁ` → `FI`), or its
+/// NFKC form (fullwidth `ａ` → `a`, one-dot leader `․` → `.`)?
+pub fn folds_to_ascii(c: char) -> bool {
+    if c.is_ascii() {
+        return false;
+    }
+    if c.to_uppercase()
+        .chain(c.to_lowercase())
+        .any(|f| f.is_ascii())
+    {
+        return true;
+    }
+    let mut buf = [0u8; 4];
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    nfkc.normalize(c.encode_utf8(&mut buf))
+        .bytes()
+        .any(|b| b.is_ascii())
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -376,7 +430,34 @@ impl Methods {
             Methods::Only(methods) => methods.contains(method),
         }
     }
+
+    /// The route applies to some methods only.
+    pub fn is_restricted(&self) -> bool {
+        matches!(self, Methods::Only(_))
+    }
 }
+
+/// A method that is a standard one in another case (`post`, `dElEtE`). hyper
+/// passes it on as an extension method that no `methods` rule names, while
+/// Werkzeug and others run it as the standard one: such requests are refused.
+pub fn is_case_variant_of_standard_method(method: &Method) -> bool {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let name = method.as_str();
+    // Standard methods are exactly these upper-case names: the cheap test first.
+    name.bytes().any(|b| b.is_ascii_lowercase())
+        && STANDARD.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Headers with which frameworks (Rails, Laravel, Express's method-override,
+/// Symfony, ASP.NET) let a `POST` act as another method; removed from requests
+/// to paths that have method-specific rules.
+pub static METHOD_OVERRIDE_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-http-method-override"),
+    http::HeaderName::from_static("x-http-method"),
+    http::HeaderName::from_static("x-method-override"),
+];
 
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
@@ -395,9 +476,25 @@ pub struct Route<A> {
 
 impl<A> Route<A> {
     /// Whether this route applies to `method` on `normalized_path`.
+    ///
+    /// A case-insensitive route (the default of every stricter-than-public
+    /// rule) is matched as lenient upstreams read paths: `/admin/` also as
+    /// `/admin` (Werkzeug, Express and most frameworks serve both alike), so a
+    /// trailing slash cannot dodge it.
     pub fn matches(&self, method: &Method, normalized_path: &str) -> bool {
-        self.methods.contains(method)
-            && self.pattern.matches(normalized_path, self.case_insensitive)
+        self.methods.contains(method) && self.matches_path(normalized_path)
+    }
+
+    /// Whether the pattern applies to `normalized_path`, whatever the method.
+    pub fn matches_path(&self, normalized_path: &str) -> bool {
+        if self.pattern.matches(normalized_path, self.case_insensitive) {
+            return true;
+        }
+        self.case_insensitive
+            && normalized_path.len() > 1
+            && normalized_path
+                .strip_suffix('/')
+                .is_some_and(|without| self.pattern.matches(without, true))
     }
 }
 
@@ -405,11 +502,17 @@ impl<A> Route<A> {
 #[derive(Debug, Clone)]
 pub struct RouteTable<A> {
     routes: Vec<Route<A>>,
+    /// Some route has a method list (most tables have none: no per-request scan).
+    any_method_rules: bool,
 }
 
 impl<A> RouteTable<A> {
     pub fn new(routes: Vec<Route<A>>) -> Self {
-        RouteTable { routes }
+        let any_method_rules = routes.iter().any(|r| r.methods.is_restricted());
+        RouteTable {
+            routes,
+            any_method_rules,
+        }
     }
 
     /// The first route matching `method` and `normalized_path` (from [`normalize`]).
@@ -417,6 +520,16 @@ impl<A> RouteTable<A> {
         self.routes
             .iter()
             .find(|r| r.matches(method, normalized_path))
+    }
+
+    /// Whether some route with a method list applies to this path (then the
+    /// method a request names is what decides, and must not be overridden).
+    pub fn has_method_rules_for(&self, normalized_path: &str) -> bool {
+        self.any_method_rules
+            && self
+                .routes
+                .iter()
+                .any(|r| r.methods.is_restricted() && r.matches_path(normalized_path))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -466,7 +579,6 @@ mod tests {
             "/api/login-options",
             "/x.css",
             "/a...b",
-            "/...",
             "/.well-known/x",
         ] {
             assert_eq!(norm(p), p);
@@ -474,11 +586,10 @@ mod tests {
     }
 
     #[test]
-    fn normalize_collapses_slash_runs() {
-        assert_eq!(norm("//a///b"), "/a/b");
-        assert_eq!(norm("//"), "/");
-        assert_eq!(norm("///"), "/");
-        assert_eq!(norm("/a//"), "/a/");
+    fn normalize_refuses_empty_segments() {
+        for p in ["//a///b", "//", "///", "/a//", "//static/secret", "/a//b"] {
+            assert_eq!(normalize(p), Err(PathError::EmptySegment), "{p}");
+        }
     }
 
     #[test]
@@ -496,8 +607,8 @@ mod tests {
     }
 
     #[test]
-    fn normalize_param_only_segments_collapse_like_empty_ones() {
-        assert_eq!(norm("/;x/admin"), "/admin");
+    fn normalize_param_only_segments_are_empty_ones() {
+        assert_eq!(normalize("/;x/admin"), Err(PathError::EmptySegment));
         assert_eq!(norm("/a/;x"), "/a/");
         assert_eq!(norm("/;jsessionid=1"), "/");
     }
@@ -514,9 +625,46 @@ mod tests {
     }
 
     #[test]
-    fn normalize_keeps_encoded_query_and_fragment_characters_as_segment_text() {
-        assert_eq!(norm("/admin%23x"), "/admin#x");
-        assert_eq!(norm("/a%3Fb"), "/a?b");
+    fn normalize_refuses_encoded_query_and_fragment_characters() {
+        // An upstream that decodes before it routes reads `/admin%23x` as `/admin`.
+        for p in ["/admin%23x", "/a%3Fb", "/a%3fb", "/admin%23", "/a;x=%3F"] {
+            assert_eq!(normalize(p), Err(PathError::EncodedSlash), "{p}");
+        }
+    }
+
+    #[test]
+    fn normalize_refuses_segments_ending_in_a_dot_or_space() {
+        for p in [
+            "/admin.",
+            "/admin./x",
+            "/...",
+            "/a/b%2e",
+            "/admin%20",
+            "/a%20/b",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::TrailingDot), "{p}");
+        }
+        assert_eq!(norm("/a.b/c d"), "/a.b/c d");
+    }
+
+    #[test]
+    fn normalize_refuses_characters_that_fold_to_ascii() {
+        for p in [
+            "/%C5%BFecret",   // ſ: upper case S
+            "/%E2%84%AAey",   // K (Kelvin): lower case k
+            "/adm%C4%B1n",    // ı: upper case I
+            "/%C4%B0",        // İ: lower case i + combining dot
+            "/%EF%AC%81le",   // ﬁ ligature: FI
+            "/%EF%BD%81dmin", // fullwidth a (NFKC)
+            "/a%E2%80%A4b",   // one dot leader (NFKC '.')
+            "/ſecret",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::FoldsToAscii), "{p}");
+        }
+        // Other letters stay welcome.
+        for p in ["/caf%C3%A9", "/%C3%BCber", "/%E6%97%A5%E6%9C%AC", "/%CE%A9"] {
+            assert!(normalize(p).is_ok(), "{p}");
+        }
     }
 
     // ---- normalize: refused forms ----
@@ -618,7 +766,7 @@ mod tests {
 
     #[test]
     fn normalize_output_is_a_fixed_point_for_typical_paths() {
-        for p in ["//a///b/", "/a;x=1/b;y", "/caf%C3%A9/x", "/;x/admin"] {
+        for p in ["/a/b/", "/a;x=1/b;y", "/caf%C3%A9/x", "/a/;x"] {
             let once = norm(p);
             assert_eq!(norm(&once), once, "{p}");
         }
@@ -628,6 +776,9 @@ mod tests {
     fn path_errors_have_messages_for_the_400_page() {
         for e in [
             PathError::EncodedSlash,
+            PathError::EmptySegment,
+            PathError::TrailingDot,
+            PathError::FoldsToAscii,
             PathError::DotSegment,
             PathError::ControlCharacter,
             PathError::InvalidEncoding,
@@ -827,13 +978,12 @@ mod tests {
     }
 
     #[test]
-    fn advisory_encoded_hash_is_just_a_character() {
-        assert_eq!(normalize("/public%23/../admin"), Err(PathError::DotSegment));
-        let path = norm("/admin%23x");
-        assert_eq!(path, "/admin#x");
-        assert!(!pat("/admin").matches(&path, false));
-        assert!(!pat("/admin").matches(&path, true));
-        assert!(!pat("/public/**").matches(&path, false));
+    fn advisory_encoded_hash_is_refused() {
+        assert_eq!(
+            normalize("/public%23/../admin"),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(normalize("/admin%23x"), Err(PathError::EncodedSlash));
         assert!(!request_matches("/public/**", "/public%23/../admin"));
     }
 
@@ -876,12 +1026,40 @@ mod tests {
     }
 
     #[test]
-    fn advisory_double_slash_matches_like_an_upstream_that_collapses() {
-        let path = norm("//public/x");
-        assert_eq!(path, "/public/x");
-        assert!(pat("/public/**").matches(&path, false));
-        // And the other way round: `//admin` cannot dodge an admin rule.
-        assert!(request_matches("/admin/**", "//admin//x"));
+    fn advisory_double_slash_is_refused() {
+        // Node's `new URL("//static/secret", base)` reads `static` as a host
+        // and `/secret` as the path: no reading of `//` is safe to judge.
+        assert_eq!(normalize("//public/x"), Err(PathError::EmptySegment));
+        assert_eq!(normalize("//admin//x"), Err(PathError::EmptySegment));
+    }
+
+    #[test]
+    fn a_trailing_slash_cannot_dodge_a_stricter_rule() {
+        let route = |pattern: &str, case_insensitive: bool| Route {
+            methods: Methods::Any,
+            pattern: pat(pattern),
+            action: (),
+            case_insensitive,
+        };
+        // Stricter rules (case-insensitive) also hold for `/admin/`.
+        assert!(route("/admin", true).matches(&Method::GET, "/admin/"));
+        assert!(route("/admin", true).matches(&Method::GET, "/ADMIN/"));
+        assert!(route("/a/*", true).matches(&Method::GET, "/a/b/"));
+        // Public ones (case-sensitive) stay exact: less is public, never more.
+        assert!(!route("/admin", false).matches(&Method::GET, "/admin/"));
+        assert!(!route("/admin", true).matches(&Method::GET, "/administrator"));
+    }
+
+    #[test]
+    fn method_case_variants_of_standard_methods_are_recognised() {
+        for m in ["post", "dElEtE", "Get", "patch"] {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(is_case_variant_of_standard_method(&method), "{m}");
+        }
+        for m in ["POST", "DELETE", "PROPFIND", "purge", "MKCOL"] {
+            let method = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!is_case_variant_of_standard_method(&method), "{m}");
+        }
     }
 
     #[test]
@@ -1028,5 +1206,180 @@ mod tests {
         let uri: http::Uri = "/admin?next=/public/a#/public".parse().expect("uri");
         let path = norm(uri.path());
         assert!(table.first_match(&Method::GET, &path).is_none());
+    }
+}
+
+/// Property tests: whatever [`normalize`] admits, the upstream reads as the
+/// gateway judged it — under WHATWG URL parsing (Node's `URL`, the `url`
+/// crate), under a servlet-style reading (`;params` dropped, `//` collapsed)
+/// and under a lenient one (Unicode case folding, NFKC, trailing `/`).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of request paths: plain text, the words of the rules below, and
+    /// every confusing form (dots, separators raw and encoded, parameters,
+    /// spaces, characters that fold to ASCII, broken escapes).
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "/",
+            "/",
+            "/",
+            "a",
+            "A",
+            "admin",
+            "ADMIN",
+            "secret",
+            "static",
+            "x.js",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2F",
+            "%2f",
+            "%5C",
+            "\\",
+            ";",
+            ";x=1",
+            "%3B",
+            "%3F",
+            "%23",
+            "%25",
+            "%252e",
+            "%20",
+            "%41",
+            "%C5%BF",
+            "ſ",
+            "%E2%84%AA",
+            "%EF%BD%81",
+            "%C4%B1",
+            "%C3%A9",
+            "%00",
+            "%0a",
+            "%zz",
+            "%",
+            "~",
+            "-",
+        ])
+    }
+
+    fn raw_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..10).prop_map(|p| format!("/{}", p.concat()))
+    }
+
+    fn decode(text: &str) -> String {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    }
+
+    /// A servlet container: decode, drop `;params`, collapse `//`, resolve dots.
+    fn servlet_reading(raw: &str) -> String {
+        let names: Vec<&str> = raw
+            .split('/')
+            .skip(1)
+            .map(|s| s.split(';').next().unwrap_or(""))
+            .collect();
+        let trailing = names.len() > 1 && names.last().is_some_and(|n| n.is_empty());
+        let mut segments: Vec<String> = Vec::new();
+        for name in names {
+            let name = decode(name);
+            match name.as_str() {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                _ => segments.push(name),
+            }
+        }
+        format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" })
+    }
+
+    /// The most lenient reading: the servlet one, then NFKC, Unicode case
+    /// folding (upper, then lower: `ſ` → `S` → `s`), trailing dots, spaces and
+    /// slash ignored (Windows, non-strict routers).
+    fn lenient_reading(raw: &str) -> String {
+        let servlet = servlet_reading(raw);
+        let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc()
+            .normalize(&servlet)
+            .to_uppercase()
+            .to_lowercase();
+        let segments: Vec<&str> = nfkc
+            .split('/')
+            .map(|s| s.trim_end_matches(['.', ' ']))
+            .filter(|s| !s.is_empty())
+            .collect();
+        format!("/{}", segments.join("/"))
+    }
+
+    /// The rules of the properties: stricter rules (case-insensitive, as every
+    /// non-public rule is by default).
+    fn strict(pattern: &str) -> Route<()> {
+        Route {
+            methods: Methods::Any,
+            pattern: PathPattern::parse(pattern).unwrap(),
+            action: (),
+            case_insensitive: true,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// An admitted path stays a path on the same host under WHATWG parsing
+        /// (`//static/x` would make `static` the host), and that parser's
+        /// decoded path, `;params` dropped, is the gateway's normalized path.
+        #[test]
+        fn admitted_paths_read_the_same_under_whatwg_url(raw in raw_path()) {
+            if let Ok(normalized) = normalize(&raw) {
+                let url = url::Url::parse(&format!("http://gw.invalid{raw}")).unwrap();
+                prop_assert_eq!(url.host_str(), Some("gw.invalid"), "{}", raw);
+                let joined = url::Url::parse("http://gw.invalid/base/").unwrap().join(&raw).unwrap();
+                prop_assert_eq!(joined.host_str(), Some("gw.invalid"), "{}", raw);
+                let whatwg: Vec<String> = url
+                    .path()
+                    .split('/')
+                    .map(|s| decode(s.split(';').next().unwrap_or("")))
+                    .collect();
+                prop_assert_eq!(whatwg.join("/"), normalized.clone(), "{}", raw);
+                prop_assert_eq!(servlet_reading(&raw), normalized, "{}", raw);
+            }
+        }
+
+        /// Whenever some upstream's reading of an admitted path lands on a
+        /// protected resource, the gateway's rule for it matched the path.
+        #[test]
+        fn no_reading_of_an_admitted_path_dodges_a_stricter_rule(raw in raw_path()) {
+            if let Ok(normalized) = normalize(&raw) {
+                let readings = [servlet_reading(&raw), lenient_reading(&raw)];
+                for reading in &readings {
+                    let key = reading.to_lowercase();
+                    let key = key.trim_end_matches('/');
+                    if key == "/admin" || key.starts_with("/admin/") {
+                        prop_assert!(strict("/admin/**").matches(&Method::GET, &normalized), "{} read as {}", raw, reading);
+                    }
+                    if key == "/secret" {
+                        prop_assert!(strict("/secret").matches(&Method::GET, &normalized), "{} read as {}", raw, reading);
+                    }
+                    if key == "/static/secret" {
+                        prop_assert!(strict("/static/secret").matches(&Method::GET, &normalized), "{} read as {}", raw, reading);
+                    }
+                }
+            }
+        }
+
+        /// No character of an admitted path changes into ASCII under Unicode
+        /// case mapping or NFKC: ASCII-only rule matching sees what they see.
+        #[test]
+        fn admitted_paths_have_no_character_that_folds_to_ascii(raw in raw_path()) {
+            if let Ok(normalized) = normalize(&raw) {
+                let ascii = |s: &str| s.chars().filter(char::is_ascii).collect::<String>().to_ascii_lowercase();
+                prop_assert_eq!(ascii(&normalized.to_uppercase().to_lowercase()), ascii(&normalized));
+                let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc().normalize(&normalized).into_owned();
+                prop_assert_eq!(ascii(&nfkc), ascii(&normalized));
+            }
+        }
     }
 }

@@ -148,6 +148,75 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// Is the leaf certificate in `path` self-signed (its issuer is its subject)?
+/// Unreadable or unparsable counts as self-signed: HSTS, which depends on
+/// this, is then left off rather than pinned to a certificate browsers reject.
+pub fn is_self_signed(path: &Path) -> bool {
+    load_certs(path)
+        .ok()
+        .and_then(|certs| issuer_and_subject(&certs[0]).map(|(issuer, subject)| issuer == subject))
+        .unwrap_or(true)
+}
+
+/// The DER of a certificate's issuer and subject names (RFC 5280 §4.1:
+/// Certificate → TBSCertificate → [0] version, serial, signature algorithm,
+/// issuer, validity, subject).
+fn issuer_and_subject(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let certificate = DerElement::first(der)?;
+    let tbs = DerElement::first(certificate.content)?;
+    let first = DerElement::first(tbs.content)?;
+    // The [0] version is optional (v1 certificates have none); the serial follows.
+    let serial = if first.tag == 0xa0 {
+        DerElement::first(first.rest)?
+    } else {
+        first
+    };
+    let algorithm = DerElement::first(serial.rest)?;
+    let issuer = DerElement::first(algorithm.rest)?;
+    let validity = DerElement::first(issuer.rest)?;
+    let subject = DerElement::first(validity.rest)?;
+    Some((issuer.whole, subject.whole))
+}
+
+/// One DER element (tag, length, content) at the start of some input.
+struct DerElement<'a> {
+    tag: u8,
+    /// Tag, length and content.
+    whole: &'a [u8],
+    content: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+impl<'a> DerElement<'a> {
+    fn first(input: &'a [u8]) -> Option<Self> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let header = input.len() - rest.len();
+        Some(DerElement {
+            tag,
+            whole: &input[..header + len],
+            content: &rest[..len],
+            rest: &rest[len..],
+        })
+    }
+}
+
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
         path: path.to_path_buf(),
@@ -280,5 +349,41 @@ impl ServerCertVerifier for PinnedCertificate {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_certificates_are_told_from_ca_issued_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let self_signed = dir.path().join("self.crt");
+        std::fs::write(&self_signed, own.cert.pem()).unwrap();
+        assert!(is_self_signed(&self_signed));
+
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["console.example".into()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "console.example");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let issued = dir.path().join("issued.crt");
+        std::fs::write(&issued, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        assert!(!is_self_signed(&issued));
+
+        // Nothing readable: treated as self-signed (no HSTS).
+        assert!(is_self_signed(&dir.path().join("missing.crt")));
     }
 }

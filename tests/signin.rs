@@ -394,6 +394,8 @@ async fn sign_out_ends_the_session_here_and_at_the_idp() {
 
     let out = browser
         .get(gw.url("/.gateway/sign_out"))
+        // The console's own sign-out link, as a browser follows it.
+        .header("sec-fetch-site", "same-origin")
         .send()
         .await
         .unwrap();

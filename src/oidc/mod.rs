@@ -508,7 +508,98 @@ impl Auth {
 
     /// `/.gateway/sign_out`: forget the session here, clear the cookie, then end
     /// the session at the IdP (RP-initiated logout) when it offers that.
-    pub async fn sign_out(&self, headers: &HeaderMap, facts: &RequestFacts<'_>) -> Response<Body> {
+    ///
+    /// Only for a request this origin made (logout CSRF: a cross-site `<img>`
+    /// or link must not sign users out): a `GET` from a link on the console
+    /// or typed by the user (`Sec-Fetch-Site: same-origin`/`none`), or a `POST`
+    /// whose `Sec-Fetch-Site`/`Origin` says the same. Any other `GET` gets a
+    /// small page whose button POSTs here; any other `POST` is refused.
+    pub async fn sign_out(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        match self.same_origin(method, uri, headers, facts) {
+            SameOrigin::Yes => self.end_session(headers, facts).await,
+            SameOrigin::Unknown if *method == Method::GET || *method == Method::HEAD => {
+                self.confirm_sign_out(facts)
+            }
+            SameOrigin::Unknown | SameOrigin::No => {
+                tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, "cross-site sign-out refused");
+                ErrorPage {
+                    status: StatusCode::FORBIDDEN,
+                    code: "cross_site_sign_out",
+                    title: "Sign-out refused",
+                    detail: "Sign-out must come from this site (a cross-site request cannot sign you out). Open the sign-out link on this site instead.",
+                    request_id: facts.request_id,
+                }
+                .render(facts.wants_html)
+            }
+        }
+    }
+
+    /// Did the request come from this origin? Fetch metadata first (every
+    /// current browser sends it), else `Origin` (old browsers, on POST).
+    fn same_origin(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        facts: &RequestFacts<'_>,
+    ) -> SameOrigin {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(site) = header("sec-fetch-site") {
+            return match site {
+                "same-origin" => SameOrigin::Yes,
+                // Typed, bookmarked: the user's own navigation (a GET only).
+                "none" if *method == Method::GET => SameOrigin::Yes,
+                _ => SameOrigin::No,
+            };
+        }
+        match header("origin") {
+            Some(origin) => {
+                let ours = self.origin(uri, headers, facts.client);
+                if ours.is_some_and(|ours| ours.eq_ignore_ascii_case(origin)) {
+                    SameOrigin::Yes
+                } else {
+                    SameOrigin::No
+                }
+            }
+            // No browser POSTs a form without Origin any more: a POST without
+            // both headers is a script or an API client of the user's own.
+            None if *method == Method::POST => SameOrigin::Yes,
+            None => SameOrigin::Unknown,
+        }
+    }
+
+    /// The page for a sign-out link followed from elsewhere: one button that
+    /// POSTs the sign-out from this origin.
+    fn confirm_sign_out(&self, facts: &RequestFacts<'_>) -> Response<Body> {
+        if !facts.wants_html {
+            return pages::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": "sign_out_needs_post",
+                    "message": "Sign out with POST from this site (or a same-origin GET).",
+                    "request_id": facts.request_id,
+                }),
+            );
+        }
+        let action = escape_html(&format!("{}/sign_out", self.settings.config.gateway.prefix));
+        html(
+            StatusCode::OK,
+            &page(
+                "Sign out?",
+                &format!(
+                    "<p>Do you want to sign out of this console?</p>\n<form method=\"post\" action=\"{action}\"><button type=\"submit\">Sign out</button></form>\n<p><a href=\"/\">Stay signed in</a></p>"
+                ),
+            ),
+        )
+    }
+
+    async fn end_session(&self, headers: &HeaderMap, facts: &RequestFacts<'_>) -> Response<Body> {
         let mut id_token = None;
         if let Some(id) = CookieCodec::session_id(headers) {
             let key = session_key(id);
@@ -847,6 +938,14 @@ pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
                 .is_none_or(|d| matches!(d, "document" | "iframe" | "frame" | "empty"));
     }
     pages::wants_html(headers)
+}
+
+/// Whether a request provably came from the gateway's own origin.
+enum SameOrigin {
+    Yes,
+    No,
+    /// No fetch metadata and no `Origin` (old browsers' GETs, scripts).
+    Unknown,
 }
 
 fn redirect(status: StatusCode, location: &str) -> Response<Body> {

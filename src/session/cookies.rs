@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar, Key, SameSite};
-use http::header::COOKIE;
+use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
@@ -241,6 +241,41 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     if let Some(value) = kept.and_then(|kept| HeaderValue::from_bytes(&kept).ok()) {
         headers.insert(COOKIE, value);
     }
+}
+
+/// Removes an upstream's `Set-Cookie` for one of the gateway's own cookie
+/// names (any case: browsers match the `__Host-` prefix case-insensitively),
+/// so that the console can neither set nor clear the session or a login
+/// flow. Returns how many were dropped.
+pub fn drop_gateway_set_cookies(headers: &mut HeaderMap) -> usize {
+    let ours = |value: &HeaderValue| is_gateway_cookie_name(set_cookie_name(value.as_bytes()));
+    if !headers.get_all(SET_COOKIE).iter().any(ours) {
+        return 0;
+    }
+    let all: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    headers.remove(SET_COOKIE);
+    let before = all.len();
+    let mut kept = 0;
+    for value in all.into_iter().filter(|v| !ours(v)) {
+        headers.append(SET_COOKIE, value);
+        kept += 1;
+    }
+    before - kept
+}
+
+/// The cookie name of a `Set-Cookie` value: what precedes the first `=` of
+/// its first `;`-piece, trimmed (a piece without `=` is a nameless cookie
+/// whose value browsers may still read as a name: taken whole).
+fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let first = value.split(|&b| b == b';').next().unwrap_or_default();
+    let name = first.split(|&b| b == b'=').next().unwrap_or_default();
+    name.trim_ascii()
+}
+
+fn is_gateway_cookie_name(name: &[u8]) -> bool {
+    name.len() >= GATEWAY_COOKIE_PREFIX.len()
+        && name[..GATEWAY_COOKIE_PREFIX.len()]
+            .eq_ignore_ascii_case(GATEWAY_COOKIE_PREFIX.as_bytes())
 }
 
 /// The `name=value` pairs of the `Cookie` header(s), trimmed, as sent (bytes,

@@ -106,6 +106,8 @@ level = "warn"
 pub struct GatewayBuilder {
     upstream: String,
     extra: Extra,
+    /// Environment overrides (`OIDC_GATEWAY__…`), applied over the file.
+    env: Vec<(String, String)>,
     idp: DevIdpOptions,
     sign_in: bool,
 }
@@ -114,6 +116,7 @@ pub fn gateway(upstream: SocketAddr) -> GatewayBuilder {
     GatewayBuilder {
         upstream: format!("http://{upstream}"),
         extra: Extra::default(),
+        env: Vec::new(),
         idp: idp_options(),
         sign_in: true,
     }
@@ -154,6 +157,11 @@ impl GatewayBuilder {
         change(&mut self.idp);
         self
     }
+    /// An environment override, e.g. ("OIDC_GATEWAY__TLS__CERT", path).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
     /// Start without signing the test browser in.
     pub fn anonymous(mut self) -> Self {
         self.sign_in = false;
@@ -165,11 +173,11 @@ impl GatewayBuilder {
         let idp = DevIdp::start(self.idp).await.expect("mock IdP starts");
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text(&dir, &self.upstream, &idp.issuer(), &self.extra);
-        let settings = Arc::new(config::load_str(&text, &[]).expect("test config is valid"));
+        let settings = Arc::new(config::load_str(&text, &self.env).expect("test config is valid"));
         let server = server::start(settings.clone())
             .await
             .expect("gateway starts");
-        let cert_pem = std::fs::read(dir.path().join("gateway.crt")).expect("certificate written");
+        let cert_pem = std::fs::read(&settings.config.tls.cert).expect("certificate written");
         tokio::time::timeout(
             std::time::Duration::from_secs(10),
             server.readiness.wait_ready(),

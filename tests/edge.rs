@@ -1,0 +1,478 @@
+//! Edge hardening (issue 14): what the upstream receives is exactly what the
+//! gateway judged. Each test drives the gateway over real TLS sockets with an
+//! upstream that records every request it receives, and checks both the
+//! gateway's answer (and why) and what reached the upstream.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    uri: String,
+    headers: http::HeaderMap,
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+/// An upstream that records what it receives and answers 200 "ok".
+async fn recording_upstream() -> (std::net::SocketAddr, Log) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        seen.lock().unwrap().push(Received {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            headers: req.headers().clone(),
+        });
+        async move { Response::new(full_body("ok")) }
+    })
+    .await;
+    (addr, log)
+}
+
+fn received(log: &Log) -> Vec<Received> {
+    log.lock().unwrap().clone()
+}
+
+/// Sends `request_head` (without the final blank line) exactly as written over
+/// HTTP/1.1 and returns the status code and the whole answer.
+async fn raw_request(gw: &TestGateway, request_head: &str) -> (u16, String) {
+    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
+    let request = format!("{request_head}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+async fn raw_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    raw_request(gw, &format!("GET {path} HTTP/1.1\r\nHost: localhost")).await
+}
+
+/// Public static files, a secret area that needs sign-in, and a denied one.
+const PATH_ROUTES: &str = r#"
+[[routes]]
+path = "/static/**"
+action = "public"
+
+[[routes]]
+path = "/secret"
+action = "deny"
+
+[[routes]]
+path = "/admin/**"
+action = "deny"
+"#;
+
+// ---- 1. the path judged is the path forwarded ----
+
+#[tokio::test]
+async fn paths_an_upstream_reads_differently_are_refused_not_forwarded() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream).section(PATH_ROUTES).start().await;
+    let cookie = gw.session_cookie();
+    // Each of these is read by some common upstream as /secret or /admin/…,
+    // which the rules deny; or as another host (`//static`).
+    let cases = [
+        ("//static/secret", "empty segment"),
+        ("/static//secret", "empty segment"),
+        ("/secret.", "ending in '.'"),
+        ("/admin./x", "ending in '.'"),
+        ("/secret%20", "ending in '.' or a space"),
+        ("/secret%23x", "encoded separator"),
+        ("/secret%3Fx", "encoded separator"),
+        ("/%C5%BFecret", "read as ASCII"),
+        ("/%EF%BD%81dmin/x", "read as ASCII"),
+        ("/%E2%84%AA", "read as ASCII"),
+    ];
+    for (path, why) in cases {
+        let (status, text) = raw_request(
+            &gw,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("bad_path"), "{path}: {text}");
+        assert!(
+            text.contains(why),
+            "{path} refused for another reason: {text}"
+        );
+    }
+    // A trailing slash is no way around a rule: `/secret/` is `/secret`.
+    for path in ["/secret/", "/SECRET/", "/admin/"] {
+        let (status, text) = raw_request(
+            &gw,
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}"),
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {text}");
+    }
+    assert!(
+        received(&log).is_empty(),
+        "refused paths reached the upstream: {:?}",
+        received(&log)
+    );
+    // What is admitted is forwarded exactly as it was judged.
+    let (status, _) = raw_get(&gw, "/static/app.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(received(&log)[0].uri, "/static/app.js");
+}
+
+#[tokio::test]
+async fn forward_auth_applies_the_same_path_rule_to_x_original_uri() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .section(PATH_ROUTES)
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .anonymous()
+        .start()
+        .await;
+    let client = gw.fresh_browser();
+    for (uri, status, why) in [
+        ("//static/secret", 400, "empty segment"),
+        ("/%C5%BFecret", 400, "read as ASCII"),
+        ("/secret%23x", 400, "encoded separator"),
+        ("/static/app.js", 202, ""),
+    ] {
+        let response = client
+            .get(gw.url("/.gateway/auth"))
+            .header("x-original-uri", uri)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(why), "{uri}: {body}");
+    }
+}
+
+// ---- 2. methods ----
+
+const METHOD_ROUTES: &str = r#"
+[[routes]]
+path = "/items/**"
+methods = ["POST", "DELETE"]
+action = "deny"
+
+[[routes]]
+path = "/reports/**"
+methods = ["GET", "HEAD"]
+action = "public"
+"#;
+
+#[tokio::test]
+async fn case_variants_of_standard_methods_are_refused() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream).section(METHOD_ROUTES).start().await;
+    let cookie = gw.session_cookie();
+    for method in ["post", "dElEtE", "Get"] {
+        let (status, text) = raw_request(
+            &gw,
+            &format!(
+                "{method} /items/1 HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: 0"
+            ),
+        )
+        .await;
+        assert_eq!(status, 400, "{method}: {text}");
+        assert!(text.contains("bad_method"), "{method}: {text}");
+        assert!(text.contains("case-sensitive"), "{method}: {text}");
+    }
+    assert!(received(&log).is_empty(), "{:?}", received(&log));
+    // The standard spelling is judged by the rule.
+    let (status, _) = raw_request(
+        &gw,
+        &format!(
+            "POST /items/1 HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: 0"
+        ),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn method_override_headers_are_refused_where_rules_depend_on_the_method() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .section(METHOD_ROUTES)
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .anonymous()
+        .start()
+        .await;
+    let client = gw.fresh_browser();
+    // /reports is public for GET only: a GET must not act as a DELETE upstream.
+    for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+        let response = client
+            .get(gw.url("/reports/q3"))
+            .header(name, "DELETE")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{name}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("method_override"), "{name}: {body}");
+    }
+    assert!(received(&log).is_empty(), "{:?}", received(&log));
+    // Forward-auth: the proxy in front would pass the override on.
+    let response = client
+        .get(gw.url("/.gateway/auth"))
+        .header("x-original-uri", "/reports/q3")
+        .header("x-http-method-override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("method_override"));
+    // Without the override, the GET is public.
+    let response = client.get(gw.url("/reports/q3")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn method_override_headers_stay_where_no_rule_depends_on_the_method() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream).section(METHOD_ROUTES).start().await;
+    let response = gw
+        .http1()
+        .post(gw.url("/app/form"))
+        .header("x-http-method-override", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(received(&log)[0].headers["x-http-method-override"], "PUT");
+}
+
+// ---- 3. the client cannot remove what the gateway adds ----
+
+#[tokio::test]
+async fn connection_cannot_remove_headers_the_gateway_sets() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream).start().await;
+    let response = gw
+        .http1()
+        .get(gw.url("/console"))
+        .header(
+            "connection",
+            "keep-alive, X-Forwarded-User, X-Forwarded-Groups, X-Gateway-Assertion, \
+             X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, X-Request-Id, \
+             Host, Authorization, Cookie, x-client-hop",
+        )
+        .header("authorization", "Basic dXNlcjpwdw==")
+        .header("x-client-hop", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = received(&log);
+    let headers = &got[0].headers;
+    assert_eq!(headers["x-forwarded-user"], USER);
+    assert!(headers.contains_key("x-forwarded-groups"));
+    assert!(headers.contains_key("x-gateway-assertion"));
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert!(headers.contains_key("x-forwarded-host"));
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    assert!(headers.contains_key("x-request-id"));
+    assert!(headers.contains_key("host"));
+    assert_eq!(headers["authorization"], "Basic dXNlcjpwdw==");
+    // A header of the client's own that it names is still hop-by-hop.
+    assert!(!headers.contains_key("x-client-hop"));
+    assert!(!headers.contains_key("connection"));
+}
+
+// ---- 6. pages and cookies ----
+
+#[tokio::test]
+async fn a_cross_site_request_cannot_sign_the_user_out() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream).start().await;
+    let browser = gw.http1();
+    // An <img src=…/sign_out> on another site: the browser says cross-site.
+    let forged = browser
+        .get(gw.url("/.gateway/sign_out"))
+        .header("sec-fetch-site", "cross-site")
+        .header("accept", "image/avif,image/webp,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let body = forged.text().await.unwrap();
+    assert!(body.contains("cross_site_sign_out"), "{body}");
+    // A form another site POSTs.
+    let forged = browser
+        .post(gw.url("/.gateway/sign_out"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("cross_site_sign_out"));
+    // Still signed in.
+    assert_eq!(
+        browser
+            .get(gw.url("/.gateway/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A link without fetch metadata (an old browser) gets a page whose button
+    // POSTs from this origin; that POST signs out.
+    let page = navigate(browser.get(gw.url("/.gateway/sign_out")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<form method="post" action="/.gateway/sign_out">"#),
+        "{html}"
+    );
+    assert_eq!(
+        browser
+            .get(gw.url("/.gateway/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the page alone signs nobody out"
+    );
+    let out = browser
+        .post(gw.url("/.gateway/sign_out"))
+        .header("origin", format!("https://localhost:{}", gw.addr.port()))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 302, "signed out, on to the IdP's logout");
+    assert_eq!(
+        browser
+            .get(gw.url("/.gateway/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn gateway_pages_and_redirects_carry_security_headers() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    let redirect = navigate(browser.get(gw.url("/console")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 302);
+    let error = browser.get(gw.url("/a//b")).send().await.unwrap();
+    assert_eq!(error.status(), 400);
+    let json = browser.get(gw.url("/console")).send().await.unwrap();
+    assert_eq!(json.status(), 401);
+    for response in [&redirect, &error, &json] {
+        let h = response.headers();
+        assert_eq!(h["cache-control"], "no-store", "{}", response.url());
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["content-security-policy"], "frame-ancestors 'none'");
+        // The test certificate is self-signed: no HSTS pinned to it.
+        assert!(!h.contains_key("strict-transport-security"));
+    }
+    // The upstream's own answers are the upstream's business.
+    let (status, text) = raw_get(&gw, "/.gateway/jwks.json").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-control: public, max-age=300"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn hsts_is_sent_when_the_certificate_is_not_self_signed() {
+    // A certificate issued by a (test) CA, written where the gateway looks.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = params.signed_by(&key, &ca).unwrap();
+    let cert = dir.path().join("issued.crt");
+    let key_path = dir.path().join("issued.key");
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .env("OIDC_GATEWAY__TLS__CERT", cert.to_str().unwrap())
+        .env("OIDC_GATEWAY__TLS__KEY", key_path.to_str().unwrap())
+        .env("OIDC_GATEWAY__TLS__SELF_SIGNED", "false")
+        .anonymous()
+        .start()
+        .await;
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .resolve("localhost", gw.addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = client.get(gw.url("/console")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+}
+
+#[tokio::test]
+async fn upstream_set_cookie_for_a_gateway_cookie_name_is_dropped() {
+    let upstream = upstream(|_req: Request<Incoming>| async move {
+        Response::builder()
+            .header("set-cookie", "__Host-oidc-gateway=attacker; Path=/; Secure")
+            .header(
+                "set-cookie",
+                "__HOST-OIDC-GATEWAY-flow-abc=x; Path=/; Secure",
+            )
+            .header("set-cookie", " __Host-oidc-gateway =y; Path=/; Secure")
+            .header("set-cookie", "console=1; Path=/")
+            .body(full_body("ok"))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(upstream).start().await;
+    let response = gw.http1().get(gw.url("/console")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(set_cookies(&response), ["console=1; Path=/"]);
+    // The session survives.
+    assert_eq!(
+        gw.http1()
+            .get(gw.url("/.gateway/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
