@@ -126,6 +126,7 @@ async fn paths_an_upstream_reads_differently_are_refused_not_forwarded() {
     let (status, _) = raw_get(&gw, "/static/app.js").await;
     assert_eq!(status, 200);
     assert_eq!(received(&log)[0].uri, "/static/app.js");
+    assert_eq!(received(&log)[0].method, "GET");
 }
 
 #[tokio::test]
@@ -210,7 +211,11 @@ async fn method_override_headers_are_refused_where_rules_depend_on_the_method() 
         .await;
     let client = gw.fresh_browser();
     // /reports is public for GET only: a GET must not act as a DELETE upstream.
-    for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
         let response = client
             .get(gw.url("/reports/q3"))
             .header(name, "DELETE")
