@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod health;
 pub mod healthcheck;
 pub mod identity;
+pub mod jwt_ring;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;

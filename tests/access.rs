@@ -610,6 +610,8 @@ async fn the_assertion_verifies_with_the_published_key_and_is_reused() {
     let jwk = jwks
         .find(header.kid.as_deref().unwrap())
         .expect("kid published");
+    // jsonwebtoken verifies with the gateway's ring provider (no backend feature).
+    oidc_gateway::jwt_ring::install();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_audience(&[format!("http://{upstream}")]);
     validation.set_issuer(&["oidc-gateway"]);

@@ -99,6 +99,7 @@ pub struct TokenPolicy {
 
 impl TokenPolicy {
     pub fn new(settings: &Settings) -> Self {
+        crate::jwt_ring::install();
         let oidc = &settings.config.oidc;
         TokenPolicy {
             audiences: vec![oidc.client_id.clone()],
