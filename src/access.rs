@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::config::{AccessConfig, RouteAction, Settings};
+use crate::config::{
+    AccessConfig, RouteAction, Settings, UpstreamId, RUSTDESK_ID_UPSTREAM, RUSTDESK_RELAY_UPSTREAM,
+};
 use crate::identity::Identity;
 use crate::pages::escape_html;
 use crate::routes::{Methods, PathPattern, Route, RouteTable};
@@ -144,10 +146,12 @@ pub enum Requirement {
     /// gateway makes itself are JSON and never 5xx (RustDesk desktop clients).
     Public {
         api_client: bool,
+        upstream: UpstreamId,
     },
     /// Sign-in, the [access] rules and, when set, the route's own.
     SignIn {
         extra: Option<Arc<Rules>>,
+        upstream: UpstreamId,
     },
     Deny,
 }
@@ -159,9 +163,27 @@ enum RouteKind {
     Deny,
 }
 
+/// What a route does and where it forwards to.
+#[derive(Debug, Clone)]
+struct RouteTarget {
+    kind: RouteKind,
+    upstream: UpstreamId,
+}
+
+/// One line of the route table as `check` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLine {
+    pub methods: String,
+    pub path: String,
+    pub action: &'static str,
+    pub upstream: String,
+}
+
 pub struct AccessPolicy {
     global: Rules,
-    routes: RouteTable<RouteKind>,
+    routes: RouteTable<RouteTarget>,
+    /// Upstream names by id, for the route table.
+    upstream_names: Vec<String>,
 }
 
 impl AccessPolicy {
@@ -170,7 +192,27 @@ impl AccessPolicy {
     pub fn new(settings: &Settings) -> Self {
         let config = &settings.config;
         let mut routes = Vec::new();
+        let public_api = |upstream| RouteTarget {
+            kind: RouteKind::Public { api_client: true },
+            upstream,
+        };
         if config.rustdesk.enabled {
+            // hbbs and hbbr's WebSockets first: the console does not serve them.
+            for (path, name) in [
+                ("/ws/id", RUSTDESK_ID_UPSTREAM),
+                ("/ws/relay", RUSTDESK_RELAY_UPSTREAM),
+            ] {
+                if let (Some(upstream), Ok(pattern)) =
+                    (settings.upstream_id(name), PathPattern::parse(path))
+                {
+                    routes.push(Route {
+                        methods: Methods::Any,
+                        pattern,
+                        action: public_api(upstream),
+                        case_insensitive: false,
+                    });
+                }
+            }
             let preset = config
                 .rustdesk
                 .api_paths
@@ -181,7 +223,7 @@ impl AccessPolicy {
                     routes.push(Route {
                         methods: Methods::Any,
                         pattern,
-                        action: RouteKind::Public { api_client: true },
+                        action: public_api(0),
                         case_insensitive: false,
                     });
                 }
@@ -206,33 +248,57 @@ impl AccessPolicy {
             let case_insensitive = route
                 .case_insensitive
                 .unwrap_or(route.action != RouteAction::Public);
+            // Validated with the configuration: a name that does not resolve
+            // here cannot happen; the route is skipped rather than misrouted.
+            let upstream = match &route.upstream {
+                None => 0,
+                Some(name) => match settings.upstream_id(name) {
+                    Some(id) => id,
+                    None => {
+                        tracing::error!(path = %route.path, upstream = %name, "route skipped: unknown upstream");
+                        continue;
+                    }
+                },
+            };
             routes.push(Route {
                 methods,
                 pattern,
-                action,
+                action: RouteTarget {
+                    kind: action,
+                    upstream,
+                },
                 case_insensitive,
             });
         }
         AccessPolicy {
             global: Rules::from_config(&config.access),
             routes: RouteTable::new(routes),
+            upstream_names: settings.upstreams.iter().map(|u| u.name.clone()).collect(),
         }
     }
 
     pub fn requirement(&self, method: &Method, normalized_path: &str) -> Requirement {
-        match self
+        let Some(target) = self
             .routes
             .first_match(method, normalized_path)
             .map(|r| &r.action)
-        {
-            Some(RouteKind::Public { api_client }) => Requirement::Public {
+        else {
+            return Requirement::SignIn {
+                extra: None,
+                upstream: 0,
+            };
+        };
+        let upstream = target.upstream;
+        match &target.kind {
+            RouteKind::Public { api_client } => Requirement::Public {
                 api_client: *api_client,
+                upstream,
             },
-            Some(RouteKind::SignIn(extra)) => Requirement::SignIn {
+            RouteKind::SignIn(extra) => Requirement::SignIn {
                 extra: extra.clone(),
+                upstream,
             },
-            Some(RouteKind::Deny) => Requirement::Deny,
-            None => Requirement::SignIn { extra: None },
+            RouteKind::Deny => Requirement::Deny,
         }
     }
 
@@ -240,6 +306,42 @@ impl AccessPolicy {
     /// override headers must not reach the upstream.
     pub fn has_method_rules_for(&self, normalized_path: &str) -> bool {
         self.routes.has_method_rules_for(normalized_path)
+    }
+
+    /// The routes in matching order, then the fallback, as `check` prints them.
+    pub fn route_table(&self) -> Vec<RouteLine> {
+        let name = |id: UpstreamId| self.upstream_names.get(id).cloned().unwrap_or_default();
+        let mut lines: Vec<RouteLine> = self
+            .routes
+            .routes()
+            .iter()
+            .map(|route| {
+                let (action, upstream) = match &route.action.kind {
+                    RouteKind::Public { api_client: true } => {
+                        ("public (API client)", name(route.action.upstream))
+                    }
+                    RouteKind::Public { api_client: false } => {
+                        ("public", name(route.action.upstream))
+                    }
+                    RouteKind::SignIn(None) => ("sign-in", name(route.action.upstream)),
+                    RouteKind::SignIn(Some(_)) => ("sign-in + allow", name(route.action.upstream)),
+                    RouteKind::Deny => ("deny", "-".to_string()),
+                };
+                RouteLine {
+                    methods: route.methods.to_string(),
+                    path: route.pattern.to_string(),
+                    action,
+                    upstream,
+                }
+            })
+            .collect();
+        lines.push(RouteLine {
+            methods: "*".into(),
+            path: "(anything else)".into(),
+            action: "sign-in",
+            upstream: name(0),
+        });
+        lines
     }
 
     /// The [access] rules, then the route's.

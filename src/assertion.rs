@@ -1,5 +1,6 @@
 //! The signed identity assertion: a short-lived ES256 JWT in `X-Gateway-Assertion`
-//! (name configurable) with `iss`, `aud` (the upstream's origin), `sub`, `email`,
+//! (name configurable) with `iss`, `aud` (the origin of the upstream the request
+//! goes to, unless `assertion.audience` fixes one), `sub`, `email`,
 //! `groups`, `iat`, `exp`, so that a console able to verify it no longer needs to
 //! trust plain headers. The public key is served at `<prefix>/jwks.json`.
 //!
@@ -34,16 +35,25 @@ pub struct AssertionSigner {
     /// Pre-encoded JOSE header (`{"alg":"ES256","typ":"JWT","kid":…}`).
     jose: String,
     issuer: String,
-    audience: String,
+    /// `assertion.audience`: one `aud` for every upstream; None: each upstream's origin.
+    audience: Option<String>,
     lifetime_secs: u64,
     jwks: Bytes,
     rng: SystemRandom,
 }
 
-/// An assertion already signed for a session, reusable within its window.
+/// An assertion already signed for a session, reusable within its window and
+/// for the same audience.
 #[derive(Debug, Default)]
 pub struct AssertionCache {
-    slot: Mutex<Option<(u64, HeaderValue)>>,
+    slot: Mutex<Option<CachedAssertion>>,
+}
+
+#[derive(Debug)]
+struct CachedAssertion {
+    window: u64,
+    audience: String,
+    value: HeaderValue,
 }
 
 impl AssertionSigner {
@@ -98,20 +108,13 @@ impl AssertionSigner {
                 .map(|u| u.to_string().trim_end_matches('/').to_string())
                 .unwrap_or_else(|| "oidc-gateway".into())
         });
-        let audience = config.audience.clone().unwrap_or_else(|| {
-            settings
-                .upstream
-                .to_string()
-                .trim_end_matches('/')
-                .to_string()
-        });
         Ok(AssertionSigner {
             key,
             header_name: HeaderName::from_bytes(config.header.as_bytes())
                 .unwrap_or(HeaderName::from_static("x-gateway-assertion")),
             jose,
             issuer,
-            audience,
+            audience: config.audience.clone(),
             lifetime_secs: config.lifetime.as_secs().max(1),
             jwks: Bytes::from(jwks.to_string()),
             rng,
@@ -127,37 +130,43 @@ impl AssertionSigner {
         self.jwks.clone()
     }
 
-    /// The assertion for `identity` at `now` (Unix seconds), reusing `cache`
-    /// within its window when given.
+    /// The assertion for `identity` at `now` (Unix seconds) for the upstream
+    /// whose origin is `upstream_origin`, reusing `cache` within its window when given.
     pub fn assertion(
         &self,
         identity: &Identity,
+        upstream_origin: &str,
         now: u64,
         cache: Option<&AssertionCache>,
     ) -> Option<HeaderValue> {
+        let audience = self.audience.as_deref().unwrap_or(upstream_origin);
         let window = now / (self.lifetime_secs / 2).max(1);
         if let Some(cache) = cache {
             if let Ok(slot) = cache.slot.lock() {
-                if let Some((w, value)) = slot.as_ref() {
-                    if *w == window {
-                        return Some(value.clone());
+                if let Some(cached) = slot.as_ref() {
+                    if cached.window == window && cached.audience == audience {
+                        return Some(cached.value.clone());
                     }
                 }
             }
         }
-        let value = self.sign(identity, now)?;
+        let value = self.sign(identity, audience, now)?;
         if let Some(cache) = cache {
             if let Ok(mut slot) = cache.slot.lock() {
-                *slot = Some((window, value.clone()));
+                *slot = Some(CachedAssertion {
+                    window,
+                    audience: audience.to_string(),
+                    value: value.clone(),
+                });
             }
         }
         Some(value)
     }
 
-    fn sign(&self, identity: &Identity, now: u64) -> Option<HeaderValue> {
+    fn sign(&self, identity: &Identity, audience: &str, now: u64) -> Option<HeaderValue> {
         let claims = serde_json::json!({
             "iss": self.issuer,
-            "aud": self.audience,
+            "aud": audience,
             "sub": identity.subject,
             "name": identity.user,
             "email": identity.email,

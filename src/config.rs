@@ -34,6 +34,9 @@ pub struct Config {
     pub tls: TlsConfig,
     pub oidc: OidcConfig,
     pub upstream: UpstreamConfig,
+    /// Named upstreams besides the default `[upstream]`, chosen by `[[routes]] upstream = "<name>"`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub session: SessionConfig,
     #[serde(default)]
@@ -113,6 +116,9 @@ pub struct RouteConfig {
     /// (a stricter rule must not be dodged with /ADMIN on a case-insensitive upstream).
     #[serde(default)]
     pub case_insensitive: Option<bool>,
+    /// The `[upstreams.<name>]` this route is forwarded to; default: `[upstream]`.
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 /// The RustDesk Server Pro preset: its desktop clients' API and WebSocket paths
@@ -125,6 +131,10 @@ pub struct RustdeskConfig {
     pub websocket_paths: Vec<String>,
     /// Callbacks whose state the gateway never issued go to the console (RustDesk's own OIDC).
     pub forward_foreign_callbacks: bool,
+    /// hbbs's WebSocket endpoint (port 21118): `/ws/id` goes there.
+    pub id_server: Option<String>,
+    /// hbbr's WebSocket endpoint (port 21119): `/ws/relay` goes there.
+    pub relay_server: Option<String>,
 }
 
 impl Default for RustdeskConfig {
@@ -155,6 +165,8 @@ impl Default for RustdeskConfig {
             .to_vec(),
             websocket_paths: vec!["/ws/id".into(), "/ws/relay".into()],
             forward_foreign_callbacks: true,
+            id_server: None,
+            relay_server: None,
         }
     }
 }
@@ -432,6 +444,30 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Connections to this upstream per worker (busy, idle and tunnels); a request that
+    /// finds none free within `connect_timeout` is answered 503.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A WebSocket tunnel with no traffic in either direction for this long is closed; 0 = never.
+    #[serde(default = "default_tunnel_idle_timeout", deserialize_with = "duration")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with every other setting taken from `base`.
+    pub fn like(base: &UpstreamConfig, url: &str) -> Self {
+        UpstreamConfig {
+            url: url.to_string(),
+            ..base.clone()
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 fn yes() -> bool {
@@ -535,9 +571,44 @@ pub struct Settings {
     pub redirect_http: Option<SocketAddr>,
     pub public_url: Option<Uri>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The default upstream's URL (`upstream.url`).
     pub upstream: Uri,
+    /// Every upstream: the default (`[upstream]`) first, then the RustDesk preset's,
+    /// then `[upstreams.<name>]` in name order. Routes refer to them by position.
+    pub upstreams: Vec<UpstreamSettings>,
     /// Where the config came from, for messages (`config.toml`, or "environment only").
     pub origin: String,
+}
+
+/// One upstream, checked: its name, URL and settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// `default` for `[upstream]`, `rustdesk_id`/`rustdesk_relay` for the RustDesk
+    /// preset, else the `[upstreams.<name>]` name.
+    pub name: String,
+    /// Where the settings came from, for messages (`upstream`, `upstreams.hbbs`, `rustdesk.id_server`).
+    pub key: String,
+    pub url: Uri,
+    pub config: UpstreamConfig,
+    /// X-Forwarded-For is only the client address as the gateway sees it, never
+    /// a list a client could have started (hbbs/hbbr trust it unchecked).
+    pub client_address_only: bool,
+}
+
+/// Index of an upstream in [`Settings::upstreams`].
+pub type UpstreamId = usize;
+
+/// The name of `[upstream]` in routes and messages.
+pub const DEFAULT_UPSTREAM: &str = "default";
+/// The upstreams `[rustdesk] id_server` and `relay_server` create.
+pub const RUSTDESK_ID_UPSTREAM: &str = "rustdesk_id";
+pub const RUSTDESK_RELAY_UPSTREAM: &str = "rustdesk_relay";
+
+impl Settings {
+    /// The upstream called `name`.
+    pub fn upstream_id(&self, name: &str) -> Option<UpstreamId> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
 }
 
 /// A configuration problem, phrased for the operator.
@@ -880,7 +951,9 @@ impl Validator<'_> {
         self.oidc(&mut config.oidc)?;
         self.headers_and_prefix(&config)?;
         self.access(&config)?;
-        let upstream = self.upstream(&config.upstream)?;
+        let upstreams = self.upstreams(&config)?;
+        let upstream = upstreams[0].url.clone();
+        self.routes_upstreams(&config, &upstreams)?;
         self.session(&mut config.session)?;
         if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
             return Err(self.err(
@@ -897,6 +970,7 @@ impl Validator<'_> {
             public_url,
             trusted_proxies,
             upstream,
+            upstreams,
             origin: self.origin.to_string(),
         })
     }
@@ -1202,8 +1276,112 @@ impl Validator<'_> {
         Ok(())
     }
 
-    fn upstream(&self, upstream: &UpstreamConfig) -> Result<Uri, ConfigError> {
-        let key = "upstream.url";
+    /// `[upstream]`, the RustDesk preset's upstreams and `[upstreams.<name>]`, checked.
+    fn upstreams(&self, config: &Config) -> Result<Vec<UpstreamSettings>, ConfigError> {
+        let mut all = vec![self.upstream("upstream", DEFAULT_UPSTREAM, &config.upstream, false)?];
+        let rustdesk = &config.rustdesk;
+        for (key, name, url) in [
+            (
+                "rustdesk.id_server",
+                RUSTDESK_ID_UPSTREAM,
+                &rustdesk.id_server,
+            ),
+            (
+                "rustdesk.relay_server",
+                RUSTDESK_RELAY_UPSTREAM,
+                &rustdesk.relay_server,
+            ),
+        ] {
+            let Some(url) = url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+                continue;
+            };
+            if !rustdesk.enabled {
+                return Err(self.err(
+                    key,
+                    "is set but rustdesk.enabled is false",
+                    "set rustdesk.enabled = true (or remove the key)",
+                ));
+            }
+            // The preset's upstreams take every setting but the URL from [upstream].
+            let upstream = UpstreamConfig::like(&config.upstream, url);
+            let mut checked = self.upstream(key, name, &upstream, true)?;
+            checked.key = key.to_string();
+            all.push(checked);
+        }
+        for (name, upstream) in &config.upstreams {
+            let key = format!("upstreams.{name}");
+            let well_formed = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !well_formed {
+                return Err(self.err(
+                    &key,
+                    format!("{name:?} is not a usable upstream name"),
+                    "use lower-case letters, digits and _ (environment overrides \
+                     OIDC_GATEWAY__UPSTREAMS__<NAME>__URL can only reach such names)",
+                ));
+            }
+            if let Some(taken) = all.iter().find(|u| u.name == *name) {
+                return Err(self.err(
+                    &key,
+                    format!(
+                        "the name {name:?} is already the upstream of `{}`",
+                        taken.key
+                    ),
+                    "give this upstream another name",
+                ));
+            }
+            all.push(self.upstream(&key, name, upstream, false)?);
+        }
+        Ok(all)
+    }
+
+    /// Each route's `upstream` names one that exists.
+    fn routes_upstreams(
+        &self,
+        config: &Config,
+        upstreams: &[UpstreamSettings],
+    ) -> Result<(), ConfigError> {
+        for (i, route) in config.routes.iter().enumerate() {
+            let Some(name) = &route.upstream else {
+                continue;
+            };
+            let key = format!("routes[{i}].upstream");
+            if route.action == RouteAction::Deny {
+                return Err(self.err(
+                    &key,
+                    "is set on a route with action = \"deny\", which forwards nothing",
+                    "remove upstream from this route",
+                ));
+            }
+            if !upstreams.iter().any(|u| u.name == *name) {
+                let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                return Err(self.err(
+                    &key,
+                    format!("{name:?} is not an upstream (known: {})", known.join(", ")),
+                    format!(
+                        "define [upstreams.{name}] with a url, or name one of the known upstreams"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream(
+        &self,
+        section: &str,
+        name: &str,
+        upstream: &UpstreamConfig,
+        client_address_only: bool,
+    ) -> Result<UpstreamSettings, ConfigError> {
+        let url_key = if section.starts_with("rustdesk.") {
+            section.to_string()
+        } else {
+            format!("{section}.url")
+        };
+        let key = url_key.as_str();
         let raw = upstream.url.trim();
         let uri: Uri = raw.parse().map_err(|e| {
             self.err(
@@ -1225,10 +1403,15 @@ impl Validator<'_> {
             &uri,
             "give only scheme://host[:port]; request paths are forwarded unchanged",
         )?;
+        let section = if section.starts_with("rustdesk.") {
+            "upstream"
+        } else {
+            section
+        };
         if let Some(ca) = &upstream.ca_file {
             if !ca.is_file() {
                 return Err(self.err(
-                    "upstream.ca_file",
+                    &format!("{section}.ca_file"),
                     format!("{} does not exist", ca.display()),
                     "point it at a PEM file with the CA that signed the upstream's certificate",
                 ));
@@ -1236,12 +1419,25 @@ impl Validator<'_> {
         }
         if upstream.connect_timeout.is_zero() || upstream.response_timeout.is_zero() {
             return Err(self.err(
-                "upstream.connect_timeout",
+                &format!("{section}.connect_timeout"),
                 "upstream timeouts must be positive",
                 "use durations like \"5s\" (connect) and \"60s\" (response)",
             ));
         }
-        Ok(uri)
+        if upstream.max_connections == 0 {
+            return Err(self.err(
+                &format!("{section}.max_connections"),
+                "is 0: no request could ever be forwarded",
+                "use a positive number of connections per worker (the default is 1024)",
+            ));
+        }
+        Ok(UpstreamSettings {
+            name: name.to_string(),
+            key: section.to_string(),
+            url: uri,
+            config: upstream.clone(),
+            client_address_only,
+        })
     }
 
     fn session(&self, session: &mut SessionConfig) -> Result<(), ConfigError> {
@@ -1316,6 +1512,33 @@ pub fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What the RustDesk preset will not do as configured (for `oidc-gateway check`).
+pub fn rustdesk_warnings(settings: &Settings) -> Vec<String> {
+    let rustdesk = &settings.config.rustdesk;
+    if !rustdesk.enabled {
+        return Vec::new();
+    }
+    let mut warnings = Vec::new();
+    for (key, path, server, port) in [
+        ("rustdesk.id_server", "/ws/id", "hbbs", 21118),
+        ("rustdesk.relay_server", "/ws/relay", "hbbr", 21119),
+    ] {
+        let set = match key {
+            "rustdesk.id_server" => &rustdesk.id_server,
+            _ => &rustdesk.relay_server,
+        };
+        if set.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            warnings.push(format!(
+                "{key} is not set: {path} goes to the console ({}), which does not serve it, so the \
+                 web client and WebSocket desktop clients cannot connect through the gateway. Set \
+                 {key} = \"http://127.0.0.1:{port}\" ({server}'s WebSocket port).",
+                settings.upstream
+            ));
+        }
+    }
+    warnings
 }
 
 /// Key → value summary for `oidc-gateway check` (secrets shown only as set/unset).
@@ -1497,6 +1720,11 @@ url = "http://127.0.0.1:21114"
             "pool_idle_timeout",
             "pool_max_idle_per_host",
             "ca_file",
+            "max_connections",
+            "tunnel_idle_timeout",
+            "upstream",
+            "id_server",
+            "relay_server",
             "secret",
             "secret_file",
             "ttl",

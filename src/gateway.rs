@@ -13,7 +13,10 @@
 //!                 … fails them       → 403 page naming the user (never a loop)
 //!   7. anonymous  browser navigation → 302 to the IdP; others      → 401 JSON
 //! ```
-//! Before any step, identity headers sent by the client are removed.
+//! Before any step, identity headers sent by the client are removed. A request
+//! to forward then passes one more step, [`Gateway::upstream_peer`]: the route's
+//! upstream is chosen (pingora's `upstream_peer`), and the request is prepared
+//! for it (identity, an assertion whose `aud` is that upstream's origin).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{forbidden_page, AccessPolicy, Denial, Requirement};
 use crate::assertion::{AssertionError, AssertionSigner};
-use crate::config::Settings;
+use crate::config::{Settings, UpstreamId};
 use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
 use crate::identity::Identity;
@@ -59,6 +62,8 @@ pub struct Forwarding {
     pub caller: Option<Caller>,
     /// Answers the gateway makes on this path are JSON and never 5xx.
     pub api_client: bool,
+    /// The upstream the matched route forwards to.
+    pub upstream: UpstreamId,
 }
 
 /// An authenticated caller: a browser session or a bearer token.
@@ -77,12 +82,13 @@ pub enum GatewayInitError {
     Assertion(#[from] AssertionError),
 }
 
-/// One worker's gateway: its own upstream connection pool, and the state every
-/// worker shares (sessions, keys, rules, readiness) behind `Arc`s.
+/// One worker's gateway: its own upstream connection pools (one per upstream),
+/// and the state every worker shares (sessions, keys, rules, readiness) behind `Arc`s.
 pub struct Gateway {
     settings: Arc<Settings>,
     readiness: Readiness,
-    upstream: Upstream,
+    /// By [`UpstreamId`]: the default upstream first (see `Settings::upstreams`).
+    upstreams: Vec<Upstream>,
     auth: Arc<Auth>,
     access: Arc<AccessPolicy>,
     assertion: Option<Arc<AssertionSigner>>,
@@ -98,7 +104,7 @@ impl Gateway {
         readiness: Readiness,
         tunnels: Tunnels,
     ) -> Result<Self, GatewayInitError> {
-        let upstream = Upstream::new(&settings, tunnels)?;
+        let upstreams = Upstream::all(&settings, &tunnels)?;
         let auth = Auth::new(settings.clone(), readiness.clone())?;
         let assertion = match settings.config.assertion.enabled {
             true => Some(AssertionSigner::new(&settings)?),
@@ -110,7 +116,7 @@ impl Gateway {
             hsts,
             settings,
             readiness,
-            upstream,
+            upstreams,
             auth: Arc::new(auth),
             assertion: assertion.map(Arc::new),
             request_ids: Arc::new(RequestIds::new()),
@@ -123,7 +129,7 @@ impl Gateway {
         Ok(Gateway {
             settings: self.settings.clone(),
             readiness: self.readiness.clone(),
-            upstream: Upstream::new(&self.settings, tunnels)?,
+            upstreams: Upstream::all(&self.settings, &tunnels)?,
             auth: self.auth.clone(),
             access: self.access.clone(),
             assertion: self.assertion.clone(),
@@ -198,7 +204,12 @@ impl Gateway {
                         upstream_time: None,
                     })),
                     Decision::Forward(mut request, forwarding) => {
-                        gateway.prepare_upstream_request(&mut request, forwarding.caller.as_ref());
+                        let upstream = gateway.upstream_peer(&forwarding);
+                        gateway.prepare_upstream_request(
+                            &mut request,
+                            forwarding.caller.as_ref(),
+                            upstream,
+                        );
                         let ctx = ForwardContext {
                             request_id: &request_id,
                             client: &client,
@@ -206,7 +217,7 @@ impl Gateway {
                             wants_html: wants_html && !forwarding.api_client,
                             api_client: forwarding.api_client,
                         };
-                        Either::Left(gateway.upstream.forward(request, ctx))
+                        Either::Left(upstream.forward(request, ctx))
                     }
                 }
             };
@@ -268,6 +279,8 @@ impl Gateway {
                             Forwarding {
                                 caller: None,
                                 api_client: true,
+                                // RustDesk's own OIDC login is the console's.
+                                upstream: 0,
                             },
                         )
                     }
@@ -295,18 +308,23 @@ impl Gateway {
                 .authorize(request.method(), path, request.headers(), facts)
                 .await;
             match authorization {
-                Authorization::Public { api_client } => Decision::Forward(
+                Authorization::Public {
+                    api_client,
+                    upstream,
+                } => Decision::Forward(
                     request,
                     Forwarding {
                         caller: None,
                         api_client,
+                        upstream,
                     },
                 ),
-                Authorization::Allowed(caller) => Decision::Forward(
+                Authorization::Allowed(caller, upstream) => Decision::Forward(
                     request,
                     Forwarding {
                         caller: Some(caller),
                         api_client: false,
+                        upstream,
                     },
                 ),
                 Authorization::Refused(response) => Decision::Respond(response),
@@ -344,17 +362,25 @@ impl Gateway {
             // The method judged must be the method the upstream runs.
             return Authorization::Refused(method_override_refused(facts));
         }
-        let extra = match self.access.requirement(method, &normalized) {
-            Requirement::Public { api_client } => return Authorization::Public { api_client },
+        let (extra, upstream) = match self.access.requirement(method, &normalized) {
+            Requirement::Public {
+                api_client,
+                upstream,
+            } => {
+                return Authorization::Public {
+                    api_client,
+                    upstream,
+                }
+            }
             Requirement::Deny => {
                 return Authorization::Refused(self.forbidden(None, &Denial::Route, facts))
             }
-            Requirement::SignIn { extra } => extra,
+            Requirement::SignIn { extra, upstream } => (extra, upstream),
         };
         match self.caller(headers, facts.session_keys).await {
             CallerLookup::Found(caller) => {
                 match self.access.check(&caller.identity, extra.as_deref()) {
-                    Ok(()) => Authorization::Allowed(caller),
+                    Ok(()) => Authorization::Allowed(caller, upstream),
                     Err(denial) => {
                         tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
                         Authorization::Refused(self.forbidden(
@@ -497,7 +523,7 @@ impl Gateway {
         let path = target.split(['?', '#']).next().unwrap_or("/");
         let caller = match self.authorize(&method, path, headers, facts).await {
             Authorization::Public { .. } => return status_only(StatusCode::ACCEPTED),
-            Authorization::Allowed(caller) => caller,
+            Authorization::Allowed(caller, _) => caller,
             Authorization::Refused(response) => return response,
             Authorization::Anonymous => {
                 // Where a browser should go to sign in (proxies that cannot redirect
@@ -521,17 +547,32 @@ impl Gateway {
             .header_values()
             .insert_into(out, AUTH_REQUEST_HEADERS.each_ref());
         if let Some(signer) = &self.assertion {
+            // For the console: what forward-auth guards sits in front of it.
+            let audience = self.upstreams[0].origin();
             let cache = caller.session.as_ref().map(|s| &s.assertion);
-            if let Some(value) = signer.assertion(identity, unix_now(), cache) {
+            if let Some(value) = signer.assertion(identity, audience, unix_now(), cache) {
                 out.insert(signer.header_name().clone(), value);
             }
         }
         response
     }
 
+    /// The upstream step: where a forwarded request goes (its route's upstream).
+    fn upstream_peer(&self, forwarding: &Forwarding) -> &Upstream {
+        // Routes only hold ids of configured upstreams; the default is the fallback.
+        self.upstreams
+            .get(forwarding.upstream)
+            .unwrap_or(&self.upstreams[0])
+    }
+
     /// Upstream sees the caller's identity (and its signed assertion) and none
     /// of the gateway's cookies.
-    fn prepare_upstream_request(&self, request: &mut Request<Body>, caller: Option<&Caller>) {
+    fn prepare_upstream_request(
+        &self,
+        request: &mut Request<Body>,
+        caller: Option<&Caller>,
+        upstream: &Upstream,
+    ) {
         let headers = request.headers_mut();
         // Room for what the gateway adds (identity, assertion, token, forwarding
         // headers, Host) in one allocation rather than a rehash every few inserts.
@@ -541,7 +582,9 @@ impl Gateway {
         self.auth.headers.insert(headers, &caller.identity);
         if let Some(signer) = &self.assertion {
             let cache = caller.session.as_ref().map(|s| &s.assertion);
-            if let Some(value) = signer.assertion(&caller.identity, unix_now(), cache) {
+            if let Some(value) =
+                signer.assertion(&caller.identity, upstream.origin(), unix_now(), cache)
+            {
                 headers.insert(signer.header_name().clone(), value);
             }
         }
@@ -562,9 +605,12 @@ impl Gateway {
 /// What the access step decided for a request target.
 enum Authorization {
     /// A public route: forward without identity.
-    Public { api_client: bool },
-    /// A signed-in caller who passes the rules.
-    Allowed(Caller),
+    Public {
+        api_client: bool,
+        upstream: UpstreamId,
+    },
+    /// A signed-in caller who passes the rules, and the route's upstream.
+    Allowed(Caller, UpstreamId),
     /// Answered: a refused path, a denied route or user, a bad bearer token.
     Refused(Response<Body>),
     /// Sign-in needed and there is no caller.

@@ -173,6 +173,7 @@ async fn check(settings: &Settings) -> ExitCode {
         println!("  {key:<24} {value}");
     }
     println!();
+    print_routes(settings);
     match tls::ensure_certificate(settings, true) {
         Ok(tls::CertificateSource::WouldGenerate) => println!(
             "TLS: {} and {} are missing; a self-signed pair would be created for {:?}",
@@ -213,6 +214,40 @@ async fn check(settings: &Settings) -> ExitCode {
 }
 
 /// Reads the IdP's discovery document and keys the way the gateway will.
+/// The upstreams, the route table (first match wins) with each route's
+/// upstream, and what the RustDesk preset cannot do as configured.
+fn print_routes(settings: &Settings) {
+    println!("Upstreams:");
+    for upstream in &settings.upstreams {
+        let c = &upstream.config;
+        println!(
+            "  {:<16} {}   max_connections {} per worker, tunnel_idle_timeout {}",
+            upstream.name,
+            upstream.url,
+            c.max_connections,
+            match c.tunnel_idle_timeout.as_secs() {
+                0 => "never".to_string(),
+                _ => humantime::format_duration(c.tunnel_idle_timeout).to_string(),
+            }
+        );
+    }
+    println!("\nRoutes (first match wins):");
+    println!(
+        "  {:<10} {:<28} {:<22} upstream",
+        "methods", "path", "action"
+    );
+    for line in oidc_gateway::access::AccessPolicy::new(settings).route_table() {
+        println!(
+            "  {:<10} {:<28} {:<22} {}",
+            line.methods, line.path, line.action, line.upstream
+        );
+    }
+    for warning in config::rustdesk_warnings(settings) {
+        println!("\nWARNING: {warning}");
+    }
+    println!();
+}
+
 async fn check_identity_provider(settings: &Settings) -> ExitCode {
     use oidc_gateway::oidc::{idp_http_client, provider::Provider};
     let http = match idp_http_client(settings) {

@@ -1,12 +1,18 @@
-//! The upstream side: a pooled HTTP/1.1 client, the header policy of a reverse
-//! proxy (RFC 9110 §7.6.1 hop-by-hop removal, X-Forwarded-*), streaming bodies,
-//! and tunnels for upgraded connections (WebSocket over HTTP/1.1 Upgrade, and
-//! over HTTP/2 extended CONNECT, RFC 8441, translated to an HTTP/1.1 upgrade).
+//! The upstream side: a pooled HTTP/1.1 client per upstream, the header policy of
+//! a reverse proxy (RFC 9110 §7.6.1 hop-by-hop removal, X-Forwarded-*), streaming
+//! bodies, and tunnels for WebSocket upgrades (HTTP/1.1 Upgrade, and HTTP/2
+//! extended CONNECT, RFC 8441, translated to an HTTP/1.1 upgrade) — only those:
+//! any other upgrade token (`h2c`, …) or CONNECT is refused. A tunnel ends after
+//! its upstream's `tunnel_idle_timeout` without traffic.
 //!
 //! The proxy knows nothing about authentication: the gateway hands it a request
 //! whose identity headers are already what they must be.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -17,17 +23,18 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::config::{Settings, UpstreamSettings};
 use crate::connection::{
     ClientAddress, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
 use crate::errors::error_chain;
 use crate::pages::ErrorPage;
 use crate::tls::{self, TlsError};
-use crate::upstream_pool::UpstreamPool;
+use crate::upstream_pool::{ConnectionSlot, UpstreamError, UpstreamPool};
 use crate::{empty_body, Body};
 
 /// Per-request facts the proxy needs from the connection and the gateway.
@@ -66,6 +73,10 @@ pub struct Tunnels {
 }
 
 pub struct Upstream {
+    /// The upstream's name (`default`, `rustdesk_relay`, …) for log lines.
+    name: String,
+    /// `scheme://host[:port]`: the `aud` of assertions sent to it.
+    origin: String,
     pool: UpstreamPool,
     /// Where connections go: the upstream's scheme and authority.
     target: Uri,
@@ -74,6 +85,10 @@ pub struct Upstream {
     authority: Authority,
     preserve_host: bool,
     response_timeout: Duration,
+    /// Zero: tunnels never end for idleness.
+    tunnel_idle_timeout: Duration,
+    /// X-Forwarded-For carries only the client address the gateway decided on.
+    client_address_only: bool,
     tunnels: Tunnels,
 }
 
@@ -113,8 +128,18 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings, tunnels: Tunnels) -> Result<Self, TlsError> {
-        let cfg = &settings.config.upstream;
+    /// One per configured upstream, in [`Settings::upstreams`] order (ids are positions).
+    pub fn all(settings: &Settings, tunnels: &Tunnels) -> Result<Vec<Self>, TlsError> {
+        settings
+            .upstreams
+            .iter()
+            .map(|upstream| Upstream::new(upstream, tunnels.clone()))
+            .collect()
+    }
+
+    pub fn new(upstream: &UpstreamSettings, tunnels: Tunnels) -> Result<Self, TlsError> {
+        let cfg = &upstream.config;
+        let key = &upstream.key;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -126,30 +151,45 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let pool = UpstreamPool::new(connector, cfg.pool_max_idle_per_host, cfg.pool_idle_timeout);
-        let scheme = settings.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = settings
-            .upstream
+        let pool = UpstreamPool::new(
+            connector,
+            cfg.pool_max_idle_per_host,
+            cfg.pool_idle_timeout,
+            cfg.max_connections,
+            cfg.connect_timeout,
+        );
+        let scheme = upstream.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = upstream
+            .url
             .authority()
             .cloned()
-            .ok_or_else(|| TlsError::Pair("upstream.url has no host".into()))?;
+            .ok_or_else(|| TlsError::Pair(format!("{key}.url has no host")))?;
         let target = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| TlsError::Pair(format!("upstream.url: {e}")))?;
+            .map_err(|e| TlsError::Pair(format!("{key}.url: {e}")))?;
         let host = host_header(&scheme, &authority)
-            .map_err(|e| TlsError::Pair(format!("upstream.url: {e}")))?;
+            .map_err(|e| TlsError::Pair(format!("{key}.url: {e}")))?;
         Ok(Upstream {
+            name: upstream.name.clone(),
+            origin: format!("{scheme}://{authority}"),
             pool,
             target,
             host,
             authority,
             preserve_host: cfg.preserve_host,
             response_timeout: cfg.response_timeout,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
+            client_address_only: upstream.client_address_only,
             tunnels,
         })
+    }
+
+    /// `scheme://host[:port]` of the upstream.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Sends `request` upstream and streams the answer back. Never fails: upstream
@@ -175,7 +215,21 @@ impl Upstream {
         ctx: &ForwardContext<'_>,
     ) -> Result<Outbound, Box<Forwarded>> {
         let (mut parts, body) = request.into_parts();
-        let upgrade = Upgrade::detect(&parts);
+        let upgrade = match Upgrade::detect(&parts) {
+            Ok(upgrade) => upgrade,
+            Err(refused) => {
+                tracing::info!(request_id = %ctx.request_id.to_str().unwrap_or_default(), upgrade = %refused, "upgrade refused: only websocket is tunnelled");
+                let detail = format!(
+                    "Only WebSocket upgrades are tunnelled through this gateway; this request asked for {refused}."
+                );
+                return Err(Box::new(self.failure(
+                    StatusCode::BAD_REQUEST,
+                    "upgrade_not_supported",
+                    &detail,
+                    ctx,
+                )));
+            }
+        };
         let client_upgrade = match upgrade {
             Upgrade::None => None,
             _ => parts.extensions.remove::<OnUpgrade>(),
@@ -199,7 +253,7 @@ impl Upstream {
             Some(host) if self.preserve_host => host.clone(),
             _ => self.host.clone(),
         };
-        set_forwarding_headers(&mut headers, ctx, original_host);
+        set_forwarding_headers(&mut headers, ctx, original_host, self.client_address_only);
         headers.insert(header::HOST, host);
 
         let mut method = parts.method;
@@ -270,11 +324,26 @@ impl Upstream {
             let upstream_time = started.elapsed();
             let mut response = match result {
                 Ok(Ok(response)) => response,
+                Ok(Err(UpstreamError::Saturated { waited })) => {
+                    tracing::warn!(
+                        request_id = %ctx.request_id.to_str().unwrap_or_default(),
+                        upstream = %self.name,
+                        waited_ms = waited.as_millis() as u64,
+                        "no upstream connection free: max_connections reached"
+                    );
+                    return self.failure(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream_busy",
+                        "The service behind this gateway has all its connections busy (max_connections); try again shortly.",
+                        &ctx,
+                    );
+                }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
                     tracing::warn!(
                         request_id = %ctx.request_id.to_str().unwrap_or_default(),
-                        upstream = %self.authority,
+                        upstream = %self.name,
+                        address = %self.authority,
                         error = %error_chain(&e),
                         "upstream request failed"
                     );
@@ -293,7 +362,8 @@ impl Upstream {
                 Err(_elapsed) => {
                     tracing::warn!(
                         request_id = %ctx.request_id.to_str().unwrap_or_default(),
-                        upstream = %self.authority,
+                        upstream = %self.name,
+                        address = %self.authority,
                         timeout_ms = self.response_timeout.as_millis() as u64,
                         "upstream did not answer in time"
                     );
@@ -309,7 +379,14 @@ impl Upstream {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade != Upgrade::None {
                 if let Some(client_upgrade) = client_upgrade {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    self.spawn_tunnel(client_upgrade, upstream_upgrade, ctx.request_id.clone());
+                    // The tunnel keeps the upstream connection's slot under max_connections.
+                    let slot = response.extensions_mut().remove::<ConnectionSlot>();
+                    self.spawn_tunnel(
+                        client_upgrade,
+                        upstream_upgrade,
+                        slot,
+                        ctx.request_id.clone(),
+                    );
                     let mut answer = Response::new(empty_body());
                     *answer.headers_mut() = std::mem::take(response.headers_mut());
                     if upgrade == Upgrade::H2WebSocket {
@@ -382,9 +459,18 @@ impl Upstream {
         }
     }
 
-    fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
+    fn spawn_tunnel(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        slot: Option<ConnectionSlot>,
+        request_id: HeaderValue,
+    ) {
         let close = self.tunnels.close.clone();
+        let idle_timeout = self.tunnel_idle_timeout;
+        let upstream_name = self.name.clone();
         self.tunnels.tracker.spawn(async move {
+            let _slot = slot;
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -392,7 +478,11 @@ impl Upstream {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
+            let activity = Activity::default();
+            let mut client = Watched {
+                io: TokioIo::new(client),
+                activity: activity.clone(),
+            };
             let mut upstream = TokioIo::new(upstream);
             tokio::select! {
                 result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
@@ -400,11 +490,114 @@ impl Upstream {
                         tracing::debug!(request_id = %request_id.to_str().unwrap_or_default(), sent, received, "tunnel closed");
                     }
                 }
+                _ = activity.idle_for(idle_timeout) => {
+                    tracing::info!(request_id = %request_id.to_str().unwrap_or_default(), upstream = %upstream_name,
+                        idle_secs = idle_timeout.as_secs_f64(), "tunnel closed: no traffic for tunnel_idle_timeout");
+                }
                 _ = close.cancelled() => {
                     tracing::info!(request_id = %request_id.to_str().unwrap_or_default(), "tunnel closed at the end of the shutdown grace period");
                 }
             }
         });
+    }
+}
+
+/// When a tunnel last carried a byte, in either direction.
+#[derive(Clone)]
+struct Activity {
+    started: tokio::time::Instant,
+    /// Milliseconds after `started`.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: tokio::time::Instant::now(),
+            last: Arc::default(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once there has been no traffic for `timeout`; never when it is zero.
+    async fn idle_for(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = self.started + last + timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// The client side of a tunnel, noting each read and write in [`Activity`]: every
+/// byte through the tunnel is read from or written to the client.
+struct Watched<T> {
+    io: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -418,25 +611,39 @@ enum Upgrade {
 }
 
 impl Upgrade {
-    fn detect(parts: &http::request::Parts) -> Self {
+    /// What kind of upgrade the request asks for; Err names one that is refused
+    /// (anything but WebSocket, and CONNECT, which a reverse proxy does not tunnel).
+    fn detect(parts: &http::request::Parts) -> Result<Self, String> {
         if parts.version == Version::HTTP_2 {
-            let websocket = parts.method == Method::CONNECT
-                && parts
-                    .extensions
-                    .get::<hyper::ext::Protocol>()
-                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-            return if websocket {
-                Upgrade::H2WebSocket
-            } else {
-                Upgrade::None
+            if parts.method != Method::CONNECT {
+                return Ok(Upgrade::None);
+            }
+            return match parts.extensions.get::<hyper::ext::Protocol>() {
+                Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Ok(Upgrade::H2WebSocket),
+                Some(p) => Err(format!("`:protocol {}` (extended CONNECT)", p.as_str())),
+                None => Err("a CONNECT tunnel".into()),
             };
+        }
+        if parts.method == Method::CONNECT {
+            return Err("a CONNECT tunnel".into());
         }
         let wants_upgrade = parts.headers.contains_key(header::UPGRADE)
             && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-        if wants_upgrade {
-            Upgrade::Http1
-        } else {
-            Upgrade::None
+        if !wants_upgrade {
+            return Ok(Upgrade::None);
+        }
+        let tokens: Vec<&str> = parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        match tokens.as_slice() {
+            [token] if token.eq_ignore_ascii_case("websocket") => Ok(Upgrade::Http1),
+            _ => Err(format!("`Upgrade: {}`", tokens.join(", "))),
         }
     }
 }
@@ -568,15 +775,23 @@ fn merge_cookie_headers(headers: &mut HeaderMap) {
 /// X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a trusted
 /// proxy, X-Forwarded-For is appended to and -Proto/-Host are kept; from anyone
 /// else all of them (and `Forwarded`) are replaced by what we saw ourselves.
+///
+/// With `client_address_only` (RustDesk's hbbs/hbbr, which take the first
+/// X-Forwarded-For entry unchecked) X-Forwarded-For is just the client address
+/// the gateway decided on, never a list a client could have started.
 fn set_forwarding_headers(
     headers: &mut HeaderMap,
     ctx: &ForwardContext<'_>,
     host: Option<HeaderValue>,
+    client_address_only: bool,
 ) {
     let client = ctx.client;
     let trusted = client.peer_trusted;
+    if client_address_only {
+        headers.insert(&X_FORWARDED_FOR, client.client_ip_value.clone());
+    }
     // Only a trusted proxy's X-Forwarded-For is looked at (most peers are not).
-    let prior = trusted
+    let prior = (trusted && !client_address_only)
         .then(|| headers.get(&X_FORWARDED_FOR))
         .flatten()
         .and_then(|v| v.to_str().ok())
@@ -585,7 +800,7 @@ fn set_forwarding_headers(
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.peer.ip())).ok(),
         None => Some(client.peer_ip_value.clone()),
     };
-    if let Some(value) = xff {
+    if let (Some(value), false) = (xff, client_address_only) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {

@@ -459,6 +459,18 @@ pub static METHOD_OVERRIDE_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("x-method-override"),
 ];
 
+impl std::fmt::Display for Methods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Methods::Any => f.write_str("*"),
+            Methods::Only(methods) => {
+                let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

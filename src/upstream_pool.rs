@@ -7,10 +7,17 @@
 //! ~10% of the instructions of a proxied request (`bench/instructions`). Here a
 //! connection goes back to a LIFO list when its response body has been read to
 //! the end, and is taken from there by the next request.
+//!
+//! Connections are capped per pool (`max_connections`: busy, idle and upgraded
+//! ones): each holds a [`ConnectionSlot`] for as long as it lives, a tunnel
+//! keeps its connection's slot, and a request that finds no idle connection and
+//! no free slot waits for either — at most `slot_wait`, then
+//! [`UpstreamError::Saturated`].
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +28,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::{Body, BoxError};
@@ -37,7 +45,15 @@ pub enum UpstreamError {
     /// The connection failed while the request was sent or the response read.
     #[error(transparent)]
     Request(hyper::Error),
+    /// Every connection allowed (`max_connections`) stayed busy for `waited`.
+    #[error("all upstream connections busy for {waited:?}")]
+    Saturated { waited: Duration },
 }
+
+/// One connection's place under `max_connections`, held by the connection's
+/// task, its pool entry and, after an upgrade, its tunnel; freed when all are gone.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
@@ -55,10 +71,23 @@ struct Shared {
     idle: Mutex<VecDeque<IdleConnection>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// `max_connections` permits; a connection holds one while it lives.
+    slots: Arc<Semaphore>,
+    /// How long a request waits for a connection when all are busy.
+    slot_wait: Duration,
+    /// Requests waiting for a connection, told when one is handed back.
+    waiters: AtomicUsize,
+    returned: Notify,
+}
+
+/// A connection: what sends requests on it, and its slot.
+struct Connection {
+    sender: http1::SendRequest<Body>,
+    slot: ConnectionSlot,
 }
 
 struct IdleConnection {
-    sender: http1::SendRequest<Body>,
+    connection: Connection,
     since: Instant,
 }
 
@@ -67,12 +96,18 @@ impl UpstreamPool {
         connector: HttpsConnector<HttpConnector>,
         max_idle: usize,
         idle_timeout: Duration,
+        max_connections: usize,
+        slot_wait: Duration,
     ) -> Self {
         UpstreamPool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(VecDeque::new()),
                 max_idle,
                 idle_timeout,
+                slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+                slot_wait,
+                waiters: AtomicUsize::new(0),
+                returned: Notify::new(),
             }),
             connector,
         }
@@ -91,18 +126,33 @@ impl UpstreamPool {
         // An `async move` block, not an `async fn`: it keeps the request once, not
         // twice (see `Gateway::handle`).
         async move {
+            // Set when the request first found every connection busy.
+            let mut waiting_since: Option<Instant> = None;
             loop {
                 // The slow paths are boxed so that this (every request's) future stays small.
-                let (mut sender, reused) = match self.checkout() {
-                    Checkout::Ready(sender) => (sender, true),
-                    Checkout::Finishing(sender) => match Box::pin(Self::when_ready(sender)).await {
-                        Some(sender) => (sender, true),
-                        None => continue,
+                let (mut connection, reused) = match self.checkout() {
+                    Checkout::Ready(connection) => (connection, true),
+                    Checkout::Finishing(connection) => {
+                        match Box::pin(Self::when_ready(connection)).await {
+                            Some(connection) => (connection, true),
+                            None => continue,
+                        }
+                    }
+                    Checkout::Empty => match self.shared.slots.clone().try_acquire_owned() {
+                        Ok(permit) => (Box::pin(self.connect(target, permit)).await?, false),
+                        Err(_) => {
+                            let since = *waiting_since.get_or_insert_with(Instant::now);
+                            match Box::pin(self.wait_for_capacity(since)).await? {
+                                Some(permit) => {
+                                    (Box::pin(self.connect(target, permit)).await?, false)
+                                }
+                                None => continue, // a connection was handed back
+                            }
+                        }
                     },
-                    Checkout::Empty => (Box::pin(self.connect(target)).await?, false),
                 };
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.attach(response, sender)),
+                match connection.sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.attach(response, connection)),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if reused => request = unsent,
                         _ => return Err(UpstreamError::Request(e.into_error())),
@@ -118,28 +168,57 @@ impl UpstreamPool {
             let Some(candidate) = lock(&self.shared.idle).pop_back() else {
                 return Checkout::Empty;
             };
-            if candidate.sender.is_closed() || candidate.since.elapsed() > self.shared.idle_timeout
-            {
+            let sender = &candidate.connection.sender;
+            if sender.is_closed() || candidate.since.elapsed() > self.shared.idle_timeout {
                 continue; // dropped: the connection closes
             }
-            return if candidate.sender.is_ready() {
-                Checkout::Ready(candidate.sender)
+            return if sender.is_ready() {
+                Checkout::Ready(candidate.connection)
             } else {
-                Checkout::Finishing(candidate.sender)
+                Checkout::Finishing(candidate.connection)
             };
+        }
+    }
+
+    /// Every slot is taken: waits until one is freed (Some: it is ours) or a
+    /// connection is handed back to the pool (None: take it), at most until
+    /// `slot_wait` after `since`.
+    async fn wait_for_capacity(
+        &self,
+        since: Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, UpstreamError> {
+        let shared = &self.shared;
+        shared.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&shared.waiters);
+        let returned = shared.returned.notified();
+        // Handed back between our checkout and registering as a waiter.
+        if !lock(&shared.idle).is_empty() {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::from_std(since + shared.slot_wait);
+        tokio::select! {
+            permit = shared.slots.clone().acquire_owned() => Ok(permit.ok()),
+            _ = returned => Ok(None),
+            _ = tokio::time::sleep_until(deadline) => Err(UpstreamError::Saturated {
+                waited: since.elapsed(),
+            }),
         }
     }
 
     /// A connection handed back at the very end of its response, once its
     /// connection task has marked it reusable (None: it did not in time).
-    async fn when_ready(mut sender: http1::SendRequest<Body>) -> Option<http1::SendRequest<Body>> {
-        match tokio::time::timeout(READY_WAIT, sender.ready()).await {
-            Ok(Ok(())) => Some(sender),
+    async fn when_ready(mut connection: Connection) -> Option<Connection> {
+        match tokio::time::timeout(READY_WAIT, connection.sender.ready()).await {
+            Ok(Ok(())) => Some(connection),
             _ => None,
         }
     }
 
-    async fn connect(&self, target: &http::Uri) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect(
+        &self,
+        target: &http::Uri,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Connection, UpstreamError> {
         let stream = self
             .connector
             .clone()
@@ -150,27 +229,32 @@ impl UpstreamPool {
             .handshake(stream)
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let slot = ConnectionSlot(Arc::new(permit));
+        let held = slot.clone();
         tokio::spawn(async move {
+            let _slot = held;
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Connection { sender, slot })
     }
 
     /// The response, its body holding the connection until it has been read.
-    fn attach(
-        &self,
-        response: Response<Incoming>,
-        sender: http1::SendRequest<Body>,
-    ) -> Response<Body> {
-        // An upgraded connection (101) is the tunnel's now, never reused.
-        let sender = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(sender);
+    fn attach(&self, mut response: Response<Incoming>, connection: Connection) -> Response<Body> {
+        // An upgraded connection (101) is the tunnel's now, never reused; the
+        // tunnel takes its slot from the response.
+        let connection = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            response.extensions_mut().insert(connection.slot);
+            None
+        } else {
+            Some(connection)
+        };
         response.map(|body| {
             crate::boxed_body(PooledBody {
                 body,
-                release: sender.map(|sender| Release {
-                    sender,
+                release: connection.map(|connection| Release {
+                    connection,
                     shared: self.shared.clone(),
                 }),
             })
@@ -178,10 +262,19 @@ impl UpstreamPool {
     }
 }
 
+/// Counts a waiting request for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 enum Checkout {
-    Ready(http1::SendRequest<Body>),
+    Ready(Connection),
     /// Its response was just read to the end; reusable in a moment.
-    Finishing(http1::SendRequest<Body>),
+    Finishing(Connection),
     Empty,
 }
 
@@ -191,7 +284,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A connection on its way back to the pool.
 struct Release {
-    sender: http1::SendRequest<Body>,
+    connection: Connection,
     shared: Arc<Shared>,
 }
 
@@ -208,9 +301,13 @@ impl Release {
         }
         if idle.len() < shared.max_idle {
             idle.push_back(IdleConnection {
-                sender: self.sender,
+                connection: self.connection,
                 since: Instant::now(),
             });
+            drop(idle);
+            if shared.waiters.load(Ordering::SeqCst) > 0 {
+                shared.returned.notify_one();
+            }
         }
     }
 }

@@ -805,3 +805,128 @@ fn version_and_help_describe_the_command() {
     let help = stdout(&out);
     assert!(help.contains("Examples") && help.contains("demo"), "{help}");
 }
+
+#[test]
+fn check_prints_the_route_table_with_each_routes_upstream() {
+    let dir = TempDir::new().unwrap();
+    let config = format!(
+        "{}\n[upstreams.grafana]\nurl = \"http://127.0.0.1:3000\"\nmax_connections = 7\n\
+         [[routes]]\npath = \"/grafana/**\"\nupstream = \"grafana\"\n\
+         [[routes]]\npath = \"/old/**\"\naction = \"deny\"\n\
+         [rustdesk]\nenabled = true\nrelay_server = \"http://127.0.0.1:21119\"\n",
+        config_for(8443)
+    );
+    write(dir.path(), "config.toml", &config);
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    let line_of = |path: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(path))
+            .unwrap_or_else(|| panic!("no route line for {path}:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line_of("/grafana/**").trim_end().ends_with("grafana"),
+        "{text}"
+    );
+    assert!(
+        line_of("/ws/relay").trim_end().ends_with("rustdesk_relay"),
+        "{text}"
+    );
+    assert!(
+        line_of("/api/heartbeat").trim_end().ends_with("default"),
+        "{text}"
+    );
+    assert!(line_of("/old/**").contains("deny"), "{text}");
+    // The preset's relay route comes before the console's own WebSocket paths.
+    let relay = text.find("rustdesk_relay\n").expect("relay route");
+    let heartbeat = text.find("/api/heartbeat").expect("heartbeat route");
+    assert!(relay < heartbeat, "{text}");
+    assert!(text.contains("max_connections 7 per worker"), "{text}");
+    // hbbs is not configured: check says what will not work.
+    assert!(
+        text.contains("WARNING: rustdesk.id_server is not set: /ws/id goes to the console"),
+        "{text}"
+    );
+    assert!(!text.contains("rustdesk.relay_server is not set"), "{text}");
+}
+
+#[test]
+fn route_upstream_errors_name_the_route_and_key() {
+    let dir = TempDir::new().unwrap();
+    let base = config_for(8443);
+    let cases = [
+        (
+            "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/b/**\"\nupstream = \"nowhere\"\n",
+            vec![
+                "routes[1].upstream",
+                "\"nowhere\" is not an upstream",
+                "known: default",
+            ],
+        ),
+        (
+            "[upstreams.default]\nurl = \"http://127.0.0.1:3000\"\n",
+            vec!["upstreams.default", "already the upstream of `upstream`"],
+        ),
+        (
+            "[upstreams.rustdesk_id]\nurl = \"http://127.0.0.1:3000\"\n\
+             [rustdesk]\nenabled = true\nid_server = \"http://127.0.0.1:21118\"\n",
+            vec![
+                "upstreams.rustdesk_id",
+                "already the upstream of `rustdesk.id_server`",
+            ],
+        ),
+        (
+            "[upstreams.Grafana]\nurl = \"http://127.0.0.1:3000\"\n",
+            vec!["upstreams.Grafana", "lower-case"],
+        ),
+        (
+            "[upstreams.grafana]\nurl = \"http://127.0.0.1:3000/grafana\"\n",
+            vec!["upstreams.grafana.url", "path"],
+        ),
+        (
+            "[upstreams.grafana]\nurl = \"http://127.0.0.1:3000\"\nmax_connections = 0\n",
+            vec!["upstreams.grafana.max_connections"],
+        ),
+        (
+            "[[routes]]\npath = \"/x\"\naction = \"deny\"\nupstream = \"default\"\n",
+            vec!["routes[0].upstream", "deny"],
+        ),
+        (
+            "[rustdesk]\nid_server = \"http://127.0.0.1:21118\"\n",
+            vec!["rustdesk.id_server", "rustdesk.enabled"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        write(dir.path(), "config.toml", &format!("{base}\n{extra}"));
+        assert_config_error(&check(dir.path(), "config.toml"), &needles);
+    }
+}
+
+#[test]
+fn a_named_upstream_is_reachable_by_environment_override() {
+    let dir = TempDir::new().unwrap();
+    let config = format!(
+        "{}\n[upstreams.grafana]\nurl = \"http://127.0.0.1:3000\"\n",
+        config_for(8443)
+    );
+    write(dir.path(), "config.toml", &config);
+    let out = output(
+        gateway(dir.path())
+            .arg("check")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env(
+                "OIDC_GATEWAY__UPSTREAMS__GRAFANA__URL",
+                "http://127.0.0.1:3999",
+            ),
+    );
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("grafana") && l.contains("127.0.0.1:3999")),
+        "{text}"
+    );
+}

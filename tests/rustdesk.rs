@@ -1,0 +1,551 @@
+//! RustDesk's whole topology behind one port, over real TLS sockets: the
+//! console, an hbbs stand-in and an hbbr stand-in (each says who it is), named
+//! upstreams with their own caps, WebSocket-only upgrades and tunnels that end
+//! when idle.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Bound for anything that would otherwise hang when the behaviour is broken.
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {BOUND:?}"))
+}
+
+/// A WebSocket server standing in for hbbs or hbbr: after the handshake it
+/// sends one text message saying who it is and what it received (path,
+/// X-Real-IP, X-Forwarded-For, Cookie), then echoes every message.
+async fn websocket_server(name: &'static str) -> SocketAddr {
+    upstream(move |mut req: Request<Incoming>| async move {
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            let body = serde_json::json!({"server": name, "websocket": false}).to_string();
+            return Response::new(full_body(body));
+        };
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let hello = serde_json::json!({
+            "server": name,
+            "path": req.uri().path(),
+            "x-real-ip": header("x-real-ip"),
+            "x-forwarded-for": header("x-forwarded-for"),
+            "cookie": header("cookie"),
+        })
+        .to_string();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            if ws.send(Message::text(hello)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(message)) = ws.next().await {
+                if message.is_close() || ws.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(empty_body())
+            .unwrap()
+    })
+    .await
+}
+
+struct Topology {
+    gw: TestGateway,
+}
+
+/// The console (an echo upstream answering as JSON), hbbs and hbbr stand-ins,
+/// and a gateway with `[rustdesk]` pointing at them; one worker, so the
+/// per-worker caps are the gateway's.
+async fn topology(configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder) -> Topology {
+    let console = echo_upstream().await;
+    let hbbs = websocket_server("hbbs").await;
+    let hbbr = websocket_server("hbbr").await;
+    let builder = gateway(console).server("workers = 1").section(&format!(
+        "[rustdesk]\nenabled = true\nid_server = \"http://{hbbs}\"\nrelay_server = \"http://{hbbr}\""
+    ));
+    Topology {
+        gw: configure(builder).start().await,
+    }
+}
+
+type Ws<S> = WebSocketStream<S>;
+
+/// A WebSocket over HTTP/1.1 Upgrade, with `cookie` when given (the web client)
+/// or no credentials at all (a desktop client), plus extra headers.
+async fn ws_h1(
+    gw: &TestGateway,
+    path: &str,
+    cookie: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Ws<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("wss://localhost:{}{path}", gw.addr.port())
+        .into_client_request()
+        .unwrap();
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().unwrap());
+    }
+    for (name, value) in extra {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let tls = gw.tls_connect(&[b"http/1.1"]).await;
+    let (ws, response) = bounded(
+        "websocket handshake",
+        tokio_tungstenite::client_async(request, tls),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("handshake to {path} through the gateway: {e}"));
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// A WebSocket over HTTP/2 extended CONNECT (RFC 8441).
+async fn ws_h2(
+    gw: &TestGateway,
+    path: &str,
+    cookie: Option<&str>,
+) -> Ws<TokioIo<hyper::upgrade::Upgraded>> {
+    let tls = gw.tls_connect(&[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One ordinary request first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
+    let health = sender
+        .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let mut request = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(gw.url(path))
+        .header("sec-websocket-version", "13");
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let mut request = request.body(empty_body()).unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = bounded("extended CONNECT", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "extended CONNECT to {path}"
+    );
+    let upgraded = bounded("h2 upgrade", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
+    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
+}
+
+/// The stand-in's first message: who it is and what it received.
+async fn hello<S>(ws: &mut Ws<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let message = bounded("hello from the WebSocket server", ws.next())
+        .await
+        .expect("a message")
+        .expect("a message, not an error");
+    serde_json::from_str(message.to_text().expect("text")).expect("JSON")
+}
+
+async fn echo<S>(ws: &mut Ws<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.expect("send");
+    let echoed = bounded("echo", ws.next())
+        .await
+        .expect("echo")
+        .expect("echo");
+    assert_eq!(echoed.to_text().expect("text"), text);
+}
+
+#[tokio::test]
+async fn desktop_websockets_without_credentials_reach_hbbs_and_hbbr() {
+    let t = topology(|b| b.anonymous()).await;
+    for (path, server) in [("/ws/id", "hbbs"), ("/ws/relay", "hbbr")] {
+        let mut ws = ws_h1(&t.gw, path, None, &[]).await;
+        let hello = hello(&mut ws).await;
+        assert_eq!(hello["server"], server, "{path}: {hello}");
+        assert_eq!(hello["path"], path, "the path is forwarded unchanged");
+        echo(&mut ws, "rendezvous").await;
+    }
+}
+
+#[tokio::test]
+async fn web_client_websockets_reach_them_without_the_gateway_cookie_over_h1_and_h2() {
+    let t = topology(|b| b).await;
+    let cookie = format!("{}; theme=dark", t.gw.session_cookie());
+    for (path, server) in [("/ws/id", "hbbs"), ("/ws/relay", "hbbr")] {
+        let mut h1 = ws_h1(&t.gw, path, Some(&cookie), &[]).await;
+        let mut h2 = ws_h2(&t.gw, path, Some(&cookie)).await;
+        for (protocol, hello) in [("h1", hello(&mut h1).await), ("h2", hello(&mut h2).await)] {
+            assert_eq!(hello["server"], server, "{protocol} {path}: {hello}");
+            assert_eq!(hello["path"], path, "{protocol}");
+            assert_eq!(
+                hello["cookie"], "theme=dark",
+                "{protocol} {path}: the gateway's cookie is removed, the console's own kept"
+            );
+        }
+        echo(&mut h1, "over h1").await;
+        echo(&mut h2, "over h2").await;
+    }
+}
+
+#[tokio::test]
+async fn the_client_api_reaches_the_console_and_console_pages_still_need_sign_in() {
+    let t = topology(|b| b.anonymous()).await;
+    let client = t.gw.fresh_browser();
+    let heartbeat = client
+        .post(t.gw.url("/api/heartbeat"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(heartbeat.status(), 200);
+    let echo: serde_json::Value = heartbeat.json().await.unwrap();
+    assert_eq!(
+        echo["uri"], "/api/heartbeat",
+        "the console's echo answered: {echo}"
+    );
+
+    let page = client.get(t.gw.url("/")).send().await.unwrap();
+    assert_eq!(
+        page.status(),
+        401,
+        "an anonymous API-style request to the console"
+    );
+    let body: serde_json::Value = page.json().await.unwrap();
+    assert_eq!(body["error"], "unauthenticated");
+    let navigation = navigate(client.get(t.gw.url("/web/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(navigation.status(), 302, "a browser is sent to sign in");
+    // A plain GET of /ws/id without Upgrade is the hbbs stand-in's, not the console's.
+    let plain: serde_json::Value = client
+        .get(t.gw.url("/ws/id"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["server"], "hbbs");
+}
+
+#[tokio::test]
+async fn hbbs_and_hbbr_see_the_gateways_view_of_the_client_never_a_spoof() {
+    let t = topology(|b| b.anonymous()).await;
+    let spoof = [("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "6.6.6.6")];
+    for path in ["/ws/id", "/ws/relay"] {
+        let mut ws = ws_h1(&t.gw, path, None, &spoof).await;
+        let hello = hello(&mut ws).await;
+        assert_eq!(hello["x-real-ip"], "127.0.0.1", "{path}: {hello}");
+        assert_eq!(hello["x-forwarded-for"], "127.0.0.1", "{path}: {hello}");
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_hbbs_gets_only_the_client_address_the_gateway_decided_on() {
+    let t = topology(|b| b.anonymous().server("trusted_proxies = [\"127.0.0.1/32\"]")).await;
+    // The proxy appended the client it saw (203.0.113.9) to what the client claimed.
+    let chain = [("x-forwarded-for", "198.51.100.7, 203.0.113.9")];
+    let mut ws = ws_h1(&t.gw, "/ws/relay", None, &chain).await;
+    let hello = hello(&mut ws).await;
+    assert_eq!(hello["x-real-ip"], "203.0.113.9", "{hello}");
+    assert_eq!(
+        hello["x-forwarded-for"], "203.0.113.9",
+        "hbbr takes the first entry unchecked: only the decided address is sent"
+    );
+    // The console keeps the usual appended chain.
+    let echo: serde_json::Value =
+        t.gw.fresh_browser()
+            .get(t.gw.url("/api/heartbeat"))
+            .header("x-forwarded-for", "198.51.100.7, 203.0.113.9")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        echoed(&echo, "x-forwarded-for"),
+        ["198.51.100.7, 203.0.113.9, 127.0.0.1"]
+    );
+}
+
+/// A console that holds every `/hold` request until `release` is notified,
+/// reporting each arrival on `arrived`; other paths answer at once.
+async fn holding_console() -> (SocketAddr, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+    let (arrived_tx, arrived) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let arrived_tx = arrived_tx.clone();
+        let held = held.clone();
+        async move {
+            if req.uri().path() == "/hold" {
+                let _ = arrived_tx.send(());
+                held.notified().await;
+            }
+            Response::new(full_body(format!("console {}", req.uri().path())))
+        }
+    })
+    .await;
+    (addr, arrived, release)
+}
+
+#[tokio::test]
+async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_client_paths() {
+    let (console, mut arrived, release) = holding_console().await;
+    let gw = gateway(console)
+        .server("workers = 1")
+        .upstream_option("max_connections = 1")
+        .upstream_option("connect_timeout = \"300ms\"")
+        .section("[rustdesk]\nenabled = true")
+        .start()
+        .await;
+    let client = gw.http1();
+    let holding = tokio::spawn({
+        let request = client.get(gw.url("/hold"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    });
+    bounded("the first request reaches the console", arrived.recv()).await;
+
+    let busy = client.get(gw.url("/page")).send().await.unwrap();
+    assert_eq!(busy.status(), 503);
+    let body: serde_json::Value = busy.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_busy", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections"),
+        "{body}"
+    );
+    let api = gw
+        .fresh_browser()
+        .get(gw.url("/api/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 424, "RustDesk clients retry around a 5xx");
+    assert_eq!(
+        api.headers()["content-type"],
+        "application/json",
+        "RustDesk clients break on HTML"
+    );
+    let body: serde_json::Value = api.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_busy", "{body}");
+
+    release.notify_one();
+    assert_eq!(
+        bounded("the held request", holding).await.unwrap(),
+        "console /hold"
+    );
+    let after = client.get(gw.url("/page")).send().await.unwrap();
+    assert_eq!(after.status(), 200, "the connection is free again");
+    assert_eq!(after.text().await.unwrap(), "console /page");
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_the_cap_gets_the_connection_handed_back() {
+    let (console, mut arrived, release) = holding_console().await;
+    let gw = gateway(console)
+        .server("workers = 1")
+        .upstream_option("max_connections = 1")
+        .upstream_option("connect_timeout = \"20s\"")
+        .start()
+        .await;
+    let client = gw.http1();
+    let first = tokio::spawn({
+        let request = client.get(gw.url("/hold"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    });
+    bounded("the first request reaches the console", arrived.recv()).await;
+    let second = tokio::spawn({
+        let request = client.get(gw.url("/next"));
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    });
+    release.notify_one();
+    assert_eq!(bounded("first", first).await.unwrap(), "console /hold");
+    let (status, text) = bounded("second, on the handed-back connection", second)
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), text.as_str()), (200, "console /next"));
+}
+
+#[tokio::test]
+async fn an_open_tunnel_keeps_its_upstream_connection_under_the_cap() {
+    let t = topology(|b| {
+        b.anonymous()
+            .upstream_option("max_connections = 1")
+            .upstream_option("connect_timeout = \"2s\"")
+    })
+    .await;
+    let mut first = ws_h1(&t.gw, "/ws/relay", None, &[]).await;
+    assert_eq!(hello(&mut first).await["server"], "hbbr");
+
+    // The relay's only connection is the open tunnel: a second one is refused (JSON, 4xx).
+    let refused =
+        t.gw.fresh_http1()
+            .get(t.gw.url("/ws/relay"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(refused.status(), 424);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_busy", "{body}");
+
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = bounded("tunnel end", first.next()).await {}
+    drop(first);
+    // The slot is freed when the tunnel ends; a request waiting for it (up to
+    // connect_timeout) then gets it.
+    let second: serde_json::Value =
+        t.gw.fresh_http1()
+            .get(t.gw.url("/ws/relay"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .expect("the relay is reachable again after the tunnel closed");
+    assert_eq!(second["server"], "hbbr");
+}
+
+#[tokio::test]
+async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let console = upstream(move |_req: Request<Incoming>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Response::new(full_body("console")) }
+    })
+    .await;
+    let gw = gateway(console).start().await;
+    for upgrade in ["h2c", "websocket, h2c", "TLS/1.2"] {
+        let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
+             Cookie: {}\r\nAccept: application/json\r\n\r\n",
+            gw.session_cookie()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the head and the (small) body: the answer ends with the JSON's `}`.
+        while !answer.ends_with(b"}") {
+            let n = bounded("the refusal", tls.read(&mut buf)).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed early: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{upgrade}: {answer}");
+        assert!(
+            answer.contains("\"upgrade_not_supported\""),
+            "{upgrade}: {answer}"
+        );
+        assert!(
+            answer.contains("Only WebSocket upgrades are tunnelled"),
+            "{upgrade}: {answer}"
+        );
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        0,
+        "a refused upgrade reached the console"
+    );
+    // The same signed-in browser without an upgrade is forwarded.
+    let ok = gw.http1().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_silent_tunnel_ends_after_the_tunnel_idle_timeout_while_a_busy_one_stays() {
+    const IDLE: Duration = Duration::from_millis(600);
+    let t = topology(|b| {
+        b.anonymous()
+            .upstream_option("tunnel_idle_timeout = \"600ms\"")
+    })
+    .await;
+    let mut ws = ws_h1(&t.gw, "/ws/relay", None, &[]).await;
+    assert_eq!(hello(&mut ws).await["server"], "hbbr");
+
+    // Traffic every 200 ms for three idle timeouts: the tunnel stays.
+    let mut pace = tokio::time::interval(Duration::from_millis(200));
+    let busy_until = Instant::now() + 3 * IDLE;
+    let mut round = 0;
+    while Instant::now() < busy_until {
+        pace.tick().await;
+        round += 1;
+        echo(&mut ws, &format!("frame {round}")).await;
+    }
+
+    // Then silence: the gateway ends the tunnel, no sooner than the timeout.
+    let silent_since = Instant::now();
+    match bounded("the idle tunnel to end", ws.next()).await {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {}
+        Some(Ok(other)) => panic!("unexpected message on a silent tunnel: {other:?}"),
+    }
+    assert!(
+        silent_since.elapsed() >= IDLE - Duration::from_millis(50),
+        "ended after {:?}, before the idle timeout",
+        silent_since.elapsed()
+    );
+}
