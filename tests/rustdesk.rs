@@ -549,3 +549,132 @@ async fn a_silent_tunnel_ends_after_the_tunnel_idle_timeout_while_a_busy_one_sta
         silent_since.elapsed()
     );
 }
+
+/// examples/rustdesk: the compose file parses (a real YAML parser: python3-yaml,
+/// installed by .ci/run) and publishes exactly the gateway's HTTPS port and
+/// RustDesk's own client ports; the gateway config passes the gateway's own
+/// validation once the operator's three values are filled in.
+#[test]
+fn the_rustdesk_example_parses_publishes_only_the_right_ports_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rustdesk");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).expect("compose.yaml");
+    let script = r#"
+import sys, yaml
+doc = yaml.safe_load(sys.stdin)
+services = doc["services"]
+assert set(services) == {"hbbs", "hbbr", "gateway"}, list(services)
+for name in ("hbbs", "hbbr"):
+    assert services[name]["image"].split("/")[-1].startswith("rustdesk-server-pro:"), services[name]["image"]
+    assert services[name]["command"] == name, services[name]["command"]
+published = set()
+for name, service in services.items():
+    assert "network_mode" not in service, f"{name}: network_mode would bypass the port list"
+    for port in service.get("ports", []):
+        host, _, container = str(port).rpartition(":")
+        published.add((name, host, container))
+expected = {
+    ("gateway", "443", "8443"),
+    ("hbbs", "21115", "21115/tcp"), ("hbbs", "21116", "21116/tcp"), ("hbbs", "21116", "21116/udp"),
+    ("hbbr", "21117", "21117/tcp"),
+}
+assert published == expected, sorted(published)
+gateway = services["gateway"]
+assert "./config.toml:/etc/oidc-gateway/config.toml:ro" in gateway["volumes"], gateway["volumes"]
+env = gateway["environment"]
+assert env["OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE"] == "/run/secrets/oidc_client_secret", env
+assert env["OIDC_GATEWAY__SESSION__SECRET_FILE"] == "/run/secrets/session_secret", env
+assert set(gateway["secrets"]) <= set(doc["secrets"]), gateway["secrets"]
+print("ok")
+"#;
+    let has_yaml = std::process::Command::new("python3")
+        .args(["-c", "import yaml"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_yaml {
+        use std::io::Write;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(compose.as_bytes())
+            .expect("write");
+        let output = child.wait_with_output().expect("python3");
+        assert!(
+            output.status.success(),
+            "compose.yaml:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    } else {
+        // CI installs python3-yaml (.ci/run): there, a missing parser is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with the yaml module is required in CI (apt-get install -y python3-yaml)"
+        );
+        eprintln!("SKIPPED the YAML parse of compose.yaml: python3-yaml is not installed");
+    }
+    for never in ["21114:", "21118:", "21119:", "network_mode: host"] {
+        assert!(
+            !compose
+                .lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains(never)),
+            "compose.yaml publishes {never}"
+        );
+    }
+
+    // The config, with the operator's values and secrets filled in, is valid
+    // and routes /ws/id and /ws/relay to hbbs and hbbr.
+    let text = std::fs::read_to_string(dir.join("config.toml")).expect("config.toml");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let client_secret = secrets.path().join("oidc_client_secret");
+    let session_secret = secrets.path().join("session_secret");
+    std::fs::write(&client_secret, "azure-secret-value").unwrap();
+    std::fs::write(
+        &session_secret,
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    )
+    .unwrap();
+    let filled = text
+        .replace("<rustdesk.example.com>", "rustdesk.contoso.example")
+        .replace("<tenant-id>", "11111111-2222-3333-4444-555555555555")
+        .replace(
+            "<application-client-id>",
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        );
+    let env = [
+        (
+            "OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE".to_string(),
+            client_secret.display().to_string(),
+        ),
+        (
+            "OIDC_GATEWAY__SESSION__SECRET_FILE".to_string(),
+            session_secret.display().to_string(),
+        ),
+    ];
+    let settings = oidc_gateway::config::load_str(&filled, &env)
+        .unwrap_or_else(|e| panic!("examples/rustdesk/config.toml does not validate: {e}"));
+    let names: Vec<(&str, String)> = settings
+        .upstreams
+        .iter()
+        .map(|u| (u.name.as_str(), u.url.to_string()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("default", "http://hbbs:21114/".to_string()),
+            ("rustdesk_id", "http://hbbs:21118/".to_string()),
+            ("rustdesk_relay", "http://hbbr:21119/".to_string()),
+        ]
+    );
+    assert!(oidc_gateway::config::rustdesk_warnings(&settings).is_empty());
+    // As shipped (placeholders), it refuses to run rather than guess.
+    let shipped = oidc_gateway::config::load_str(&text, &env);
+    assert!(shipped.is_err(), "the placeholders must not validate");
+}
