@@ -341,22 +341,32 @@ async fn holding_console() -> (SocketAddr, mpsc::UnboundedReceiver<()>, Arc<Noti
     (addr, arrived, release)
 }
 
-#[tokio::test]
-async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_client_paths() {
+/// A gateway (RustDesk mode, one worker) whose console may have one connection
+/// (`max_connections = 1`, waiting at most `connect_timeout`), and that
+/// connection busy with a signed-in `/hold` request until `release` is notified.
+async fn one_connection_held(
+    connect_timeout: &str,
+) -> (TestGateway, Arc<Notify>, tokio::task::JoinHandle<String>) {
     let (console, mut arrived, release) = holding_console().await;
     let gw = gateway(console)
         .server("workers = 1")
         .upstream_option("max_connections = 1")
-        .upstream_option("connect_timeout = \"300ms\"")
+        .upstream_option(&format!("connect_timeout = \"{connect_timeout}\""))
         .section("[rustdesk]\nenabled = true")
         .start()
         .await;
-    let client = gw.http1();
     let holding = tokio::spawn({
-        let request = client.get(gw.url("/hold"));
+        let request = gw.http1().get(gw.url("/hold"));
         async move { request.send().await.unwrap().text().await.unwrap() }
     });
     bounded("the first request reaches the console", arrived.recv()).await;
+    (gw, release, holding)
+}
+
+#[tokio::test]
+async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_client_paths() {
+    let (gw, release, holding) = one_connection_held("300ms").await;
+    let client = gw.http1();
 
     let busy = client.get(gw.url("/page")).send().await.unwrap();
     assert_eq!(busy.status(), 503);
@@ -396,19 +406,8 @@ async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_cl
 
 #[tokio::test]
 async fn a_request_waiting_for_the_cap_gets_the_connection_handed_back() {
-    let (console, mut arrived, release) = holding_console().await;
-    let gw = gateway(console)
-        .server("workers = 1")
-        .upstream_option("max_connections = 1")
-        .upstream_option("connect_timeout = \"20s\"")
-        .start()
-        .await;
+    let (gw, release, first) = one_connection_held("20s").await;
     let client = gw.http1();
-    let first = tokio::spawn({
-        let request = client.get(gw.url("/hold"));
-        async move { request.send().await.unwrap().text().await.unwrap() }
-    });
-    bounded("the first request reaches the console", arrived.recv()).await;
     let second = tokio::spawn({
         let request = client.get(gw.url("/next"));
         async move {
