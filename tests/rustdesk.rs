@@ -677,3 +677,73 @@ print("ok")
     let shipped = oidc_gateway::config::load_str(&text, &env);
     assert!(shipped.is_err(), "the placeholders must not validate");
 }
+
+/// The payload of a JWT (no signature check: only which audience it names).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// An upstream answering with its name, the path and the assertion it received.
+async fn named_upstream(name: &'static str) -> SocketAddr {
+    upstream(move |req: Request<Incoming>| async move {
+        let assertion = req
+            .headers()
+            .get("x-gateway-assertion")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let body = serde_json::json!({"server": name, "uri": req.uri().to_string(), "assertion": assertion});
+        Response::new(full_body(body.to_string()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_route_reaches_its_named_upstream_with_an_assertion_for_that_upstream() {
+    let console = named_upstream("console").await;
+    let grafana = named_upstream("grafana").await;
+    let gw = gateway(console)
+        .section(&format!(
+            "[upstreams.grafana]\nurl = \"http://{grafana}\"\n\
+             [[routes]]\npath = \"/grafana/**\"\nupstream = \"grafana\""
+        ))
+        .start()
+        .await;
+    let client = gw.http2();
+    for (path, name, addr) in [
+        ("/page", "console", console),
+        ("/grafana/d/home", "grafana", grafana),
+    ] {
+        let answer: serde_json::Value = client
+            .get(gw.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["server"], name, "{path}: {answer}");
+        assert_eq!(
+            answer["uri"], path,
+            "{path}: the path is forwarded unchanged"
+        );
+        let claims = jwt_claims(answer["assertion"].as_str().expect("an assertion"));
+        assert_eq!(
+            claims["aud"],
+            format!("http://{addr}"),
+            "{path}: the assertion names the upstream it is sent to"
+        );
+        assert_eq!(claims["preferred_username"], USER);
+    }
+    // The named upstream's route still needs sign-in.
+    let anonymous = gw
+        .fresh_browser()
+        .get(gw.url("/grafana/d/home"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
