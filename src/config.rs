@@ -664,12 +664,20 @@ impl ConfigSource {
 /// strings (figment's lossy extraction turns "true"/"8" into bools/numbers where
 /// the schema wants them, and a numeric secret stays a string); a value starting
 /// with `[` is parsed as a list.
+#[derive(Clone)]
 struct EnvOverrides {
-    pairs: Vec<(String, String)>,
+    /// (dotted key, variable name, value)
+    pairs: Vec<(String, String, String)>,
 }
 
 impl EnvOverrides {
-    fn new(env: &[(String, String)]) -> Self {
+    /// The overrides in `env`, or an error naming every variable that looks like an
+    /// override but would be ignored (a near-miss prefix such as `OIDC_GATEWAY_OIDC__…`).
+    fn new(env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let near_misses: Vec<String> = env.iter().filter_map(|(name, _)| near_miss(name)).collect();
+        if !near_misses.is_empty() {
+            return Err(ConfigError::new(near_misses.join("\n")));
+        }
         let pairs = env
             .iter()
             .filter_map(|(k, v)| {
@@ -679,11 +687,61 @@ impl EnvOverrides {
                     .collect::<Vec<_>>()
                     .join(".")
                     .to_lowercase();
-                (!key.is_empty()).then(|| (key, v.clone()))
+                Some((key, k.clone(), v.clone()))
             })
             .collect();
-        EnvOverrides { pairs }
+        Ok(EnvOverrides { pairs })
     }
+
+    /// The variables that set `key` or something inside it (for error messages).
+    fn variables_under(&self, key: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _, _)| k == key || k.starts_with(&format!("{key}.")))
+            .map(|(_, name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// Why the environment variable `name` would be ignored although it was meant as an
+/// override, with the spelling that works; `None` for overrides and unrelated names.
+/// Only names holding a `__` count: Kubernetes injects `OIDC_GATEWAY_SERVICE_HOST`,
+/// `OIDC_GATEWAY_PORT_8443_TCP`, … for a Service named oidc-gateway, never with `__`.
+fn near_miss(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+        return rest.is_empty().then(|| {
+            format!(
+                "environment variable {name} names no key; write {ENV_PREFIX}<SECTION>__<KEY>, \
+                 e.g. {ENV_PREFIX}UPSTREAM__URL"
+            )
+        });
+    }
+    // Compare without separators and case: OIDC_GATEWAY_, oidc_gateway__, OIDC-GATEWAY__, OIDCGATEWAY__.
+    let squeezed: String = name
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if !squeezed.starts_with("OIDCGATEWAY") || !name.contains("__") {
+        return None;
+    }
+    // The part after the prefix, however it was written: "OIDC__CLIENT_SECRET".
+    let mut seen = 0;
+    let mut cut = name.len();
+    for (i, c) in name.char_indices() {
+        if c != '_' && c != '-' {
+            seen += 1;
+            if seen == "OIDCGATEWAY".len() + 1 {
+                cut = i;
+                break;
+            }
+        }
+    }
+    let fixed = format!("{ENV_PREFIX}{}", name[cut..].to_ascii_uppercase());
+    Some(format!(
+        "environment variable {name} is not read: overrides start with {ENV_PREFIX} \
+         (upper case, two underscores); rename it {fixed}"
+    ))
 }
 
 impl Provider for EnvOverrides {
@@ -695,7 +753,7 @@ impl Provider for EnvOverrides {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
-        for (key, raw) in &self.pairs {
+        for (key, _, raw) in &self.pairs {
             let value = if raw.trim_start().starts_with('[') {
                 raw.parse::<Value>().unwrap_or_else(|never| match never {})
             } else {
@@ -704,6 +762,62 @@ impl Provider for EnvOverrides {
             insert_path(&mut dict, key, value);
         }
         Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Keys holding a path besides those whose name ends in `_file` or `_dir` (which
+/// all do): keep new path keys to that naming, or list them here.
+const PATH_KEYS: &[&str] = &["tls.cert", "tls.key"];
+
+fn is_path_key(dotted: &str) -> bool {
+    let leaf = dotted.rsplit('.').next().unwrap_or(dotted);
+    leaf.ends_with("_file") || leaf.ends_with("_dir") || PATH_KEYS.contains(&dotted)
+}
+
+/// A provider whose relative paths are made relative to `base`, the directory of
+/// the config file (not the working directory, which differs between a shell, a
+/// systemd unit and a container).
+struct RelativeTo<P> {
+    inner: P,
+    base: PathBuf,
+}
+
+impl<P: Provider> Provider for RelativeTo<P> {
+    fn metadata(&self) -> Metadata {
+        self.inner.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            for (key, value) in dict.iter_mut() {
+                resolve_paths(value, key, &self.base);
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// Rewrites every relative path under `value` (found at the dotted `key`) against `base`.
+fn resolve_paths(value: &mut Value, key: &str, base: &Path) {
+    match value {
+        Value::Dict(_, dict) => {
+            for (name, inner) in dict.iter_mut() {
+                resolve_paths(inner, &format!("{key}.{name}"), base);
+            }
+        }
+        // Arrays of tables ([[routes]], ...) keep the key of their table.
+        Value::Array(_, items) => {
+            for item in items {
+                resolve_paths(item, key, base);
+            }
+        }
+        Value::String(_, path)
+            if is_path_key(key) && !path.is_empty() && Path::new(path.as_str()).is_relative() =>
+        {
+            *path = base.join(path.as_str()).to_string_lossy().into_owned();
+        }
+        _ => {}
     }
 }
 
@@ -737,6 +851,7 @@ pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
             source.path.display()
         )));
     }
+    let env = EnvOverrides::new(&source.env)?;
     let mut figment = Figment::new();
     let origin = if file_present {
         if let Err(e) = std::fs::read_to_string(&source.path) {
@@ -745,32 +860,51 @@ pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
                 source.path.display()
             )));
         }
-        figment = figment.merge(Toml::file(&source.path));
+        let base = config_dir(&source.path);
+        figment = figment
+            .merge(RelativeTo {
+                inner: Toml::file(&source.path),
+                base: base.clone(),
+            })
+            .merge(RelativeTo {
+                inner: env.clone(),
+                base,
+            });
         source.path.display().to_string()
     } else {
+        figment = figment.merge(env.clone());
         format!("environment only (no {} found)", source.path.display())
     };
-    figment = figment.merge(EnvOverrides::new(&source.env));
     let config: Config = figment
         .extract_lossy()
-        .map_err(|e| describe_figment_error(e, &origin))?;
+        .map_err(|e| describe_figment_error(e, &origin, &env))?;
     Validator {
         figment: &figment,
         origin: &origin,
     }
     .validate(config)
+}
+
+/// The directory relative paths in the config are resolved against: the config
+/// file's own, made absolute so that messages and later reads do not depend on the
+/// working directory.
+fn config_dir(config_file: &Path) -> PathBuf {
+    let absolute = std::path::absolute(config_file).unwrap_or_else(|_| config_file.to_path_buf());
+    absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Parses a TOML text (as if it were the file `name`) plus environment pairs.
 /// Used by tests and by the built-in demo configuration.
 pub fn load_str(toml: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
-    let figment = Figment::new()
-        .merge(Toml::string(toml))
-        .merge(EnvOverrides::new(env));
+    let env = EnvOverrides::new(env)?;
+    let figment = Figment::new().merge(Toml::string(toml)).merge(env.clone());
     let origin = "inline configuration".to_string();
     let config: Config = figment
         .extract_lossy()
-        .map_err(|e| describe_figment_error(e, &origin))?;
+        .map_err(|e| describe_figment_error(e, &origin, &env))?;
     Validator {
         figment: &figment,
         origin: &origin,
@@ -778,18 +912,23 @@ pub fn load_str(toml: &str, env: &[(String, String)]) -> Result<Settings, Config
     .validate(config)
 }
 
-fn describe_figment_error(errors: figment::Error, origin: &str) -> ConfigError {
+fn describe_figment_error(errors: figment::Error, origin: &str, env: &EnvOverrides) -> ConfigError {
     use figment::error::Kind;
     let mut lines = Vec::new();
     for e in errors {
         let key = e.path.join(".");
         let place = match &e.metadata {
-            Some(md) if md.name == "environment variable" => {
-                format!(
+            // An unknown section names only its own path (OIDC_GATEWAY__OIDCC): name the
+            // variables as they were written.
+            Some(md) if md.name == "environment variable" => match env.variables_under(&key) {
+                names if !names.is_empty() => {
+                    format!("environment variable {}", names.join(", "))
+                }
+                _ => format!(
                     "environment variable {}",
                     md.interpolate(&e.profile.clone().unwrap_or_default(), &e.path)
-                )
-            }
+                ),
+            },
             Some(md) => match &md.source {
                 Some(src) => format!("{src}"),
                 None => md.name.to_string(),
@@ -1641,6 +1780,122 @@ url = "http://127.0.0.1:21114"
         assert_eq!(s.config.server.max_header_bytes, 16384);
         assert!(!s.config.tls.self_signed);
         assert_eq!(s.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn near_miss_environment_prefixes_are_refused_with_the_right_spelling() {
+        for (name, fixed) in [
+            (
+                "OIDC_GATEWAY_OIDC__CLIENT_SECRET",
+                "OIDC_GATEWAY__OIDC__CLIENT_SECRET",
+            ),
+            (
+                "oidc_gateway__oidc__client_secret",
+                "OIDC_GATEWAY__OIDC__CLIENT_SECRET",
+            ),
+            ("OIDC-GATEWAY__UPSTREAM__URL", "OIDC_GATEWAY__UPSTREAM__URL"),
+            ("OIDCGATEWAY__UPSTREAM__URL", "OIDC_GATEWAY__UPSTREAM__URL"),
+        ] {
+            let e = load_str(MINIMAL, &env(&[(name, "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("environment variable {name} is not read"))
+                    && e.contains(&format!("rename it {fixed}")),
+                "{name}: {e}"
+            );
+        }
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OIDC_GATEWAY__ names no key"), "{e}");
+    }
+
+    #[test]
+    fn unrelated_and_kubernetes_service_variables_are_not_near_misses() {
+        // What Kubernetes injects for a Service named oidc-gateway, and the config path variable.
+        load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY_SERVICE_HOST", "10.0.0.1"),
+                ("OIDC_GATEWAY_PORT_8443_TCP", "tcp://10.0.0.1:8443"),
+                ("OIDC_GATEWAY_CONFIG", "/etc/oidc-gateway/config.toml"),
+                ("OTHER__OIDC__CLIENT_SECRET", "x"),
+            ]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unknown_section_or_key_in_an_override_names_the_variable() {
+        for (name, key) in [
+            ("OIDC_GATEWAY__OIDCC__CLIENT_SECRET", "oidcc"),
+            ("OIDC_GATEWAY__OIDC__CLIENTSECRET", "oidc.clientsecret"),
+            ("OIDC_GATEWAY__OIDC_CLIENT_SECRET", "oidc_client_secret"),
+        ] {
+            let e = load_str(MINIMAL, &env(&[(name, "x")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("unknown key `{key}`"))
+                    && e.contains(&format!("environment variable {name}")),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_files_directory() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let conf = dir.path().join("etc");
+        std::fs::create_dir_all(conf.join("secrets")).unwrap();
+        std::fs::write(conf.join("secrets/client"), "from-the-file\n").unwrap();
+        std::fs::write(conf.join("secrets/session"), "x".repeat(44)).unwrap();
+        let absolute_ca = dir.path().join("ca.pem");
+        std::fs::write(&absolute_ca, "").unwrap();
+        let text = MINIMAL
+            .replace("client_secret = \"s3cret\"", "client_secret_file = \"secrets/client\"")
+            .replace(
+                "[upstream]",
+                &format!("[tls]\ncert = \"certs/gw.crt\"\nkey = \"../keys/gw.key\"\n[upstream]\nca_file = {:?}", absolute_ca.display().to_string()),
+            );
+        std::fs::write(conf.join("config.toml"), text).unwrap();
+        let source = ConfigSource {
+            path: conf.join("config.toml"),
+            explicit: true,
+            // An override's relative path follows the config file too.
+            env: env(&[("OIDC_GATEWAY__SESSION__SECRET_FILE", "secrets/session")]),
+        };
+        let s = load(&source).unwrap();
+        assert_eq!(s.config.tls.cert, conf.join("certs/gw.crt"));
+        assert_eq!(s.config.tls.key, conf.join("../keys/gw.key"));
+        assert_eq!(s.config.oidc.client_secret, "from-the-file");
+        assert_eq!(s.config.session.secret, "x".repeat(44));
+        assert_eq!(
+            s.config.upstream.ca_file.as_deref(),
+            Some(absolute_ca.as_path())
+        );
+    }
+
+    #[test]
+    fn path_keys_are_those_ending_in_file_or_dir_and_the_tls_pair() {
+        for key in [
+            "tls.cert",
+            "tls.key",
+            "oidc.client_secret_file",
+            "upstream.ca_file",
+            "acme.cache_dir",
+        ] {
+            assert!(is_path_key(key), "{key}");
+        }
+        for key in [
+            "oidc.client_secret",
+            "session.secret",
+            "assertion.key_file_x",
+            "server.listen",
+        ] {
+            assert!(!is_path_key(key), "{key}");
+        }
     }
 
     #[test]

@@ -426,6 +426,28 @@ fn env_override_wins_and_env_errors_name_the_variable() {
     assert_config_error(&out, &["server.listen", "OIDC_GATEWAY__SERVER__LISTEN"]);
 }
 
+#[test]
+fn near_miss_environment_variable_exits_2_with_the_right_spelling() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "config.toml", &config_for(8443));
+    // One underscore after the prefix: meant as the client secret, read by nothing.
+    let out = output(
+        gateway(dir.path())
+            .arg("check")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env("OIDC_GATEWAY_OIDC__CLIENT_SECRET", "other"),
+    );
+    assert_config_error(
+        &out,
+        &[
+            "environment variable OIDC_GATEWAY_OIDC__CLIENT_SECRET is not read",
+            "rename it OIDC_GATEWAY__OIDC__CLIENT_SECRET",
+        ],
+    );
+    assert!(!stderr(&out).contains("other"), "printed the value");
+}
+
 // ---------------------------------------------------------------- *_file secrets
 
 /// The minimal config without `client_secret`, written to `dir/config.toml`.
@@ -608,6 +630,66 @@ async fn self_signed_cert_includes_public_url_host() {
         format!("{e:?}").contains("NotValidForName"),
         "failed for another reason: {e:?}"
     );
+}
+
+#[tokio::test]
+async fn relative_paths_follow_the_config_file_from_another_working_directory() {
+    let conf = TempDir::new().unwrap(); // holds config.toml, its secret and (later) certs/
+    let elsewhere = TempDir::new().unwrap(); // the working directory
+    let port = free_port();
+    let text = config_for(port).replace(
+        "client_secret = \"s3cret\"\n",
+        "client_secret_file = \"secrets/client_secret\"\n",
+    );
+    write(conf.path(), "config.toml", &text);
+    write(conf.path(), "secrets/client_secret", "s3cret\n");
+
+    // `check --config ../<conf>/config.toml`: a relative config path, from the other directory.
+    let conf_name = conf
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let relative_config = format!("../{conf_name}/config.toml");
+    let out = output(
+        gateway(elsewhere.path())
+            .arg("check")
+            .arg("--config")
+            .arg(&relative_config),
+    );
+    assert_succeeded(&out);
+
+    let mut cmd = gateway(elsewhere.path());
+    cmd.arg("run").arg("--config").arg(&relative_config);
+    let mut gw = Running::spawn(cmd, elsewhere.path());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    gw.wait_listening(addr);
+    let cert = conf.path().join("certs/gw.crt");
+    assert!(
+        cert.is_file() && conf.path().join("certs/gw.key").is_file(),
+        "the self-signed pair is not next to the config file\n{}",
+        gw.logs()
+    );
+    assert!(
+        !elsewhere.path().join("certs").exists(),
+        "certs/ was created in the working directory"
+    );
+    // The listener serves exactly that pair, and the healthcheck (pinned to tls.cert) finds it.
+    let client = pinned_client(&fs::read(&cert).unwrap(), &["localhost"], addr);
+    let response = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .expect("TLS with the certificate next to the config file");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let out = output(
+        gateway(elsewhere.path())
+            .arg("healthcheck")
+            .arg("--config")
+            .arg(&relative_config),
+    );
+    assert_succeeded(&out);
 }
 
 #[test]
