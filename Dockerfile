@@ -2,7 +2,7 @@
 # oidc-gateway: multi-stage build. The runtime image has no shell and no package
 # manager; it runs as the distroless "nonroot" user (uid 65532). Base images are
 # fully qualified, so Docker and Podman resolve them the same way. The README's
-# "Docker" section has the `docker run` and compose.yaml that go with it.
+# "Docker" section has the `docker run` that goes with it; examples/rustdesk/ a compose file.
 #
 #   docker build -t oidc-gateway .        # ~10 min the first time on 2 cores
 #

@@ -77,6 +77,35 @@ pub struct AccessConfig {
 }
 
 impl AccessConfig {
+    /// Who these rules let in, in words (for `check`): the default — no rules — is
+    /// every user of the tenant(s) the issuer accepts.
+    pub fn describe(&self, allowed_tenants: &[String]) -> String {
+        if self.is_empty() {
+            return match allowed_tenants {
+                [] => "every user of the tenant in oidc.issuer who signs in (no [access] rules; \
+                       restrict with [access] or Azure's \"Assignment required\")"
+                    .to_string(),
+                tenants => format!(
+                    "every user of the tenants {} who signs in (no [access] rules; restrict with \
+                     [access] or Azure's \"Assignment required\")",
+                    tenants.join(", ")
+                ),
+            };
+        }
+        let rules: Vec<String> = [
+            ("tenants", &self.tenants),
+            ("email domains", &self.email_domains),
+            ("users", &self.users),
+            ("groups", &self.groups),
+            ("roles", &self.roles),
+        ]
+        .iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(name, list)| format!("{name} {}", list.join(" or ")))
+        .collect();
+        format!("signed-in users matching all of: {}", rules.join("; "))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
             && self.email_domains.is_empty()

@@ -231,6 +231,13 @@ fn print_routes(settings: &Settings) {
             }
         );
     }
+    println!(
+        "\nWho gets in ([access]): {}",
+        settings
+            .config
+            .access
+            .describe(&settings.config.oidc.allowed_tenants)
+    );
     println!("\nRoutes (first match wins):");
     println!(
         "  {:<10} {:<28} {:<22} upstream",

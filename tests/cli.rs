@@ -529,6 +529,36 @@ fn missing_client_secret_file_exits_2() {
 // ---------------------------------------------------------------- check
 
 #[test]
+fn check_states_who_gets_in_default_every_user_of_the_tenant() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "config.toml", &config_for(8443));
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "Who gets in ([access]): every user of the tenant in oidc.issuer who signs in"
+        ),
+        "{text}"
+    );
+
+    // With a rule, check names it instead of the default.
+    write(
+        dir.path(),
+        "config.toml",
+        &format!("{}[access]\ngroups = [\"g-admins\"]\n", config_for(8443)),
+    );
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("Who gets in ([access]): signed-in users matching all of: groups g-admins")
+            && !text.contains("every user of the tenant"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_valid_config_prints_redirect_uri_and_creates_nothing() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "config.toml", &config_for(8443));
