@@ -249,6 +249,17 @@ fn check(dir: &Path, rel: &str) -> Output {
     output(gateway(dir).arg("check").arg("--config").arg(dir.join(rel)))
 }
 
+/// `check --config dir/config.toml` with the environment variable `name=value`.
+fn check_with_env(dir: &Path, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Output {
+    output(
+        gateway(dir)
+            .arg("check")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env(name, value),
+    )
+}
+
 /// An HTTPS client that trusts only `cert_pem`, resolving `names` to `addr`.
 fn pinned_client(cert_pem: &[u8], names: &[&str], addr: SocketAddr) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
@@ -401,13 +412,7 @@ fn env_override_wins_and_env_errors_name_the_variable() {
     write(dir.path(), "config.toml", &config_for(8443));
 
     // A valid override replaces the file's value.
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY__SERVER__LISTEN", "127.0.0.1:7443"),
-    );
+    let out = check_with_env(dir.path(), "OIDC_GATEWAY__SERVER__LISTEN", "127.0.0.1:7443");
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -416,13 +421,7 @@ fn env_override_wins_and_env_errors_name_the_variable() {
     );
 
     // An invalid override is reported against the variable, not the file.
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY__SERVER__LISTEN", "nonsense"),
-    );
+    let out = check_with_env(dir.path(), "OIDC_GATEWAY__SERVER__LISTEN", "nonsense");
     assert_config_error(&out, &["server.listen", "OIDC_GATEWAY__SERVER__LISTEN"]);
 }
 
@@ -431,13 +430,7 @@ fn near_miss_environment_variable_exits_2_with_the_right_spelling() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "config.toml", &config_for(8443));
     // One underscore after the prefix: meant as the client secret, read by nothing.
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY_OIDC__CLIENT_SECRET", "other"),
-    );
+    let out = check_with_env(dir.path(), "OIDC_GATEWAY_OIDC__CLIENT_SECRET", "other");
     assert_config_error(
         &out,
         &[
@@ -467,12 +460,10 @@ fn client_secret_file_is_read_and_never_printed() {
     let out = check(dir.path(), "config.toml");
     assert_config_error(&out, &["oidc.client_secret"]);
 
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE", &secret),
+    let out = check_with_env(
+        dir.path(),
+        "OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE",
+        &secret,
     );
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
     assert!(
@@ -488,12 +479,10 @@ fn client_secret_and_client_secret_file_together_exit_2() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "config.toml", &config_for(8443));
     let secret = write(dir.path(), "secrets/client_secret", "topsecret\n");
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE", &secret),
+    let out = check_with_env(
+        dir.path(),
+        "OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE",
+        &secret,
     );
     let err = assert_config_error(
         &out,
@@ -513,12 +502,10 @@ fn missing_client_secret_file_exits_2() {
     let dir = TempDir::new().unwrap();
     write_config_without_secret(dir.path());
     let missing = dir.path().join("secrets/nowhere");
-    let out = output(
-        gateway(dir.path())
-            .arg("check")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .env("OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE", &missing),
+    let out = check_with_env(
+        dir.path(),
+        "OIDC_GATEWAY__OIDC__CLIENT_SECRET_FILE",
+        &missing,
     );
     assert_config_error(
         &out,
