@@ -287,6 +287,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 streams (requests) open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Without `public_url`: the hosts (`host` or `host:port`) that may appear
+    /// in the redirect URI built from a request's Host; empty = any.
+    pub allowed_hosts: Vec<String>,
     /// `Strict-Transport-Security: max-age=…` on the gateway's own answers
     /// when its certificate is not self-signed; 0 = never.
     #[serde(deserialize_with = "duration")]
@@ -310,6 +313,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_concurrent_streams: 128,
             hsts_max_age: Duration::from_secs(365 * 24 * 3600),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -1083,6 +1087,18 @@ impl Validator<'_> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for host in &config.server.allowed_hosts {
+            let valid = host
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == host && !host.contains('@'));
+            if !valid {
+                return Err(self.err(
+                    "server.allowed_hosts",
+                    format!("{host:?} is not a host name or host:port"),
+                    "write entries like \"console.example.com\" or \"10.0.0.5:8443\"",
+                ));
+            }
+        }
         if config.server.max_header_bytes < 8192 {
             return Err(self.err(
                 "server.max_header_bytes",

@@ -96,6 +96,8 @@ pub struct Gateway {
     /// `Strict-Transport-Security` for the gateway's own answers (None: the
     /// certificate is self-signed, or `server.hsts_max_age = 0`).
     hsts: Option<HeaderValue>,
+    /// `server.public_url`'s host and port: the only host requests may name.
+    public_host: Option<Arc<PublicHost>>,
 }
 
 impl Gateway {
@@ -111,9 +113,15 @@ impl Gateway {
             false => None,
         };
         let hsts = hsts_header(&settings);
+        let public_host = settings
+            .public_url
+            .as_ref()
+            .and_then(PublicHost::new)
+            .map(Arc::new);
         Ok(Gateway {
             access: Arc::new(AccessPolicy::new(&settings)),
             hsts,
+            public_host,
             settings,
             readiness,
             upstreams,
@@ -135,6 +143,7 @@ impl Gateway {
             assertion: self.assertion.clone(),
             request_ids: self.request_ids.clone(),
             hsts: self.hsts.clone(),
+            public_host: self.public_host.clone(),
         })
     }
 
@@ -263,8 +272,18 @@ impl Gateway {
                 return Decision::Respond(bad_method(request.method(), facts));
             }
             let path = request.uri().path();
-            if let Some(answer) = health::answer(request.method(), path, &self.readiness) {
+            let insider = facts.client.peer_trusted || facts.client.peer.ip().is_loopback();
+            if let Some(answer) = health::answer(request.method(), path, &self.readiness, insider) {
                 return Decision::Respond(answer);
+            }
+            // Forward-auth subrequests of a trusted proxy name the gateway's own
+            // address; the host they judge is the original request's.
+            let forward_auth = facts.client.peer_trusted
+                && path.strip_prefix(self.settings.config.gateway.prefix.as_str()) == Some("/auth");
+            if let Some(public) = self.public_host.as_ref().filter(|_| !forward_auth) {
+                if let Err(why) = public.check(request.uri(), request.headers(), facts.client) {
+                    return Decision::Respond(misdirected(public, why, facts));
+                }
             }
             if path == self.auth.callback_path() {
                 // Box::pin: the login paths' futures are large (token request, JWKS);
@@ -615,6 +634,78 @@ enum Authorization {
     Refused(Response<Body>),
     /// Sign-in needed and there is no caller.
     Anonymous,
+}
+
+/// With `server.public_url` set, the gateway serves that host only: a request
+/// naming another (a forged `Host`, an `:authority` with userinfo) is refused
+/// rather than answered with links, redirects and cookies for a host it is not.
+pub struct PublicHost {
+    host: String,
+    port: u16,
+}
+
+impl PublicHost {
+    fn new(url: &http::Uri) -> Option<Self> {
+        let default_port = if url.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        Some(PublicHost {
+            host: url.host()?.to_ascii_lowercase(),
+            port: url.port_u16().unwrap_or(default_port),
+        })
+    }
+
+    /// The HTTP/2 `:authority`, else `Host` (from a trusted proxy,
+    /// `X-Forwarded-Host` when it sent one).
+    fn check(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        client: &ClientAddress,
+    ) -> Result<(), &'static str> {
+        let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = client
+            .peer_trusted
+            .then(|| header(&crate::connection::X_FORWARDED_HOST))
+            .flatten()
+            .map(|v| v.split(',').next().unwrap_or("").trim());
+        let named = match (forwarded, uri.authority()) {
+            (Some(host), _) => host,
+            (None, Some(authority)) => authority.as_str(),
+            (None, None) => header(&http::header::HOST).ok_or("no Host header")?,
+        };
+        if named.contains('@') {
+            return Err("the host carries user information ('@')");
+        }
+        let authority: http::uri::Authority =
+            named.parse().map_err(|_| "the Host header is malformed")?;
+        let same = authority.host().eq_ignore_ascii_case(&self.host)
+            && authority.port_u16().unwrap_or(self.port) == self.port;
+        if same {
+            Ok(())
+        } else {
+            Err("the request names another host")
+        }
+    }
+}
+
+/// 421 Misdirected Request: this gateway is not the server for that host.
+fn misdirected(public: &PublicHost, why: &str, facts: &RequestFacts<'_>) -> Response<Body> {
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, reason = why, "request for another host refused");
+    let detail = format!(
+        "This gateway serves {}:{} only (server.public_url); {why}.",
+        public.host, public.port
+    );
+    ErrorPage {
+        status: StatusCode::MISDIRECTED_REQUEST,
+        code: "wrong_host",
+        title: "Wrong host",
+        detail: &detail,
+        request_id: facts.request_id,
+    }
+    .render(facts.wants_html)
 }
 
 /// HSTS for the gateway's answers: only with a certificate browsers can

@@ -67,7 +67,15 @@ pub fn is_health_path(path: &str) -> bool {
 }
 
 /// Answers a request for a health path, or `None` when it is not one.
-pub fn answer(method: &Method, path: &str, readiness: &Readiness) -> Option<Response<Body>> {
+/// `show_reasons`: the peer may read why the gateway is not ready (loopback
+/// and trusted proxies); others learn only that it is not, since reasons name
+/// internal hosts and errors.
+pub fn answer(
+    method: &Method,
+    path: &str,
+    readiness: &Readiness,
+    show_reasons: bool,
+) -> Option<Response<Body>> {
     if !is_health_path(path) {
         return None;
     }
@@ -88,12 +96,40 @@ pub fn answer(method: &Method, path: &str, readiness: &Readiness) -> Option<Resp
         let reasons = readiness.reasons();
         if reasons.is_empty() {
             pages::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-        } else {
+        } else if show_reasons {
             pages::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "not_ready", "reasons": reasons}),
             )
+        } else {
+            pages::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready"}),
+            )
         }
     };
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_text(response: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn readyz_reasons_are_for_insiders_only() {
+        let readiness = Readiness::default();
+        readiness.set_not_ready("oidc", "discovery at https://10.0.0.9/ failed");
+        let inside = answer(&Method::GET, READINESS_PATH, &readiness, true).unwrap();
+        assert_eq!(inside.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body_text(inside).await.contains("10.0.0.9"));
+        let outside = answer(&Method::GET, READINESS_PATH, &readiness, false).unwrap();
+        assert_eq!(outside.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_text(outside).await, r#"{"status":"not_ready"}"#);
+    }
 }

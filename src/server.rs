@@ -116,6 +116,15 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     // One listening socket per worker on the same address (SO_REUSEPORT: the
     // kernel spreads new connections). All are bound here, so that an address
     // problem is a start-up error, not a worker thread's.
+    if workers > 1 && settings.listen.port() != 0 {
+        // SO_REUSEPORT would let these workers join a gateway already serving the
+        // port (two session stores behind one address): a plain bind first fails then.
+        std::net::TcpListener::bind(settings.listen).map_err(|source| StartError::Bind {
+            key: "server.listen",
+            addr: settings.listen,
+            source,
+        })?;
+    }
     let https_listener = bind_listener("server.listen", settings.listen, workers > 1)?;
     let https_addr = local_addr("server.listen", &https_listener, settings.listen)?;
     let mut worker_listeners = Vec::new();
@@ -706,9 +715,15 @@ async fn serve_redirect(
     stop: CancellationToken,
     _admitted: Admitted,
 ) {
+    // /readyz says why it is not ready only to loopback and trusted proxies.
+    let insider = peer.ip().is_loopback()
+        || settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
     let service = service_fn(move |request: Request<Incoming>| {
         watchdog::request_started();
-        let answer = redirect_answer(&request, &target, &readiness).map(Watched::new);
+        let answer = redirect_answer(&request, &target, &readiness, insider).map(Watched::new);
         async move { Ok::<_, Infallible>(answer) }
     });
     let conn =
@@ -721,8 +736,10 @@ fn redirect_answer(
     request: &Request<Incoming>,
     target: &RedirectTarget,
     readiness: &Readiness,
+    insider: bool,
 ) -> Response<Body> {
-    if let Some(answer) = health::answer(request.method(), request.uri().path(), readiness) {
+    if let Some(answer) = health::answer(request.method(), request.uri().path(), readiness, insider)
+    {
         return answer;
     }
     let mut response = Response::new(empty_body());

@@ -35,8 +35,45 @@ pub fn init(log: &LogConfig) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(text_fields()).try_init(),
     };
+}
+
+/// Field formatting of text logs: every value with its control characters
+/// escaped (`\n`, `\r`, `\u{1b}`), so that a value a client chose (an IdP
+/// `error_description`, a path) can never end the line and forge another.
+/// (JSON logs escape them by construction.)
+pub fn text_fields(
+) -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_control(&raw);
+        if field.name() == "message" {
+            writer.write_str(&text)
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` with control characters as escapes; unchanged (no copy) when it has none.
+fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// What the access log records about one request.
@@ -152,5 +189,50 @@ impl HttpBody for AccessLogBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_logs_cannot_be_forged_through_a_field_value() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .fmt_fields(text_fields())
+            .finish();
+        // What a callback's error_description can hold.
+        let description =
+            "denied\n2026-01-01T00:00:00Z  INFO access: request status=200 user=admin\r\u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(idp_error = "access_denied", description = %description, "the identity provider refused the sign-in");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r"denied\n2026-01-01"), "{text}");
+        assert!(text.contains(r"\r\u{1b}[2J"), "{text}");
+        assert!(
+            text.contains(r#"the identity provider refused the sign-in idp_error="access_denied""#),
+            "{text}"
+        );
     }
 }

@@ -481,3 +481,153 @@ async fn upstream_set_cookie_for_a_gateway_cookie_name_is_dropped() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_login_cookie_never_passes_4096_bytes_the_return_path_is_shortened() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream).anonymous().start().await;
+    let browser = gw.fresh_browser();
+    // Short enough to be a return path (≤ 4096), too long for the sealed cookie.
+    let long_query = "q=".to_string() + &"x".repeat(3500);
+    let start = navigate(browser.get(gw.url(&format!("/deep/link?{long_query}"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 302);
+    for cookie in set_cookies(&start) {
+        assert!(cookie.len() <= 4096, "a {}-byte cookie", cookie.len());
+    }
+    // The login finishes, on the page's path (its query was what did not fit).
+    let done = gw.follow_login(&browser, start).await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(location(&done), "/deep/link");
+}
+
+#[tokio::test]
+async fn with_public_url_set_requests_for_other_hosts_are_refused() {
+    let port = released_port().await.port();
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .env("OIDC_GATEWAY__SERVER__LISTEN", &format!("127.0.0.1:{port}"))
+        .env(
+            "OIDC_GATEWAY__SERVER__PUBLIC_URL",
+            &format!("https://localhost:{port}"),
+        )
+        .start()
+        .await;
+    let cookie = gw.session_cookie();
+    // The public host is served.
+    let (status, _) = raw_request(
+        &gw,
+        &format!("GET /console HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (host, why) in [
+        ("evil.example".to_string(), "another host"),
+        (format!("evil.example:{port}"), "another host"),
+        (format!("user@localhost:{port}"), "user information"),
+        (
+            format!("localhost:{}", port.wrapping_add(1)),
+            "another host",
+        ),
+    ] {
+        let (status, text) = raw_request(
+            &gw,
+            &format!("GET /console HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}"),
+        )
+        .await;
+        assert_eq!(status, 421, "{host}: {text}");
+        assert!(
+            text.contains("wrong_host") && text.contains(why),
+            "{host}: {text}"
+        );
+    }
+    assert_eq!(
+        received(&log).len(),
+        1,
+        "only the public host reached the upstream"
+    );
+    // Health probes name whatever host they like.
+    let (status, _) = raw_request(&gw, "GET /healthz HTTP/1.1\r\nHost: 10.0.0.7").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn allowed_hosts_limits_the_hosts_a_redirect_uri_may_name() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .server("allowed_hosts = [\"localhost\"]")
+        .anonymous()
+        .start()
+        .await;
+    let navigation = "Accept: text/html\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document";
+    let (status, text) = raw_request(
+        &gw,
+        &format!(
+            "GET /console HTTP/1.1\r\nHost: localhost:{}\r\n{navigation}",
+            gw.addr.port()
+        ),
+    )
+    .await;
+    assert_eq!(status, 302, "{text}");
+    let (status, text) = raw_request(
+        &gw,
+        &format!("GET /console HTTP/1.1\r\nHost: evil.example\r\n{navigation}"),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("allowed_hosts"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("location:"), "{text}");
+}
+
+// ---- 7. smaller items ----
+
+#[tokio::test]
+async fn readyz_gives_its_reasons_to_loopback_peers() {
+    let (upstream, _log) = recording_upstream().await;
+    let gw = gateway(upstream).anonymous().start().await;
+    gw.server.readiness.set_not_ready(
+        "session_store",
+        "redis at 10.1.2.3:6379 refused the connection",
+    );
+    let (status, text) = raw_get(&gw, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("redis at 10.1.2.3:6379"), "{text}");
+    // (Peers that are neither loopback nor trusted get only `not_ready`:
+    // src/health.rs unit test; these tests have loopback peers only.)
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_a_port_already_served_fails_with_address_in_use() {
+    let addr = released_port().await;
+    let (upstream, _log) = recording_upstream().await;
+    let first = gateway(upstream)
+        .env("OIDC_GATEWAY__SERVER__LISTEN", &addr.to_string())
+        .server("workers = 2")
+        .anonymous()
+        .start()
+        .await;
+    assert_eq!(first.addr, addr);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = Extra {
+        server: "workers = 2".into(),
+        ..Extra::default()
+    };
+    let text = config_text(
+        &dir,
+        &format!("http://{upstream}"),
+        &first.idp.issuer(),
+        &extra,
+    );
+    let env = [("OIDC_GATEWAY__SERVER__LISTEN".to_string(), addr.to_string())];
+    let settings = std::sync::Arc::new(oidc_gateway::config::load_str(&text, &env).unwrap());
+    let error = match oidc_gateway::server::start(settings).await {
+        Ok(_) => panic!("a second gateway started on {addr}, already served"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("server.listen") && error.to_ascii_lowercase().contains("in use"),
+        "{error}"
+    );
+}

@@ -40,6 +40,9 @@ use token_endpoint::{TokenEndpoint, TokenEndpointError};
 /// Largest callback body read (form_post carries code, state, maybe id_token).
 const MAX_CALLBACK_BODY: usize = 64 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Browsers keep no cookie larger than this (RFC 6265 §6.1's minimum, and
+/// what they all cap at): counted over the whole `Set-Cookie` value.
+const MAX_COOKIE_BYTES: usize = 4096;
 
 /// Facts about the request the answers depend on.
 pub struct RequestFacts<'a> {
@@ -189,6 +192,16 @@ impl Auth {
         if host.contains('@') || authority.as_str() != host {
             return None;
         }
+        let allowed = &self.settings.config.server.allowed_hosts;
+        if !allowed.is_empty()
+            && !allowed.iter().any(|a| {
+                a.eq_ignore_ascii_case(authority.as_str())
+                    || a.eq_ignore_ascii_case(authority.host())
+            })
+        {
+            tracing::info!(host = %authority, "host not in server.allowed_hosts: no redirect URI for it");
+            return None;
+        }
         Some(format!(
             "{scheme}://{}",
             authority.as_str().to_ascii_lowercase()
@@ -297,13 +310,23 @@ impl Auth {
         };
         let oidc = &self.settings.config.oidc;
         let now = unix_now();
-        let flow = LoginFlow {
+        let mut flow = LoginFlow {
             state: base64url(&random_bytes::<32>()),
             nonce: base64url(&random_bytes::<32>()),
             pkce_verifier: base64url(&random_bytes::<32>()),
             return_to: return_to.to_string(),
             redirect_uri: format!("{origin}{}", oidc.callback_path),
             created_ns: unix_now_ns(),
+        };
+        let Some(flow_cookie) = self.flow_cookie(&mut flow, facts) else {
+            return ErrorPage {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "flow_cookie",
+                title: "Sign-in cannot start",
+                detail: "The gateway could not create the sign-in cookie.",
+                request_id: facts.request_id,
+            }
+            .render(facts.wants_html);
         };
         let challenge = base64url(
             ring::digest::digest(&ring::digest::SHA256, flow.pkce_verifier.as_bytes()).as_ref(),
@@ -347,11 +370,31 @@ impl Auth {
         {
             headers_out.append(SET_COOKIE, evicted);
         }
-        if let Some(cookie) = self.cookies.set_flow(&flow) {
-            headers_out.append(SET_COOKIE, cookie);
-        }
+        headers_out.append(SET_COOKIE, flow_cookie);
         tracing::debug!(request_id = %facts.request_id, return_to = %flow.return_to, "login started");
         response
+    }
+
+    /// The flow's `Set-Cookie`, at most [`MAX_COOKIE_BYTES`]: a return path too
+    /// long for it (a deep link with a long query) is shortened up front — to
+    /// its path, else to `/` — since a browser drops a larger cookie and the
+    /// login could never finish.
+    fn flow_cookie(&self, flow: &mut LoginFlow, facts: &RequestFacts<'_>) -> Option<HeaderValue> {
+        let cookie = self.cookies.set_flow(flow)?;
+        if cookie.len() <= MAX_COOKIE_BYTES {
+            return Some(cookie);
+        }
+        let path_only = flow.return_to.split('?').next().unwrap_or("/").to_string();
+        for shorter in [path_only, "/".to_string()] {
+            flow.return_to = shorter;
+            let cookie = self.cookies.set_flow(flow)?;
+            if cookie.len() <= MAX_COOKIE_BYTES {
+                tracing::info!(request_id = %facts.request_id, return_to_bytes = flow.return_to.len(),
+                    "return path shortened: the login cookie would have passed 4096 bytes");
+                return Some(cookie);
+            }
+        }
+        None
     }
 
     /// The callback: match the state to its flow, exchange the code, validate
@@ -1010,7 +1053,8 @@ fn bad_host(facts: &RequestFacts<'_>) -> Response<Body> {
         status: StatusCode::BAD_REQUEST,
         code: "bad_host",
         title: "Bad request",
-        detail: "The request's Host header is missing or malformed.",
+        detail:
+            "The request's Host header is missing, malformed, or not one of server.allowed_hosts.",
         request_id: facts.request_id,
     }
     .render(facts.wants_html)
