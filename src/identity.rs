@@ -187,23 +187,95 @@ impl IdentityHeaders {
     }
 }
 
-/// A header value from claim text: control characters (CR, LF, NUL, DEL, C1)
-/// and other invisible characters are dropped, so a claim can never split or
-/// forge headers. None when nothing visible is left.
+/// Why an identity value cannot be sent upstream as it is. Such a value is
+/// refused (at sign-in, or for that bearer request), never rewritten: a value
+/// cleaned for a header would differ from the one in the signed assertion,
+/// and cleaning is how `adm\u{200B}in@…` becomes `admin@…`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("claim `{claim}` {problem}")]
+pub struct UnsendableValue {
+    pub claim: &'static str,
+    pub problem: &'static str,
+}
+
+/// Checks one identity value (a claim sent in a header and in the assertion):
+/// not empty, no control character, no invisible or direction-changing
+/// character (zero-width, bidi controls, BOM, soft hyphen, line separators),
+/// no leading or trailing whitespace. Engineers adding identity headers call
+/// this (or [`check_list_item`]) for each value they send.
+pub fn check_value(claim: &'static str, text: &str) -> Result<(), UnsendableValue> {
+    let fail = |problem| Err(UnsendableValue { claim, problem });
+    if text.is_empty() {
+        return fail("is empty");
+    }
+    if text.chars().any(char::is_control) {
+        return fail("contains a control character");
+    }
+    if text.chars().any(is_invisible) {
+        return fail("contains an invisible or direction-changing character");
+    }
+    if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return fail("begins or ends with whitespace");
+    }
+    Ok(())
+}
+
+/// [`check_value`] for an item of a comma-separated header (groups, roles):
+/// a comma inside one item would read as two.
+pub fn check_list_item(claim: &'static str, text: &str) -> Result<(), UnsendableValue> {
+    check_value(claim, text)?;
+    if text.contains(',') {
+        return Err(UnsendableValue {
+            claim,
+            problem: "contains a comma (the header is a comma-separated list)",
+        });
+    }
+    Ok(())
+}
+
+/// Every value of `identity` that is sent upstream, checked.
+pub fn check_identity(identity: &Identity) -> Result<(), UnsendableValue> {
+    check_value("sub", &identity.subject)?;
+    for (claim, value) in [
+        ("email", &identity.email),
+        ("preferred_username", &identity.preferred_username),
+        ("oid", &identity.oid),
+        ("tid", &identity.tid),
+    ] {
+        if let Some(value) = value {
+            check_value(claim, value)?;
+        }
+    }
+    // The claim it came from is named above; this covers what else it may be.
+    check_value("user", &identity.user)?;
+    for group in &identity.groups {
+        check_list_item("groups", group)?;
+    }
+    for role in &identity.roles {
+        check_list_item("roles", role)?;
+    }
+    Ok(())
+}
+
+/// Format characters (Unicode Cf) and separators that render as nothing or
+/// reorder text, which a console would show as another account's name.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// A header value from an identity value checked by [`check_value`]: the
+/// text itself, never altered. None (no header) for text that was not
+/// checked and would not pass — defensive only, sign-in refuses those.
+/// UTF-8 (names like "Zoë") travels as obs-text bytes, as proxies commonly do.
 pub fn header_value(text: &str) -> Option<HeaderValue> {
-    let clean: String = text
-        .chars()
-        .filter(|c| {
-            !c.is_control()
-                && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{FEFF}')
-        })
-        .collect();
-    let clean = clean.trim();
-    if clean.is_empty() {
+    if check_value("value", text).is_err() {
         return None;
     }
-    // UTF-8 (names like "Zoë") travels as obs-text bytes, as proxies commonly do.
-    HeaderValue::from_bytes(clean.as_bytes()).ok()
+    HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
 /// Identity headers the gateway sets (and therefore never accepts from a client).
@@ -260,16 +332,35 @@ mod tests {
     }
 
     #[test]
-    fn claim_text_cannot_inject_headers() {
+    fn identity_values_are_refused_not_rewritten() {
+        for (text, problem) in [
+            ("alice\r\nX-Admin: yes", "control character"),
+            ("adm\u{200B}in@contoso.example", "invisible"),
+            ("\u{202E}nimda", "invisible"),
+            ("\u{200B}\u{200C}", "invisible"),
+            (" admin@contoso.example", "whitespace"),
+            ("admin@contoso.example\u{3000}", "whitespace"),
+            ("", "empty"),
+        ] {
+            let error = check_value("preferred_username", text).unwrap_err();
+            assert!(error.problem.contains(problem), "{text:?}: {error}");
+            assert!(header_value(text).is_none(), "{text:?} would be sent");
+        }
         assert_eq!(
-            header_value("alice\r\nX-Admin: yes").unwrap(),
-            "aliceX-Admin: yes"
+            check_list_item("groups", "staff,admins")
+                .unwrap_err()
+                .problem,
+            "contains a comma (the header is a comma-separated list)"
         );
-        assert_eq!(
-            header_value("Zoë\u{200B}").unwrap().as_bytes(),
-            "Zoë".as_bytes()
-        );
-        assert!(header_value("\u{0}\u{7f}").is_none());
+        // Letters of any script are values like others, sent byte for byte.
+        for text in [
+            "Zoë Müller",
+            "张伟@contoso.example",
+            "o'brien@contoso.example",
+        ] {
+            assert!(check_value("name", text).is_ok(), "{text}");
+            assert_eq!(header_value(text).unwrap().as_bytes(), text.as_bytes());
+        }
     }
 
     #[test]

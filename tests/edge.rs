@@ -631,3 +631,99 @@ async fn a_second_gateway_on_a_port_already_served_fails_with_address_in_use() {
         "{error}"
     );
 }
+
+// ---- 4. identity values are refused, not rewritten ----
+
+#[tokio::test]
+async fn identity_values_the_gateway_would_have_to_alter_are_refused_at_sign_in() {
+    for (user, groups, claim) in [
+        (
+            "adm\u{200B}in@contoso.example",
+            vec!["staff".to_string()],
+            "preferred_username",
+        ),
+        (
+            "\u{202E}nimda@contoso.example",
+            vec!["staff".to_string()],
+            "preferred_username",
+        ),
+        (
+            " admin@contoso.example",
+            vec!["staff".to_string()],
+            "preferred_username",
+        ),
+        (
+            "carol@contoso.example",
+            vec!["staff,admins".to_string()],
+            "groups",
+        ),
+    ] {
+        let (upstream, log) = recording_upstream().await;
+        let gw = gateway(upstream)
+            .idp(|idp| {
+                idp.auto_login = Some(user.to_string());
+                idp.groups = groups.clone();
+            })
+            .anonymous()
+            .start()
+            .await;
+        let browser = gw.fresh_browser();
+        let start = navigate(browser.get(gw.url("/console")))
+            .send()
+            .await
+            .unwrap();
+        let done = gw.follow_login(&browser, start).await;
+        assert_eq!(done.status(), 403, "{user:?} {groups:?}");
+        let page = done.text().await.unwrap();
+        assert!(page.contains("unsendable_identity"), "{page}");
+        assert!(page.contains(&format!("claim `{claim}`")), "{page}");
+        assert_eq!(
+            browser
+                .get(gw.url("/console"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "no session for {user:?}"
+        );
+        assert!(received(&log).is_empty(), "{:?}", received(&log));
+    }
+}
+
+#[tokio::test]
+async fn headers_and_assertion_carry_the_same_identity_values() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .idp(|idp| idp.auto_login = Some("zoë.müller@contoso.example".into()))
+        .start()
+        .await;
+    let response = gw.http1().get(gw.url("/console")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let got = received(&log);
+    let headers = &got[0].headers;
+    let user = headers["x-forwarded-user"].as_bytes();
+    assert_eq!(user, "zoë.müller@contoso.example".as_bytes());
+    let assertion = headers["x-gateway-assertion"].to_str().unwrap();
+    let payload = assertion.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["name"].as_str().map(str::as_bytes),
+        Some(user),
+        "{claims}"
+    );
+    let groups = headers["x-forwarded-groups"].to_str().unwrap();
+    let asserted: Vec<&str> = claims["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(groups, asserted.join(","));
+}

@@ -491,6 +491,21 @@ impl Auth {
             .await
         {
             Ok(identity) => identity,
+            Err(token::TokenError::UnsendableIdentity(value)) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %value, "sign-in refused: an identity value cannot be sent unaltered");
+                let detail = format!(
+                    "Your account cannot use this console through the gateway: its {value}. The gateway passes your identity to the console exactly as Microsoft sends it, or not at all. Ask the administrator to correct the account.",
+                );
+                return self.login_error_page(
+                    StatusCode::FORBIDDEN,
+                    "unsendable_identity",
+                    "Your account's details cannot be passed on",
+                    &detail,
+                    &flow.return_to,
+                    None,
+                    facts,
+                );
+            }
             Err(e) => {
                 tracing::warn!(request_id = %facts.request_id, reason = %e, "ID token rejected");
                 return self.login_error_page(

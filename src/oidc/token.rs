@@ -45,6 +45,9 @@ pub enum TokenError {
     ProviderNotLoaded,
     #[error("the token was rejected: {0}")]
     Other(String),
+    /// A claim the gateway would have to alter to send upstream.
+    #[error("{0}: the gateway sends identity values unaltered or not at all")]
+    UnsendableIdentity(crate::identity::UnsendableValue),
 }
 
 /// Claims the gateway reads (Entra v2.0 names).
@@ -187,7 +190,9 @@ impl TokenPolicy {
                 Some(_) => {}
             }
         }
-        Ok(identity(claims, subject))
+        let identity = identity(claims, subject);
+        crate::identity::check_identity(&identity).map_err(TokenError::UnsendableIdentity)?;
+        Ok(identity)
     }
 
     fn check_issuer(&self, metadata: &Metadata, claims: &Claims) -> Result<(), TokenError> {
