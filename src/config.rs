@@ -343,6 +343,18 @@ pub enum ResponseMode {
     FormPost,
 }
 
+/// How the certificate credential's client assertion is signed and names its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ClientAssertionAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and the SHA-1 thumbprint in `x5t`.
+    #[default]
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// RSASSA-PSS with SHA-256 and the SHA-256 thumbprint in `x5t#S256`.
+    #[serde(rename = "PS256")]
+    Ps256,
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
@@ -352,6 +364,20 @@ pub struct OidcConfig {
     pub client_secret: String,
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// Certificate credential (`private_key_jwt`): the X.509 certificate uploaded
+    /// to the app registration (PEM) …
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// … and its RSA private key (PEM, PKCS#8 or PKCS#1).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// RS256 with the SHA-1 `x5t` header, or PS256 with `x5t#S256`.
+    #[serde(default)]
+    pub client_assertion_alg: ClientAssertionAlg,
+    /// Federated credential: a file holding the assertion (e.g. the Kubernetes
+    /// workload-identity token), read at each use.
+    #[serde(default)]
+    pub client_assertion_file: Option<PathBuf>,
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
     #[serde(default = "default_response_mode")]
@@ -384,6 +410,11 @@ impl fmt::Debug for OidcConfig {
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
+            .field("client_secret_file", &self.client_secret_file)
+            .field("client_certificate", &self.client_certificate)
+            .field("client_key", &self.client_key)
+            .field("client_assertion_alg", &self.client_assertion_alg)
+            .field("client_assertion_file", &self.client_assertion_file)
             .field("scopes", &self.scopes)
             .field("response_mode", &self.response_mode)
             .field("callback_path", &self.callback_path)
@@ -800,7 +831,12 @@ impl Provider for EnvOverrides {
 
 /// Keys holding a path besides those whose name ends in `_file` or `_dir` (which
 /// all do): keep new path keys to that naming, or list them here.
-const PATH_KEYS: &[&str] = &["tls.cert", "tls.key"];
+const PATH_KEYS: &[&str] = &[
+    "tls.cert",
+    "tls.key",
+    "oidc.client_certificate",
+    "oidc.client_key",
+];
 
 fn is_path_key(dotted: &str) -> bool {
     let leaf = dotted.rsplit('.').next().unwrap_or(dotted);
@@ -1248,26 +1284,7 @@ impl Validator<'_> {
                 "copy the Application (client) ID from the Azure app registration",
             ));
         }
-        if let Some(path) = &oidc.client_secret_file {
-            if !oidc.client_secret.is_empty() {
-                return Err(self.err(
-                    "oidc.client_secret_file",
-                    "is set together with oidc.client_secret",
-                    "set only one of them",
-                ));
-            }
-            oidc.client_secret = self.read_secret_file("oidc.client_secret_file", path)?;
-        }
-        if oidc.client_secret.is_empty() {
-            return Err(self.err(
-                "oidc.client_secret",
-                "is empty",
-                format!(
-                    "set it, or oidc.client_secret_file (a Docker/Kubernetes secret), or {}",
-                    env_name("oidc.client_secret")
-                ),
-            ));
-        }
+        self.client_credential(oidc)?;
         if !oidc.scopes.iter().any(|s| s == "openid") {
             return Err(self.err(
                 "oidc.scopes",
@@ -1338,6 +1355,66 @@ impl Validator<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Exactly one credential kind: a secret (client_secret or client_secret_file),
+    /// a certificate (client_certificate + client_key) or a federated assertion file.
+    fn client_credential(&self, oidc: &mut OidcConfig) -> Result<(), ConfigError> {
+        if let Some(path) = &oidc.client_secret_file {
+            if !oidc.client_secret.is_empty() {
+                return Err(self.err(
+                    "oidc.client_secret_file",
+                    "is set together with oidc.client_secret",
+                    "set only one of them",
+                ));
+            }
+            oidc.client_secret = self.read_secret_file("oidc.client_secret_file", path)?;
+        }
+        match (&oidc.client_certificate, &oidc.client_key) {
+            (Some(_), None) => {
+                return Err(self.err(
+                    "oidc.client_key",
+                    "is missing while oidc.client_certificate is set",
+                    "a certificate credential needs both: set oidc.client_key to the certificate's private key (PEM)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "oidc.client_certificate",
+                    "is missing while oidc.client_key is set",
+                    "a certificate credential needs both: set oidc.client_certificate to the certificate (PEM) uploaded to Azure",
+                ))
+            }
+            _ => {}
+        }
+        let kinds: Vec<&str> = [
+            (!oidc.client_secret.is_empty()).then_some("oidc.client_secret"),
+            oidc.client_certificate
+                .is_some()
+                .then_some("oidc.client_certificate + oidc.client_key"),
+            oidc.client_assertion_file
+                .is_some()
+                .then_some("oidc.client_assertion_file"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match kinds.len() {
+            1 => Ok(()),
+            0 => Err(self.err(
+                "oidc.client_secret",
+                "no client credential is configured",
+                format!(
+                    "set one of: oidc.client_secret (or oidc.client_secret_file, or {}), oidc.client_certificate + oidc.client_key (recommended), oidc.client_assertion_file (federated credential)",
+                    env_name("oidc.client_secret")
+                ),
+            )),
+            _ => Err(self.err(
+                kinds[1].split(' ').next().unwrap_or("oidc.client_secret"),
+                format!("several client credentials are configured: {}", kinds.join(", ")),
+                "configure exactly one credential kind",
+            )),
+        }
     }
 
     fn headers_and_prefix(&self, config: &Config) -> Result<(), ConfigError> {
@@ -1763,7 +1840,19 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
     m.insert("tls.key", c.tls.key.display().to_string());
     m.insert("oidc.issuer", c.oidc.issuer.clone());
     m.insert("oidc.client_id", c.oidc.client_id.clone());
-    m.insert("oidc.client_secret", "(set)".into());
+    m.insert(
+        "oidc credential",
+        if c.oidc.client_certificate.is_some() {
+            format!(
+                "certificate (private_key_jwt, {:?})",
+                c.oidc.client_assertion_alg
+            )
+        } else if let Some(path) = &c.oidc.client_assertion_file {
+            format!("federated assertion file {}", path.display())
+        } else {
+            "client secret (set)".into()
+        },
+    );
     m.insert("upstream.url", settings.upstream.to_string());
     m.insert(
         "session.secret",
@@ -1944,6 +2033,83 @@ url = "http://127.0.0.1:21114"
     }
 
     #[test]
+    fn exactly_one_client_credential_kind() {
+        let without_secret = MINIMAL.replace("client_secret = \"s3cret\"\n", "");
+        let e = load_str(&without_secret, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("no client credential")
+                && e.contains("oidc.client_certificate + oidc.client_key")
+                && e.contains("oidc.client_assertion_file"),
+            "{e}"
+        );
+        let cert_env = [
+            ("OIDC_GATEWAY__OIDC__CLIENT_CERTIFICATE", "c.pem"),
+            ("OIDC_GATEWAY__OIDC__CLIENT_KEY", "k.pem"),
+        ];
+        let s = load_str(&without_secret, &env(&cert_env)).unwrap();
+        assert_eq!(
+            s.config.oidc.client_key.as_deref(),
+            Some(Path::new("k.pem"))
+        );
+        assert_eq!(
+            s.config.oidc.client_assertion_alg,
+            ClientAssertionAlg::Rs256
+        );
+
+        let both = load_str(MINIMAL, &env(&cert_env)).unwrap_err().to_string();
+        assert!(
+            both.contains("several client credentials")
+                && both.contains("oidc.client_secret, oidc.client_certificate + oidc.client_key"),
+            "{both}"
+        );
+        let half = load_str(
+            &without_secret,
+            &env(&[("OIDC_GATEWAY__OIDC__CLIENT_CERTIFICATE", "c.pem")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            half.contains("oidc.client_key") && half.contains("is missing"),
+            "{half}"
+        );
+        let federated_and_secret = load_str(
+            MINIMAL,
+            &env(&[(
+                "OIDC_GATEWAY__OIDC__CLIENT_ASSERTION_FILE",
+                "/var/run/token",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            federated_and_secret.contains("oidc.client_assertion_file"),
+            "{federated_and_secret}"
+        );
+        let pss = load_str(
+            &without_secret,
+            &env(&[
+                (
+                    "OIDC_GATEWAY__OIDC__CLIENT_ASSERTION_FILE",
+                    "/var/run/token",
+                ),
+                ("OIDC_GATEWAY__OIDC__CLIENT_ASSERTION_ALG", "PS256"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            pss.config.oidc.client_assertion_alg,
+            ClientAssertionAlg::Ps256
+        );
+        let bad_alg = load_str(
+            MINIMAL,
+            &env(&[("OIDC_GATEWAY__OIDC__CLIENT_ASSERTION_ALG", "HS256")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_alg.contains("client_assertion_alg"), "{bad_alg}");
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let s = load_str(MINIMAL, &[]).unwrap();
         let dbg = format!("{:?}", s.config);
@@ -2010,6 +2176,10 @@ url = "http://127.0.0.1:21114"
             "client_id",
             "client_secret",
             "client_secret_file",
+            "client_certificate",
+            "client_key",
+            "client_assertion_alg",
+            "client_assertion_file",
             "scopes",
             "response_mode",
             "callback_path",

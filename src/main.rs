@@ -195,6 +195,9 @@ async fn check(settings: &Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Err(code) = check_client_certificate(settings) {
+        return code;
+    }
     let callback = &settings.config.oidc.callback_path;
     println!("\nRedirect URI(s) to register in Azure (Authentication → Web → Redirect URIs):");
     match &settings.public_url {
@@ -211,6 +214,33 @@ async fn check(settings: &Settings) -> ExitCode {
         }
     }
     check_identity_provider(settings).await
+}
+
+/// The certificate credential: what to compare with Azure, and its expiry.
+fn check_client_certificate(settings: &Settings) -> Result<(), ExitCode> {
+    use oidc_gateway::oidc::client_certificate::ClientCertificate;
+    let oidc = &settings.config.oidc;
+    let (Some(certificate), Some(key)) = (&oidc.client_certificate, &oidc.client_key) else {
+        return Ok(());
+    };
+    let loaded =
+        ClientCertificate::load(certificate, key, oidc.client_assertion_alg).map_err(|e| {
+            eprintln!("oidc-gateway: configuration error: {e}");
+            ExitCode::from(2)
+        })?;
+    let facts = loaded.facts();
+    println!("\nClient certificate (Azure: App registrations → your app → Certificates & secrets → Certificates):");
+    println!("  subject                 {}", facts.subject);
+    println!(
+        "  thumbprint (SHA-1)      {}   (the Thumbprint column in Azure)",
+        facts.thumbprint_sha1
+    );
+    println!("  thumbprint (SHA-256)    {}", facts.thumbprint_sha256);
+    println!("  expires                 {}", facts.expires());
+    if let Some(warning) = facts.expiry_warning(oidc_gateway::session::unix_now() as i64) {
+        println!("  WARNING: {warning}");
+    }
+    Ok(())
 }
 
 /// Reads the IdP's discovery document and keys the way the gateway will.

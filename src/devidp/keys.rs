@@ -121,6 +121,27 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Whether `signature` over `message` verifies with this key's public half.
+    pub(super) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature::{
+            UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256,
+        };
+        match &self.material {
+            Material::Rsa(pair) => {
+                UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public().as_ref())
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            Material::Ec(pair) => {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, pair.public_key().as_ref())
+                    .verify(message, signature)
+                    .is_ok()
+            }
+        }
+    }
+}
+
 /// x and y of an uncompressed P-256 point (0x04 || x || y).
 fn ec_coordinates(point: &[u8]) -> (&[u8], &[u8]) {
     let coordinates = point.get(1..).unwrap_or_default();
@@ -210,7 +231,14 @@ impl KeyRing {
     }
 
     fn is_published(&self, kid: &str) -> bool {
-        self.active.kid == kid || self.previous.iter().any(|key| key.kid == kid)
+        self.published(kid).is_some()
+    }
+
+    /// The published key with this id.
+    pub(super) fn published(&self, kid: &str) -> Option<&SigningKey> {
+        std::iter::once(&self.active)
+            .chain(&self.previous)
+            .find(|key| key.kid == kid)
     }
 
     /// A key that is not in the JWKS: ES256 a fresh key; RS256 the first PEM key

@@ -26,6 +26,7 @@
 //! (and `prompt=none` answers `login_required`) unless `auto_login` is set.
 
 mod authorize;
+mod client_assertion;
 mod keys;
 mod token;
 mod tokens;
@@ -95,6 +96,12 @@ pub struct DevIdpOptions {
     pub email_claim: bool,
     /// `exp - iat` of ID and access tokens, and `expires_in`.
     pub token_lifetime: Duration,
+    /// Certificates (PEM) registered for the app: client assertions signed with
+    /// their keys are accepted (`private_key_jwt`).
+    pub client_certificates: Vec<String>,
+    /// The subject of the app's federated credential, whose issuer is this IdP's
+    /// workload issuer ([`DevIdp::workload_issuer`]).
+    pub federated_subject: Option<String>,
 }
 
 impl Default for DevIdpOptions {
@@ -110,6 +117,8 @@ impl Default for DevIdpOptions {
             auto_login: None,
             email_claim: false,
             token_lifetime: Duration::from_secs(3600),
+            client_certificates: Vec::new(),
+            federated_subject: None,
         }
     }
 }
@@ -238,6 +247,10 @@ struct Shared {
     token_requests: AtomicUsize,
     jwks_requests: AtomicUsize,
     logouts: Mutex<Vec<Option<String>>>,
+    certificates: Vec<client_assertion::RegisteredCertificate>,
+    seen_assertions: Mutex<client_assertion::SeenAssertions>,
+    /// The client assertions received, in order.
+    assertions: Mutex<Vec<String>>,
     stop: CancellationToken,
 }
 
@@ -289,6 +302,12 @@ impl DevIdp {
         }
         check_options(&options)?;
         let keys = KeyRing::new(options.alg, &options.rsa_keys_pem)?;
+        let certificates = options
+            .client_certificates
+            .iter()
+            .map(|pem| client_assertion::RegisteredCertificate::from_pem(pem))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -301,6 +320,9 @@ impl DevIdp {
             token_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
             logouts: Mutex::new(Vec::new()),
+            certificates,
+            seen_assertions: Mutex::new(Default::default()),
+            assertions: Mutex::new(Vec::new()),
             stop,
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -399,6 +421,34 @@ impl DevIdp {
     /// The `id_token_hint` of every logout request received, in order.
     pub fn logouts(&self) -> Vec<Option<String>> {
         lock(&self.shared.logouts).clone()
+    }
+
+    /// The client assertions the token endpoint received, in order.
+    pub fn client_assertions(&self) -> Vec<String> {
+        lock(&self.shared.assertions).clone()
+    }
+
+    /// The issuer of workload tokens (what a Kubernetes cluster's service-account
+    /// issuer is to a federated credential): `http://127.0.0.1:PORT/workload`.
+    pub fn workload_issuer(&self) -> String {
+        self.shared.workload_issuer()
+    }
+
+    /// A workload token for `subject` (as a platform writes to the federated
+    /// token file): `aud = api://AzureADTokenExchange`, one hour, signed with
+    /// the active key.
+    pub fn mint_workload_token(&self, subject: &str) -> String {
+        let now = tokens::now_secs();
+        let claims: Map<String, Value> = serde_json::from_value(json!({
+            "iss": self.shared.workload_issuer(),
+            "sub": subject,
+            "aud": [client_assertion::FEDERATION_AUDIENCE],
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "jti": web::random_uuid(),
+        }))
+        .unwrap_or_default();
+        self.shared
+            .sign(self.shared.default_header(), claims, SignAs::ActiveKey)
     }
 
     /// The `sub` claim the IdP issues for `user` (pairwise with the client id).
@@ -508,6 +558,10 @@ enum Endpoint {
 }
 
 impl Shared {
+    fn workload_issuer(&self) -> String {
+        format!("{}/workload", self.base_url)
+    }
+
     /// Splits `/T/rest` into tenant segment and endpoint, for a tenant this IdP serves.
     fn route<'p>(&self, path: &'p str) -> Option<(&'p str, Endpoint)> {
         let (tenant, rest) = path.strip_prefix('/')?.split_once('/')?;

@@ -10,6 +10,7 @@ use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
+use super::client_assertion;
 use super::tokens::{opaque_refresh_token, Login};
 use super::web::{b64url, entra_error, form_decode, json, Params};
 use super::{lock, RefreshGrant, Shared, TokenEndpointMode, CODE_LIFETIME};
@@ -119,8 +120,12 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), ()>
     Some(parse().ok_or(()))
 }
 
-/// Authenticates the client by secret; returns its id.
+/// Authenticates the client by client assertion (certificate or federated
+/// credential) or by secret; returns its id.
 fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result<String, Rejected> {
+    if let Some(assertion) = params.get("client_assertion") {
+        return authenticate_assertion(shared, headers, params, assertion);
+    }
     let (client_id, secret) = match basic_credentials(headers) {
         Some(Ok((id, secret))) => {
             if params.get("client_secret").is_some() {
@@ -175,6 +180,66 @@ fn authenticate(shared: &Shared, headers: &HeaderMap, params: &Params) -> Result
         )));
     }
     Ok(client_id)
+}
+
+fn authenticate_assertion(
+    shared: &Shared,
+    headers: &HeaderMap,
+    params: &Params,
+    assertion: &str,
+) -> Result<String, Rejected> {
+    lock(&shared.assertions).push(assertion.to_string());
+    if headers.contains_key(AUTHORIZATION) || params.get("client_secret").is_some() {
+        return Err(bad_request(
+            "invalid_request",
+            "AADSTS9002313: Invalid request. Only one client authentication method may be used \
+             (client_assertion together with a client secret).",
+        ));
+    }
+    if params.get("client_assertion_type") != Some(client_assertion::JWT_BEARER) {
+        return Err(bad_request(
+            "invalid_request",
+            "AADSTS7000216: 'client_assertion_type' must be \
+             urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+        ));
+    }
+    let options = &shared.options;
+    let client_id = params
+        .non_empty("client_id")
+        .ok_or_else(|| missing("client_id"))?;
+    if client_id != options.client_id {
+        return Err(bad_request(
+            "unauthorized_client",
+            &format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the \
+                 directory of the development IdP."
+            ),
+        ));
+    }
+    let token_endpoint = format!(
+        "{}/{}/oauth2/v2.0/token",
+        shared.base_url, options.tenant_id
+    );
+    let workload_issuer = shared.workload_issuer();
+    let verify_workload = |kid: Option<&str>, input: &[u8], signature: &[u8]| {
+        let keys = lock(&shared.keys);
+        kid.and_then(|kid| keys.published(kid))
+            .is_some_and(|key| key.verify(input, signature))
+    };
+    let context = client_assertion::AssertionContext {
+        client_id,
+        token_endpoint: &token_endpoint,
+        certificates: &shared.certificates,
+        federation: options
+            .federated_subject
+            .as_deref()
+            .map(|subject| (workload_issuer.as_str(), subject)),
+        workload_key: &verify_workload,
+    };
+    let mut seen = lock(&shared.seen_assertions);
+    client_assertion::check(&context, &mut seen, assertion)
+        .map_err(|description| invalid_client(&description))?;
+    Ok(client_id.to_string())
 }
 
 /// Compares SHA-256 digests without an early exit.

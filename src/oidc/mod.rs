@@ -6,6 +6,7 @@
 //! OIDC, and OIDC never touches sockets.
 
 pub mod client_auth;
+pub mod client_certificate;
 pub mod provider;
 pub mod return_to;
 pub mod token;
@@ -63,7 +64,11 @@ pub fn idp_http_client(settings: &Settings) -> Result<reqwest::Client, AuthInitE
         .connect_timeout(timeout)
         .user_agent(concat!("oidc-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| AuthInitError(e.to_string()))
+        .map_err(|e| {
+            AuthInitError(format!(
+                "cannot build the HTTP client for the identity provider: {e}"
+            ))
+        })
 }
 
 /// What the callback step decided.
@@ -87,7 +92,7 @@ pub struct Auth {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for the identity provider: {0}")]
+#[error("{0}")]
 pub struct AuthInitError(String);
 
 impl Auth {
@@ -104,12 +109,23 @@ impl Auth {
             oidc.response_mode == ResponseMode::FormPost,
         );
         let provider = Arc::new(Provider::new(&settings, http.clone(), readiness));
+        let credential =
+            ClientCredential::from_config(oidc).map_err(|e| AuthInitError(e.to_string()))?;
+        if let ClientCredential::Certificate(certificate) = &credential {
+            let facts = certificate.facts();
+            match facts.expiry_warning(unix_now() as i64) {
+                Some(warning) => tracing::warn!(thumbprint = %facts.thumbprint_sha1, "{warning}"),
+                None => {
+                    tracing::info!(thumbprint = %facts.thumbprint_sha1, expires = %facts.expires(), "client certificate loaded")
+                }
+            }
+        }
         Ok(Auth {
             token_endpoint: TokenEndpoint::new(
                 http,
                 provider.clone(),
                 oidc.client_id.clone(),
-                ClientCredential::Secret(oidc.client_secret.clone()),
+                credential,
             ),
             provider,
             policy: TokenPolicy::new(&settings),

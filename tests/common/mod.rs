@@ -66,6 +66,8 @@ pub struct Extra {
     pub upstream: String,
     pub session: String,
     pub rest: String,
+    /// Leave `oidc.client_secret` out (another credential kind is configured).
+    pub no_client_secret: bool,
 }
 
 /// Config text for a gateway in `dir` forwarding to `upstream` and trusting `issuer`.
@@ -83,7 +85,7 @@ self_signed = true
 [oidc]
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
+{secret}
 {oidc}
 [upstream]
 url = "{upstream}"
@@ -97,6 +99,11 @@ level = "warn"
 "#,
         server = extra.server,
         oidc = extra.oidc,
+        secret = if extra.no_client_secret {
+            String::new()
+        } else {
+            format!("client_secret = \"{CLIENT_SECRET}\"")
+        },
         upstream_extra = extra.upstream,
         session = extra.session,
         rest = extra.rest,
@@ -160,6 +167,11 @@ impl GatewayBuilder {
     /// An environment override, e.g. ("OIDC_GATEWAY__TLS__CERT", path).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+    /// No `oidc.client_secret` in the config (a certificate or federated credential instead).
+    pub fn without_client_secret(mut self) -> Self {
+        self.extra.no_client_secret = true;
         self
     }
     /// Start without signing the test browser in.
