@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +31,7 @@ use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
 use crate::streams::{self, Ended, StreamExecutor};
 use crate::tls::{self, CertificateSource, TlsError};
-use crate::watchdog::{self, Limits, ObservedIo, Watched};
+use crate::watchdog::{self, ConnectionClock, Expiry, Limits, ObservedIo, Watched};
 use crate::{empty_body, Body};
 
 #[derive(Debug, thiserror::Error)]
@@ -636,15 +637,63 @@ async fn serve_tls(
     let limits = Limits::from_config(&settings.config.server);
     let ended = if http2 {
         let streams = StreamExecutor::default();
-        let conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
-        streams::drive(conn, Some(streams), limits, &stop).await
+        let mut conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
+        streams::drive(
+            &mut conn,
+            Some(streams),
+            ConnectionClock::new(limits),
+            &stop,
+        )
+        .await
     } else {
-        let conn = http1_builder(&settings)
-            .serve_connection(io, service)
-            .with_upgrades();
-        streams::drive(conn, None, limits, &stop).await
+        serve_http1(io, service, &settings, limits, &stop).await
     };
     log_end(peer, &ended);
+}
+
+/// An HTTP/1.1 connection over TLS. Kept-alive connections that go quiet are
+/// parked: hyper's connection (its read and write buffers, the slot of the
+/// request future, the header map it keeps for reuse) is taken apart and only
+/// the TLS stream waits for the client's next bytes, as nginx frees a
+/// keep-alive connection's buffers. The next request gets a fresh one.
+async fn serve_http1<S>(
+    mut io: TokioIo<ObservedIo<TlsStream<TcpStream>>>,
+    mut service: S,
+    settings: &Settings,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Ended
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Error: Into<crate::BoxError>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<crate::BoxError>,
+{
+    let builder = http1_builder(settings);
+    loop {
+        let mut conn = builder.serve_connection(io, service).with_upgrades();
+        let clock = ConnectionClock::new(limits).parking();
+        let idle_left = match streams::drive(&mut conn, None, clock, stop).await {
+            Ended::Quiet { idle_left } => idle_left,
+            ended => return ended,
+        };
+        let Some(parts) = conn.into_parts() else {
+            return Ended::Closed(Ok(()));
+        };
+        (io, service) = (parts.io, parts.service);
+        io.inner_mut().unread(parts.read_buf);
+        let socket = io.inner().get_ref().get_ref().0;
+        tokio::select! {
+            readable = socket.readable() => {
+                if readable.is_err() {
+                    return Ended::Closed(Ok(()));
+                }
+            }
+            _ = tokio::time::sleep(idle_left) => return Ended::Expired(Expiry::Idle),
+            // Nothing in flight: closing is all a graceful shutdown has to do.
+            _ = stop.cancelled() => return Ended::Closed(Ok(())),
+        }
+    }
 }
 
 fn log_end(peer: SocketAddr, ended: &Ended) {
@@ -654,6 +703,7 @@ fn log_end(peer: SocketAddr, ended: &Ended) {
             tracing::debug!(%peer, error = %e, "connection ended with an error")
         }
         Ended::Expired(expiry) => tracing::debug!(%peer, ?expiry, "connection closed by a limit"),
+        Ended::Quiet { .. } => {}
     }
 }
 
@@ -726,10 +776,10 @@ async fn serve_redirect(
         let answer = redirect_answer(&request, &target, &readiness, insider).map(Watched::new);
         async move { Ok::<_, Infallible>(answer) }
     });
-    let conn =
+    let mut conn =
         http1_builder(&settings).serve_connection(TokioIo::new(ObservedIo::new(stream)), service);
-    let limits = Limits::from_config(&settings.config.server);
-    log_end(peer, &streams::drive(conn, None, limits, &stop).await);
+    let clock = ConnectionClock::new(Limits::from_config(&settings.config.server));
+    log_end(peer, &streams::drive(&mut conn, None, clock, &stop).await);
 }
 
 fn redirect_answer(

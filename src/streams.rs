@@ -27,7 +27,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use tokio_util::sync::CancellationToken;
 
-use crate::watchdog::{self, ConnectionClock, Expiry, Limits, SendClock};
+use crate::watchdog::{self, ConnectionClock, Expiry, SendClock};
 use crate::BoxError;
 
 /// The executor given to one connection's hyper builder. Futures handed to it
@@ -148,22 +148,25 @@ pub enum Ended {
     Closed(hyper::Result<()>),
     /// A limit ended it (src/watchdog.rs).
     Expired(Expiry),
+    /// HTTP/1: idle with everything written; the caller may park it
+    /// ([`Expiry::Quiet`]) or drive it on.
+    Quiet { idle_left: std::time::Duration },
 }
 
 /// Polls `connection`, and (HTTP/2) every stream it hands to `executor`, until
 /// the connection has ended and its last stream has finished, a limit ends it,
-/// or `stop` has closed it gracefully.
-pub async fn drive<C: HttpConnection>(
-    connection: C,
+/// `stop` has closed it gracefully, or (with a parking clock) it is quiet.
+pub async fn drive<C: HttpConnection + Unpin>(
+    connection: &mut C,
     executor: Option<StreamExecutor>,
-    limits: Limits,
+    mut clock: ConnectionClock,
     stop: &CancellationToken,
 ) -> Ended {
-    let mut connection = pin!(connection);
+    let mut connection = Pin::new(connection);
     let mut stopping = pin!(stop.cancelled());
+    let limits = *clock.limits();
     let tick = limits.tick();
     let mut timer = pin!(tokio::time::sleep(tick));
-    let mut clock = ConnectionClock::new(limits);
     // HTTP/2 only: made when the first stream arrives.
     let mut running: Option<FuturesUnordered<Caught>> = None;
     let mut ended = None;
@@ -227,6 +230,10 @@ pub async fn drive<C: HttpConnection>(
                     connection.as_mut().graceful_shutdown();
                     cx.waker().wake_by_ref();
                 }
+                Some(Expiry::Quiet { idle_left }) if !closing => {
+                    return Poll::Ready(Ended::Quiet { idle_left })
+                }
+                Some(Expiry::Quiet { .. }) => {}
                 Some(expiry) => return Poll::Ready(Ended::Expired(expiry)),
             }
         }
@@ -278,6 +285,7 @@ fn reset_stalled_streams(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watchdog::Limits;
     use hyper::rt::Executor;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -316,10 +324,14 @@ mod tests {
         }
     }
 
-    async fn drive_to_end<C: HttpConnection>(connection: C, executor: StreamExecutor) -> bool {
+    async fn drive_to_end<C: HttpConnection + Unpin>(
+        mut connection: C,
+        executor: StreamExecutor,
+    ) -> bool {
         let stop = CancellationToken::new();
+        let clock = ConnectionClock::new(limits());
         matches!(
-            drive(connection, Some(executor), limits(), &stop).await,
+            drive(&mut connection, Some(executor), clock, &stop).await,
             Ended::Closed(Ok(()))
         )
     }

@@ -69,6 +69,9 @@ pub struct Activity {
     read: bool,
     /// Bytes went out towards the client.
     wrote: bool,
+    /// The last write-side call left bytes on their way (Some(true)) or
+    /// completed a flush (Some(false)); None when there was no such call.
+    write_pending: Option<bool>,
     /// Requests handed to the service.
     requests: u32,
     /// Response bodies made (one per response).
@@ -82,6 +85,7 @@ impl Activity {
     const NONE: Activity = Activity {
         read: false,
         wrote: false,
+        write_pending: None,
         requests: 0,
         responses: 0,
         finished: 0,
@@ -166,11 +170,27 @@ impl<B: Body + Unpin> Body for Watched<B> {
 /// The client's byte stream (above TLS), noting reads and writes in [`Activity`].
 pub struct ObservedIo<T> {
     inner: T,
+    /// Bytes read before the connection was parked (src/streams.rs), read again first.
+    unread: Option<bytes::Bytes>,
 }
 
 impl<T> ObservedIo<T> {
     pub fn new(inner: T) -> Self {
-        ObservedIo { inner }
+        ObservedIo {
+            inner,
+            unread: None,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Puts bytes already read back in front of the stream.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        if !bytes.is_empty() {
+            self.unread = Some(bytes);
+        }
     }
 }
 
@@ -180,6 +200,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for ObservedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(unread) = self.unread.as_mut() {
+            let n = unread.len().min(buf.remaining());
+            buf.put_slice(&unread.split_to(n));
+            if unread.is_empty() {
+                self.unread = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -215,7 +243,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ObservedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        let pending = !matches!(polled, Poll::Ready(Ok(())));
+        note(|a| a.write_pending = Some(pending));
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -224,9 +255,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ObservedIo<T> {
 }
 
 fn note_written(polled: &Poll<std::io::Result<usize>>) {
-    if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
-        note(|a| a.wrote = true);
-    }
+    let wrote = matches!(polled, Poll::Ready(Ok(n)) if *n > 0);
+    note(|a| {
+        a.wrote |= wrote;
+        // Written bytes are on their way until a flush completes.
+        a.write_pending = Some(true);
+    });
 }
 
 /// A response's send clock: how long it has waited on the client without
@@ -303,6 +337,9 @@ pub enum Expiry {
     Idle,
     /// HTTP/1: the response got nothing through for `send_timeout`: drop it.
     SendTimeout,
+    /// HTTP/1: idle for a whole tick with everything written: its buffers may
+    /// be let go until the client speaks again (`idle_left` of the idle timeout).
+    Quiet { idle_left: Duration },
 }
 
 /// The timers of one connection.
@@ -316,6 +353,10 @@ pub struct ConnectionClock {
     in_flight: u32,
     /// HTTP/1: the response in flight.
     send: SendClock,
+    /// HTTP/1: everything written has been flushed to the socket.
+    write_drained: bool,
+    /// Report [`Expiry::Quiet`] (the caller parks idle connections).
+    park_when_quiet: bool,
 }
 
 impl ConnectionClock {
@@ -326,7 +367,15 @@ impl ConnectionClock {
             elapsed: None,
             in_flight: 0,
             send: SendClock::default(),
+            write_drained: true,
+            park_when_quiet: false,
         }
+    }
+
+    /// HTTP/1 connections whose caller parks them when quiet.
+    pub fn parking(mut self) -> Self {
+        self.park_when_quiet = true;
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -342,6 +391,9 @@ impl ConnectionClock {
 
     /// HTTP/1: takes in what a poll of the connection did.
     pub fn http1_polled(&mut self, activity: &Activity) {
+        if let Some(pending) = activity.write_pending {
+            self.write_drained = !pending;
+        }
         self.in_flight = (self.in_flight + activity.requests).saturating_sub(activity.finished);
         if self.in_flight > 0 {
             if activity.finished > 0 {
@@ -390,7 +442,13 @@ impl ConnectionClock {
         };
         let elapsed = self.elapsed.map_or(Duration::ZERO, |e| e + tick);
         self.elapsed = Some(elapsed);
-        (elapsed >= limit).then_some(expiry)
+        if elapsed >= limit {
+            return Some(expiry);
+        }
+        let quiet = self.phase == Phase::Idle && elapsed >= tick && self.write_drained;
+        (quiet && self.park_when_quiet).then(|| Expiry::Quiet {
+            idle_left: limit - elapsed,
+        })
     }
 }
 
@@ -500,6 +558,30 @@ mod tests {
             assert_eq!(clock.tick(), None);
             clock.http1_polled(&activity(|a| a.wrote = true));
         }
+    }
+
+    #[test]
+    fn an_idle_http1_connection_is_quiet_after_a_whole_tick_with_everything_flushed() {
+        let mut clock = ConnectionClock::new(limits()).parking();
+        clock.http1_polled(&activity(|a| {
+            a.requests = 1;
+            a.responses = 1;
+            a.finished = 1;
+            a.write_pending = Some(true);
+        }));
+        assert_eq!(clock.tick(), None);
+        assert_eq!(
+            clock.tick(),
+            None,
+            "not quiet: bytes were still on their way"
+        );
+        clock.http1_polled(&activity(|a| a.write_pending = Some(false)));
+        assert_eq!(
+            clock.tick(),
+            Some(Expiry::Quiet {
+                idle_left: Duration::from_secs(6)
+            })
+        );
     }
 
     #[test]

@@ -126,6 +126,39 @@ async fn an_http2_connection_without_open_streams_is_closed_after_the_idle_timeo
     at_least(answered.elapsed(), "idle_timeout", 1500);
 }
 
+#[tokio::test]
+async fn a_kept_alive_connection_quiet_for_a_while_serves_its_next_requests() {
+    // tick = 100 ms: after a few quiet ticks the connection is parked (hyper's
+    // buffers let go); the next request must find it as it was.
+    let gw = gateway(echo_upstream().await)
+        .server("header_read_timeout = \"400ms\"\nidle_timeout = \"5s\"")
+        .start()
+        .await;
+    let tls = gw.tls_connect(&[b"http/1.1"]).await;
+    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    let connection = tokio::spawn(connection);
+    let cookie = gw.session_cookie();
+    for round in 0..3 {
+        let response = send
+            .send_request(get(&gw, "/console", Some(&cookie)))
+            .await
+            .unwrap_or_else(|e| panic!("request {round} on the kept-alive connection: {e}"));
+        assert_eq!(response.status(), 200);
+        let echo: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(echoed(&echo, "x-forwarded-user"), [USER], "{echo}");
+        // Quiet for several ticks, far below the idle timeout.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !connection.is_finished(),
+            "closed while quiet, before idle_timeout"
+        );
+    }
+}
+
 /// An HTTP/1.1 connection to the gateway on which /healthz has been answered,
 /// retried until the gateway has room for it (connections of the test's sign-in
 /// may still be closing when the test begins).
