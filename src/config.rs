@@ -56,6 +56,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
+    pub acme: AcmeConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -257,6 +259,58 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Certificates from an ACME CA, validated with TLS-ALPN-01 on server.listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    /// DNS names of the certificate (the first is its subject).
+    pub domains: Vec<String>,
+    /// Contact addresses for the CA's expiry and policy mail (`mailto:` added when missing).
+    #[serde(deserialize_with = "one_or_many")]
+    pub contact: Vec<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// CA certificate(s) of a private ACME directory (pebble, step-ca), besides the web PKI roots.
+    pub directory_ca_file: Option<PathBuf>,
+    /// Account and certificates, one subdirectory per ACME directory.
+    pub cache_dir: PathBuf,
+    /// Order a new certificate this long before the current one expires.
+    #[serde(deserialize_with = "duration")]
+    pub renew_before: Duration,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            domains: Vec::new(),
+            contact: Vec::new(),
+            directory: LETS_ENCRYPT.into(),
+            directory_ca_file: None,
+            cache_dir: "acme".into(),
+            renew_before: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// A list, or a single string taken as a list of one.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(one) => vec![one],
+        Raw::Many(many) => many,
+    })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -324,6 +378,9 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub self_signed: bool,
+    /// How often the files are checked for new contents (0: only on SIGHUP).
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
 }
 
 impl Default for TlsConfig {
@@ -332,6 +389,7 @@ impl Default for TlsConfig {
             cert: "certs/gateway.crt".into(),
             key: "certs/gateway.key".into(),
             self_signed: true,
+            reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -1175,6 +1233,7 @@ impl Validator<'_> {
         let upstream = upstreams[0].url.clone();
         self.routes_upstreams(&config, &upstreams)?;
         self.session(&mut config.session)?;
+        self.acme(&mut config.acme)?;
         if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
             return Err(self.err(
                 "log.level",
@@ -1533,6 +1592,79 @@ impl Validator<'_> {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn acme(&self, acme: &mut AcmeConfig) -> Result<(), ConfigError> {
+        if !acme.enabled {
+            return Ok(());
+        }
+        if acme.domains.is_empty() {
+            return Err(self.err(
+                "acme.domains",
+                "is empty while acme.enabled = true",
+                "list the DNS names the certificate is for, e.g. [\"console.example.com\"]",
+            ));
+        }
+        for domain in &mut acme.domains {
+            *domain = domain.trim().to_ascii_lowercase();
+            let valid = !domain.is_empty()
+                && domain.len() <= 253
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && domain.parse::<IpAddr>().is_err()
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !valid {
+                return Err(self.err(
+                    "acme.domains",
+                    format!("{domain:?} is not a DNS name TLS-ALPN-01 can validate"),
+                    "list plain DNS names like \"console.example.com\" (no wildcards: TLS-ALPN-01 cannot validate them; no IP addresses)",
+                ));
+            }
+        }
+        for contact in &mut acme.contact {
+            let address = contact.trim().trim_start_matches("mailto:");
+            if address.split('@').count() != 2 || address.contains(char::is_whitespace) {
+                return Err(self.err(
+                    "acme.contact",
+                    format!("{contact:?} is not an e-mail address"),
+                    "write it like \"ops@example.com\" (or \"mailto:ops@example.com\")",
+                ));
+            }
+            *contact = format!("mailto:{address}");
+        }
+        let directory: Uri = acme.directory.trim().parse().map_err(|e| {
+            self.err(
+                "acme.directory",
+                format!("{:?} is not a URL ({e})", acme.directory),
+                format!("use the CA's directory URL, e.g. {LETS_ENCRYPT}"),
+            )
+        })?;
+        if directory.scheme_str() != Some("https") || directory.host().is_none() {
+            return Err(self.err(
+                "acme.directory",
+                format!("{:?} is not an https:// URL", acme.directory),
+                format!("ACME directories are served over https, e.g. {LETS_ENCRYPT}"),
+            ));
+        }
+        if let Some(path) = &acme.directory_ca_file {
+            if !path.is_file() {
+                return Err(self.err(
+                    "acme.directory_ca_file",
+                    format!("{} does not exist", path.display()),
+                    "point it at the PEM CA certificate of your private ACME directory, or remove it for a public CA",
+                ));
+            }
+        }
+        if acme.renew_before < Duration::from_secs(3600) {
+            return Err(self.err(
+                "acme.renew_before",
+                "is shorter than an hour",
+                "renew well ahead of expiry, e.g. \"30d\" (Let's Encrypt certificates last 90 days)",
+            ));
         }
         Ok(())
     }
@@ -2172,6 +2304,13 @@ url = "http://127.0.0.1:21114"
             "cert",
             "key",
             "self_signed",
+            "reload_interval",
+            "domains",
+            "contact",
+            "directory",
+            "directory_ca_file",
+            "cache_dir",
+            "renew_before",
             "issuer",
             "client_id",
             "client_secret",

@@ -1,8 +1,10 @@
 //! `oidc-gateway healthcheck`: asks the local listener for /healthz (or /readyz)
 //! so a Docker HEALTHCHECK works in an image without curl or a shell.
-//! It trusts exactly the certificate in `tls.cert` (pinned), whatever names it carries.
+//! It trusts exactly the certificate the listener serves (pinned: `tls.cert`, or the
+//! cached ACME certificate), whatever names it carries.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::Settings;
 use crate::tls;
+
+/// The certificate file the listener serves: with ACME, the cached ACME
+/// certificate once there is one; otherwise `tls.cert`.
+fn served_certificate_path(settings: &Settings) -> PathBuf {
+    let acme = &settings.config.acme;
+    if acme.enabled {
+        let cached = crate::acme::CacheFiles::new(acme).certificate();
+        if cached.is_file() {
+            return cached;
+        }
+    }
+    settings.config.tls.cert.clone()
+}
 
 /// The address to dial for a listen address: a wildcard becomes loopback.
 pub fn probe_address(listen: SocketAddr) -> SocketAddr {
@@ -44,8 +59,8 @@ async fn probe_inner(
     path: &str,
 ) -> Result<StatusCode, String> {
     tls::install_crypto_provider();
-    let cert_path = &settings.config.tls.cert;
-    let cert = tls::load_certs(cert_path)
+    let cert_path = served_certificate_path(settings);
+    let cert = tls::load_certs(&cert_path)
         .map_err(|e| e.to_string())?
         .into_iter()
         .next()

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod acme;
 pub mod assertion;
+pub mod certificate;
 pub mod config;
 pub mod connection;
 pub mod crypto;
@@ -23,6 +25,7 @@ pub mod oidc;
 pub mod pages;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod session;

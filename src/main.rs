@@ -10,11 +10,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use oidc_gateway::certificate::{expiry_warning, CertificatePair};
 use oidc_gateway::config::{self, ConfigSource, Settings};
-use oidc_gateway::{demo, devidp, healthcheck, server, telemetry, tls};
+use oidc_gateway::{demo, devidp, healthcheck, reload, server, telemetry, tls};
+
+/// `check` warns about a certificate that ends within this time.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 const EXAMPLES: &str = "\
 Examples:
@@ -123,6 +127,7 @@ async fn serve_until_signal(settings: Arc<Settings>) -> ExitCode {
     // Listen for signals before the port opens: a SIGTERM right after start-up
     // must drain, not kill the process with the default action.
     let signal = shutdown_signal();
+    let hangups = reload::Hangups::register();
     let server = match server::start(settings).await {
         Ok(server) => server,
         Err(e) => {
@@ -131,6 +136,7 @@ async fn serve_until_signal(settings: Arc<Settings>) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
+    hangups.forward_to(server.reload.clone());
     signal.await;
     tracing::info!("signal received: draining");
     server.shutdown().await;
@@ -183,12 +189,20 @@ async fn check(settings: &Settings) -> ExitCode {
         ),
         Ok(_) => {
             tls::install_crypto_provider();
-            if let Err(e) = tls::server_config(&settings.config.tls.cert, &settings.config.tls.key)
-            {
-                eprintln!("oidc-gateway: configuration error: {e}");
-                return ExitCode::from(2);
-            }
+            let pair = match CertificatePair::from_files(
+                &settings.config.tls.cert,
+                &settings.config.tls.key,
+            ) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    eprintln!("oidc-gateway: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             println!("TLS: certificate and key load and match");
+            if let Some(warning) = expiry_warning(&pair, SystemTime::now(), EXPIRY_WARNING) {
+                eprintln!("warning: {}: {warning}", settings.config.tls.cert.display());
+            }
         }
         Err(e) => {
             eprintln!("oidc-gateway: configuration error: {e}");

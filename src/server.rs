@@ -24,11 +24,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme;
+use crate::certificate::{CertificateOrigin, CertificatePair, FileReloader, ServedCertificate};
 use crate::config::{ConfigError, Settings};
 use crate::connection::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
+use crate::reload::ReloadSignal;
 use crate::streams::{self, Ended, StreamExecutor};
 use crate::tls::{self, CertificateSource, TlsError};
 use crate::watchdog::{self, ConnectionClock, Expiry, Limits, ObservedIo, Watched};
@@ -65,6 +68,10 @@ pub struct RunningServer {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub readiness: Readiness,
+    /// The certificate the listener serves (swapped on reload).
+    pub certificate: Arc<ServedCertificate>,
+    /// Reload requests (SIGHUP is forwarded here by `main`).
+    pub reload: ReloadSignal,
     stop: CancellationToken,
     task: JoinHandle<()>,
     /// One per extra worker thread: completes when that worker has drained.
@@ -106,7 +113,9 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
             "created a self-signed certificate; browsers will warn about it. Use a real certificate in production"
         );
     }
-    let acceptor = TlsAcceptor::from(tls::server_config(&tls_cfg.cert, &tls_cfg.key)?);
+    let stop = CancellationToken::new();
+    let reload = ReloadSignal::default();
+    let (certificate, acceptor) = serve_certificates(&settings, &reload, &stop)?;
 
     let workers = match settings.config.server.workers {
         0 => std::thread::available_parallelism()
@@ -164,7 +173,6 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         );
     }
     let gateway = Arc::new(gateway);
-    let stop = CancellationToken::new();
     gateway.spawn_background(stop.child_token());
     let admission = Admission::new(connection_cap(settings.config.server.max_connections));
 
@@ -215,10 +223,48 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         https_addr,
         http_addr,
         readiness,
+        certificate,
+        reload,
         stop,
         task,
         worker_exits,
     })
+}
+
+/// The listener's certificate resolver and acceptor, and the task that reloads
+/// the certificate files on a reload request or when they change.
+fn serve_certificates(
+    settings: &Settings,
+    reload: &ReloadSignal,
+    stop: &CancellationToken,
+) -> Result<(Arc<ServedCertificate>, TlsAcceptor), StartError> {
+    let tls_cfg = &settings.config.tls;
+    let acme = &settings.config.acme;
+    if acme.enabled {
+        // ACME owns the certificate: the cached one when it is there, else the
+        // files until the first order completes.
+        let served = match acme::CacheFiles::new(acme).cached_pair(&acme.domains) {
+            Some(pair) => ServedCertificate::new(pair, CertificateOrigin::Acme),
+            None => ServedCertificate::new(
+                CertificatePair::from_files(&tls_cfg.cert, &tls_cfg.key)?,
+                CertificateOrigin::Files,
+            ),
+        };
+        let served = Arc::new(served);
+        tokio::spawn(acme::run(acme.clone(), served.clone(), stop.child_token()));
+        let acceptor = TlsAcceptor::from(tls::server_config(served.clone(), true)?);
+        return Ok((served, acceptor));
+    }
+    let pair = CertificatePair::from_files(&tls_cfg.cert, &tls_cfg.key)?;
+    let served = Arc::new(ServedCertificate::new(pair, CertificateOrigin::Files));
+    let reloader = FileReloader::new(tls_cfg.cert.clone(), tls_cfg.key.clone(), served.clone());
+    tokio::spawn(reloader.run(
+        reload.subscribe(),
+        tls_cfg.reload_interval,
+        stop.child_token(),
+    ));
+    let acceptor = TlsAcceptor::from(tls::server_config(served.clone(), false)?);
+    Ok((served, acceptor))
 }
 
 /// A listening socket; with `reuse_port`, several may share the address (one per worker).
@@ -621,6 +667,10 @@ async fn serve_tls(
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+        // An ACME CA validating TLS-ALPN-01: the handshake was the whole answer.
+        return;
+    }
     // The protocol is the one ALPN agreed on (as nginx does): no sniffing of
     // the first bytes, whose wait would have no timer of its own.
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ResolvesServerCert;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::Settings;
@@ -29,9 +30,16 @@ pub enum TlsError {
     HalfPresent { present: PathBuf, absent: PathBuf },
     #[error("cannot write self-signed {path}: {reason}")]
     Write { path: PathBuf, reason: String },
-    #[error("key `upstream.ca_file`: cannot read {path}: {reason}")]
-    UpstreamCa { path: PathBuf, reason: String },
+    #[error("key `{key}`: cannot read {path}: {reason}; point it at a PEM file of the CA certificate(s)")]
+    CaFile {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
+
+/// ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The process-wide crypto provider: ring, installed once before any rustls use.
 pub fn install_crypto_provider() {
@@ -217,46 +225,47 @@ impl<'a> DerElement<'a> {
     }
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
 /// The listener's TLS config: TLS 1.2 and 1.3 (rustls offers nothing older),
-/// ALPN h2 then http/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = load_certs(cert)?;
-    let key = load_key(key)?;
+/// ALPN h2 then http/1.1 (plus `acme-tls/1` when ACME validates on this
+/// listener), certificates from `resolver` (swapped on reload).
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    acme_validation: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Pair(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            TlsError::Pair(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_validation {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 
 /// TLS for https upstreams: the Mozilla roots plus an optional private CA.
 pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    client_config(ca_file, "upstream.ca_file")
+}
+
+/// A TLS client trusting the Mozilla roots plus the CA certificates in `ca_file`
+/// (the config key `key` names it in errors).
+pub fn client_config(
+    ca_file: Option<&Path>,
+    key: &'static str,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = load_certs(path).map_err(|e| TlsError::UpstreamCa {
+        let fail = |reason: String| TlsError::CaFile {
+            key,
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let certs = load_certs(path).map_err(|e| fail(e.to_string()))?;
         for cert in certs {
-            roots.add(cert).map_err(|e| TlsError::UpstreamCa {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
         }
     }
     // No ALPN here: hyper-rustls sets it (http/1.1 only: the upstream hop carries upgrades).

@@ -831,6 +831,103 @@ fn sigterm_stops_gateway_with_exit_0() {
     assert_eq!(status.code(), Some(0), "status {status}\n{}", gw.logs());
 }
 
+/// A self-signed pair for localhost valid until `not_after`: (certificate PEM, key PEM).
+fn pair_valid_until(not_after: time::OffsetDateTime) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = not_after;
+    let cert = params.self_signed(&key).expect("self-signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn sighup_reloads_the_certificate_files() {
+    let dir = TempDir::new().unwrap();
+    let port = free_port();
+    let config = config_for(port).replace(
+        "self_signed = true",
+        "self_signed = true\nreload_interval = \"0s\"",
+    );
+    write(dir.path(), "config.toml", &config);
+    let mut gw = start(dir.path(), port);
+    assert_succeeded(&healthcheck(dir.path(), &[]));
+
+    // New files on disk: `healthcheck` pins the certificate in tls.cert, so it
+    // fails until the gateway serves the new pair (no file checks: only SIGHUP).
+    let (cert, key) = pair_valid_until(time::OffsetDateTime::now_utc() + time::Duration::days(90));
+    write(dir.path(), "certs/gw.key", &key);
+    write(dir.path(), "certs/gw.crt", &cert);
+    let before = healthcheck(dir.path(), &[]);
+    assert_eq!(before.status.code(), Some(1), "{}", stdout(&before));
+    assert!(
+        stderr(&before).contains("different certificate"),
+        "{}",
+        stderr(&before)
+    );
+
+    let hup = Command::new("kill")
+        .arg("-HUP")
+        .arg(gw.child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(hup.success());
+    let deadline = Instant::now() + PROCESS_DEADLINE;
+    loop {
+        if let Some(status) = gw.child.try_wait().expect("try_wait") {
+            panic!(
+                "SIGHUP must not stop the gateway; it exited with {status}\n{}",
+                gw.logs()
+            );
+        }
+        let probe = healthcheck(dir.path(), &[]);
+        if probe.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served after SIGHUP\n{}\n{}",
+            stderr(&probe),
+            gw.logs()
+        );
+        // Waiting on another process to handle its signal.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gw.logs().contains("TLS certificate reloaded"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[test]
+fn check_warns_about_a_certificate_that_expires_within_30_days() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "config.toml", &config_for(8443));
+    let (cert, key) = pair_valid_until(
+        time::OffsetDateTime::now_utc() + time::Duration::days(10) + time::Duration::hours(1),
+    );
+    write(dir.path(), "certs/gw.key", &key);
+    write(dir.path(), "certs/gw.crt", &cert);
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    assert!(
+        stderr(&out).contains("warning: certs/gw.crt: the certificate expires in 10 days"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 60 days left: no warning.
+    let (cert, key) = pair_valid_until(time::OffsetDateTime::now_utc() + time::Duration::days(60));
+    write(dir.path(), "certs/gw.key", &key);
+    write(dir.path(), "certs/gw.crt", &cert);
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    assert!(!stderr(&out).contains("expires"), "{}", stderr(&out));
+}
+
 // ---------------------------------------------------------------- dev-idp
 
 #[test]

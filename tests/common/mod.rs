@@ -61,7 +61,10 @@ pub struct TestGateway {
 /// Extra config lines per section; `rest` may hold whole sections.
 #[derive(Default, Clone)]
 pub struct Extra {
+    /// `server.listen`; default "127.0.0.1:0".
+    pub listen: Option<String>,
     pub server: String,
+    pub tls: String,
     pub oidc: String,
     pub upstream: String,
     pub session: String,
@@ -76,12 +79,13 @@ pub fn config_text(dir: &TempDir, upstream: &str, issuer: &str, extra: &Extra) -
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 {server}
 [tls]
 cert = "{d}/gateway.crt"
 key = "{d}/gateway.key"
 self_signed = true
+{tls}
 [oidc]
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
@@ -97,7 +101,9 @@ format = "text"
 level = "warn"
 {rest}
 "#,
+        listen = extra.listen.as_deref().unwrap_or("127.0.0.1:0"),
         server = extra.server,
+        tls = extra.tls,
         oidc = extra.oidc,
         secret = if extra.no_client_secret {
             String::new()
@@ -141,6 +147,14 @@ impl GatewayBuilder {
     }
     pub fn server(mut self, line: &str) -> Self {
         push_line(&mut self.extra.server, line);
+        self
+    }
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.extra.listen = Some(addr.to_string());
+        self
+    }
+    pub fn tls(mut self, line: &str) -> Self {
+        push_line(&mut self.extra.tls, line);
         self
     }
     pub fn upstream_option(mut self, line: &str) -> Self {
