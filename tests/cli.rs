@@ -914,7 +914,7 @@ fn check_warns_about_a_certificate_that_expires_within_30_days() {
     let out = check(dir.path(), "config.toml");
     assert_succeeded(&out);
     assert!(
-        stderr(&out).contains("warning: certs/gw.crt: the certificate expires in 10 days"),
+        stderr(&out).contains("certs/gw.crt: the certificate expires in 10 days"),
         "{}",
         stderr(&out)
     );
