@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use oidc_gateway::identity::Identity;
-use oidc_gateway::session::cookies::{session_key, CookieCodec};
-use oidc_gateway::session::{unix_now, MemoryStore, Session, SessionStore};
+use oidc_gateway::session::cookies::CookieCodec;
+use oidc_gateway::session::{unix_now, MemoryStore, SessionHandle, SessionRecord, SessionStore};
 
 const SESSIONS: usize = 100_000;
 
@@ -44,7 +44,7 @@ async fn fill(store: &MemoryStore, with_tokens: bool) -> u64 {
     let now = unix_now();
     for i in 0..SESSIONS {
         let (id, _) = CookieCodec::new_session_id();
-        let mut session = Session::new(identity(i), 12 * 3600, now);
+        let mut session = SessionRecord::new(identity(i), 12 * 3600, now);
         if with_tokens {
             // Typical Entra sizes: ID token ~1.5 KiB, access token ~2 KiB (kept only
             // with headers.pass_access_token; refresh tokens are never kept).
@@ -52,7 +52,7 @@ async fn fill(store: &MemoryStore, with_tokens: bool) -> u64 {
             session.access_token = Some("a".repeat(2000).into());
         }
         store
-            .insert(session_key(id.as_bytes()), session)
+            .insert(SessionHandle::new(id.as_bytes()), session)
             .await
             .unwrap();
     }

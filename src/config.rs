@@ -619,6 +619,28 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Login flows (browser tabs) in progress at once per browser; the oldest is dropped.
     pub max_login_flows: usize,
+    /// Where sessions live: this process's memory (default) or Redis/Valkey.
+    pub store: SessionStoreKind,
+    /// Memory store: where a graceful stop writes the live sessions (encrypted
+    /// with a key derived from `secret`) for the next start. Only with a secret.
+    pub state_file: PathBuf,
+    /// Redis store: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS).
+    pub redis_url: String,
+    pub redis_url_file: Option<PathBuf>,
+    /// Prefix of every Redis key the gateway writes.
+    pub redis_prefix: String,
+    /// Redis store: how long a replica serves a session it validated without
+    /// asking Redis again (the bound on cross-replica sign-out).
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+}
+
+/// `session.store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStoreKind {
+    Memory,
+    Redis,
 }
 
 impl Default for SessionConfig {
@@ -629,6 +651,12 @@ impl Default for SessionConfig {
             ttl: Duration::from_secs(12 * 3600),
             idle_timeout: Duration::from_secs(3600),
             max_login_flows: 5,
+            store: SessionStoreKind::Memory,
+            state_file: PathBuf::from("sessions.state"),
+            redis_url: String::new(),
+            redis_url_file: None,
+            redis_prefix: "oidc-gateway:".into(),
+            cache_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -640,6 +668,12 @@ impl fmt::Debug for SessionConfig {
             .field("ttl", &self.ttl)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_login_flows", &self.max_login_flows)
+            .field("store", &self.store)
+            .field("state_file", &self.state_file)
+            .field("redis_url", &"<redacted>")
+            .field("redis_url_file", &self.redis_url_file)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("cache_ttl", &self.cache_ttl)
             .finish()
     }
 }
@@ -1870,6 +1904,65 @@ impl Validator<'_> {
                 "use durations like \"12h\" (ttl) and \"1h\" (idle_timeout)",
             ));
         }
+        self.session_store(session)
+    }
+
+    /// `session.store` and the keys of the store it names.
+    fn session_store(&self, session: &mut SessionConfig) -> Result<(), ConfigError> {
+        if let Some(path) = &session.redis_url_file {
+            if !session.redis_url.is_empty() {
+                return Err(self.err(
+                    "session.redis_url_file",
+                    "is set together with session.redis_url",
+                    "set only one of them",
+                ));
+            }
+            session.redis_url = self.read_secret_file("session.redis_url_file", path)?;
+        }
+        if session.store == SessionStoreKind::Redis {
+            if session.redis_url.trim().is_empty() {
+                return Err(self.err(
+                    "session.redis_url",
+                    "is required with session.store = \"redis\"",
+                    "set it to redis://host:6379 (rediss:// for TLS; redis://user:password@host/0 \
+                     with an ACL user), or put that URL in a file named by session.redis_url_file",
+                ));
+            }
+            let scheme = session
+                .redis_url
+                .split_once("://")
+                .map(|(scheme, _)| scheme.to_ascii_lowercase());
+            if !matches!(
+                scheme.as_deref(),
+                Some("redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix")
+            ) {
+                // The URL may hold a password: name the scheme only.
+                return Err(self.err(
+                    "session.redis_url",
+                    format!(
+                        "has scheme {:?}; expected redis://, rediss:// (TLS) or redis+unix://",
+                        scheme.unwrap_or_default()
+                    ),
+                    "write it as redis://[user:password@]host[:port][/db]",
+                ));
+            }
+        }
+        let prefix = &session.redis_prefix;
+        if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err(
+                "session.redis_prefix",
+                "must be at most 64 characters without spaces or control characters",
+                "use something like \"oidc-gateway:\"",
+            ));
+        }
+        if session.cache_ttl >= session.idle_timeout {
+            return Err(self.err(
+                "session.cache_ttl",
+                "must be shorter than session.idle_timeout",
+                "keep it to a few seconds: it bounds how long another replica still \
+                 serves a session that was signed out",
+            ));
+        }
         Ok(())
     }
 
@@ -1992,6 +2085,23 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
             "(not set: random per start, sessions end on restart)".into()
         } else {
             "(set)".into()
+        },
+    );
+    m.insert(
+        "session.store",
+        match c.session.store {
+            SessionStoreKind::Memory if c.session.secret.is_empty() => {
+                "memory (no state file without session.secret)".into()
+            }
+            SessionStoreKind::Memory => format!(
+                "memory, kept across restarts in {}",
+                c.session.state_file.display()
+            ),
+            SessionStoreKind::Redis => format!(
+                "redis (prefix {:?}, local cache {})",
+                c.session.redis_prefix,
+                humantime::format_duration(c.session.cache_ttl)
+            ),
         },
     );
     m.insert("log.format", format!("{:?}", c.log.format).to_lowercase());
@@ -2239,6 +2349,81 @@ url = "http://127.0.0.1:21114"
         .unwrap_err()
         .to_string();
         assert!(bad_alg.contains("client_assertion_alg"), "{bad_alg}");
+    }
+
+    #[test]
+    fn session_store_keys_from_file_and_environment() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        assert_eq!(s.config.session.store, SessionStoreKind::Memory, "default");
+        assert_eq!(s.config.session.cache_ttl, Duration::from_secs(5));
+        let s = load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY__SESSION__STORE", "redis"),
+                (
+                    "OIDC_GATEWAY__SESSION__REDIS_URL",
+                    "rediss://gw:pw@redis.internal:6380/2",
+                ),
+                ("OIDC_GATEWAY__SESSION__REDIS_PREFIX", "gw1:"),
+                ("OIDC_GATEWAY__SESSION__CACHE_TTL", "2s"),
+                ("OIDC_GATEWAY__SESSION__STATE_FILE", "/var/lib/x.state"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.config.session.store, SessionStoreKind::Redis);
+        assert_eq!(s.config.session.redis_prefix, "gw1:");
+        assert_eq!(s.config.session.cache_ttl, Duration::from_secs(2));
+        assert_eq!(
+            s.config.session.state_file,
+            PathBuf::from("/var/lib/x.state")
+        );
+        assert!(
+            !format!("{:?}", s.config).contains("pw@"),
+            "the Redis URL may hold a password: never printed"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis_url");
+        std::fs::write(&file, "redis://:secret@127.0.0.1:6379/\n").unwrap();
+        let text = format!(
+            "{MINIMAL}[session]\nstore = \"redis\"\nredis_url_file = \"{}\"\n",
+            file.display()
+        );
+        let s = load_str(&text, &[]).unwrap();
+        assert_eq!(
+            s.config.session.redis_url,
+            "redis://:secret@127.0.0.1:6379/"
+        );
+    }
+
+    #[test]
+    fn bad_session_store_settings_name_the_key() {
+        let cases = [
+            ("store = \"redis\"", "session.redis_url", "is required"),
+            (
+                "store = \"redis\"\nredis_url = \"http://:pw@x\"",
+                "session.redis_url",
+                "has scheme \"http\"",
+            ),
+            ("store = \"disk\"", "session.store", "memory"),
+            ("cache_ttl = \"2h\"", "session.cache_ttl", "shorter than"),
+            (
+                "redis_prefix = \"a b\"",
+                "session.redis_prefix",
+                "without spaces",
+            ),
+            (
+                "redis_url = \"redis://x\"\nredis_url_file = \"/nonexistent\"",
+                "session.redis_url_file",
+                "together",
+            ),
+        ];
+        for (lines, key, problem) in cases {
+            let text = format!("{MINIMAL}[session]\n{lines}\n");
+            let e = load_str(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
+            assert!(!e.contains(":pw@"), "no password in errors: {e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   1. health     GET/HEAD /healthz, /readyz (exact path)          → answer
 //!   2. callback   /api/oidc/callback with a state we issued        → finish login, 303
 //!                 … with a state we never issued                   → reject, or to the console (rustdesk)
-//!   3. gateway    /.gateway/{sign_in,sign_out,me,auth,jwks.json}   → answer
+//!   3. gateway    /.gateway/{sign_in,sign_out,me,auth,jwks.json,
+//!                 frontchannel_logout}                              → answer
 //!   4. route      normalized path → public / sign-in (+rules) / deny (400 on a confusing path)
 //!   5. public     forward without identity
 //!   6. caller     session cookie, or Authorization: Bearer (when enabled)
@@ -36,14 +37,15 @@ use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
 use crate::identity::Identity;
 use crate::oidc::token::TokenError;
-use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts};
+use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts, SessionLookup};
 use crate::pages;
 use crate::pages::ErrorPage;
 use crate::proxy::{ForwardContext, Forwarded, Tunnels, Upstream};
 use crate::routes;
 use crate::session::cookies::{drop_gateway_set_cookies, strip_gateway_cookies, SessionKeyMemo};
+use crate::session::store::StoreInitError;
 use crate::session::unix_now;
-use crate::session::Session;
+use crate::session::{Session, SessionStore, StoreError};
 use crate::telemetry::{AccessLogBody, AccessRecord};
 use crate::tls::TlsError;
 use crate::Body;
@@ -80,6 +82,8 @@ pub enum GatewayInitError {
     Auth(#[from] AuthInitError),
     #[error(transparent)]
     Assertion(#[from] AssertionError),
+    #[error(transparent)]
+    SessionStore(#[from] StoreInitError),
 }
 
 /// One worker's gateway: its own upstream connection pools (one per upstream),
@@ -107,7 +111,9 @@ impl Gateway {
         tunnels: Tunnels,
     ) -> Result<Self, GatewayInitError> {
         let upstreams = Upstream::all(&settings, &tunnels)?;
-        let auth = Auth::new(settings.clone(), readiness.clone())?;
+        // The store is chosen by configuration and handed to the sign-in code.
+        let store = crate::session::open_store(&settings, &readiness)?;
+        let auth = Auth::new(settings.clone(), readiness.clone(), store)?;
         let assertion = match settings.config.assertion.enabled {
             true => Some(AssertionSigner::new(&settings)?),
             false => None,
@@ -154,6 +160,11 @@ impl Gateway {
 
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// The session store (shared by every worker).
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
+        self.auth.store().clone()
     }
 
     /// Runs one request through the pipeline.
@@ -411,6 +422,9 @@ impl Gateway {
                 }
             }
             CallerLookup::BadBearer(e) => Authorization::Refused(invalid_bearer(&e, facts)),
+            CallerLookup::StoreUnavailable(e) => {
+                Authorization::Refused(self.auth.store_unavailable(&e, facts))
+            }
             CallerLookup::Anonymous => Authorization::Anonymous,
         }
     }
@@ -422,12 +436,16 @@ impl Gateway {
 
     /// The caller: a live session, else a bearer token (when enabled).
     async fn caller(&self, headers: &http::HeaderMap, keys: &SessionKeyMemo) -> CallerLookup {
-        if let Some(session) = self.auth.session(headers, keys).await {
-            return CallerLookup::Found(Caller {
-                identity: session.identity.clone(),
-                session: Some(session),
-            });
-        }
+        let unavailable = match self.auth.session(headers, keys).await {
+            SessionLookup::Live(session) => {
+                return CallerLookup::Found(Caller {
+                    identity: session.identity().clone(),
+                    session: Some(session),
+                })
+            }
+            SessionLookup::None => None,
+            SessionLookup::Unavailable(e) => Some(e),
+        };
         // Boxed like the login paths: a JWKS refresh may happen in there.
         match Box::pin(self.auth.bearer_identity(headers)).await {
             Some(Ok(identity)) => CallerLookup::Found(Caller {
@@ -435,7 +453,11 @@ impl Gateway {
                 session: None,
             }),
             Some(Err(e)) => CallerLookup::BadBearer(e),
-            None => CallerLookup::Anonymous,
+            // A cookie the store could not look up: not anonymous (no login redirect).
+            None => match unavailable {
+                Some(e) => CallerLookup::StoreUnavailable(e),
+                None => CallerLookup::Anonymous,
+            },
         }
     }
 
@@ -475,11 +497,13 @@ impl Gateway {
         match endpoint {
             "sign_in" => self.auth.sign_in(uri, headers, facts),
             "sign_out" => self.auth.sign_out(method, uri, headers, facts).await,
-            "me" => {
-                let session = self.auth.session(headers, facts.session_keys).await;
-                self.auth.me(session.as_deref(), facts)
-            }
+            "me" => match self.auth.session(headers, facts.session_keys).await {
+                SessionLookup::Live(session) => self.auth.me(Some(&session), facts),
+                SessionLookup::None => self.auth.me(None, facts),
+                SessionLookup::Unavailable(e) => self.auth.store_unavailable(&e, facts),
+            },
             "auth" => self.forward_auth(headers, facts).await,
+            "frontchannel_logout" => self.auth.frontchannel_logout(method, uri, facts).await,
             "jwks.json" => match &self.assertion {
                 Some(signer) => {
                     let mut response = Response::new(crate::full_body(signer.jwks()));
@@ -611,7 +635,7 @@ impl Gateway {
             let token = caller
                 .session
                 .as_ref()
-                .and_then(|s| s.access_token.as_deref());
+                .and_then(|s| s.record.access_token.as_deref());
             if let Some(value) =
                 token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
             {
@@ -722,6 +746,8 @@ fn hsts_header(settings: &Settings) -> Option<HeaderValue> {
 enum CallerLookup {
     Found(Caller),
     BadBearer(TokenError),
+    /// A session cookie the store cannot look up right now.
+    StoreUnavailable(StoreError),
     Anonymous,
 }
 

@@ -9,12 +9,12 @@
 use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::HeadersConfig;
 
 /// Who a signed-in user is, from the ID token's claims (Entra v2.0 names).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
     /// What X-Forwarded-User carries: preferred_username, else email, else sub.
     pub user: String,
@@ -83,6 +83,12 @@ impl Identity {
     /// An identity with just a user name (unit tests).
     #[cfg(test)]
     pub fn for_tests(user: &str) -> Self {
+        Self::example(user)
+    }
+
+    /// An identity with just a user name (tests, benchmarks, the store
+    /// conformance suite).
+    pub fn example(user: &str) -> Self {
         Identity {
             user: user.into(),
             subject: format!("sub-{user}"),

@@ -32,6 +32,7 @@ use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
 use crate::proxy::Tunnels;
 use crate::reload::ReloadSignal;
+use crate::session::SessionStore;
 use crate::streams::{self, Ended, StreamExecutor};
 use crate::tls::{self, CertificateSource, TlsError};
 use crate::watchdog::{self, ConnectionClock, Expiry, Limits, ObservedIo, Watched};
@@ -76,6 +77,8 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     /// One per extra worker thread: completes when that worker has drained.
     worker_exits: Vec<tokio::sync::oneshot::Receiver<()>>,
+    /// Persisted once every worker has drained (memory store's state file).
+    sessions: Arc<dyn SessionStore>,
 }
 
 impl RunningServer {
@@ -93,6 +96,9 @@ impl RunningServer {
             // Err: the worker thread ended without signalling (it panicked); nothing to wait for.
             let _ = exit.await;
         }
+        // No request can change a session any more: keep them for the next start.
+        // (A failure is logged by the store; the stop goes on.)
+        let _ = self.sessions.persist().await;
     }
 
     pub async fn shutdown(self) {
@@ -161,6 +167,9 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     let gateway = Gateway::new(settings.clone(), readiness.clone(), tunnels.clone()).map_err(
         |e| match e {
             crate::gateway::GatewayInitError::Tls(e) => StartError::Tls(e),
+            crate::gateway::GatewayInitError::SessionStore(e) => StartError::Config(ConfigError {
+                message: e.to_string(),
+            }),
             other => StartError::Init(other.to_string()),
         },
     )?;
@@ -173,6 +182,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         );
     }
     let gateway = Arc::new(gateway);
+    let sessions = gateway.sessions();
     gateway.spawn_background(stop.child_token());
     let admission = Admission::new(connection_cap(settings.config.server.max_connections));
 
@@ -228,6 +238,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         stop,
         task,
         worker_exits,
+        sessions,
     })
 }
 

@@ -241,6 +241,8 @@ fn issue_code(
     groups: Vec<String>,
 ) -> Response<Body> {
     let code = super::web::b64url(random_token::<32>());
+    let session_state = random_uuid();
+    lock(&shared.sids).insert(user.clone(), session_state.clone());
     let grant = CodeGrant {
         client_id: request.client_id.clone(),
         redirect_uri: back.redirect_uri.clone(),
@@ -250,12 +252,12 @@ fn issue_code(
             user,
             groups,
             scope: request.scope.clone(),
+            sid: session_state.clone(),
         },
         issued_at: Instant::now(),
         used: false,
     };
     lock(&shared.grants).insert_code(code.clone(), grant);
-    let session_state = random_uuid();
     back.deliver(&[("code", &code), ("session_state", &session_state)])
 }
 

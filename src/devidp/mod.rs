@@ -102,6 +102,9 @@ pub struct DevIdpOptions {
     /// The subject of the app's federated credential, whose issuer is this IdP's
     /// workload issuer ([`DevIdp::workload_issuer`]).
     pub federated_subject: Option<String>,
+    /// Include Entra's optional claim `sid` (the IdP session of the sign-in,
+    /// which front-channel logout names).
+    pub sid_claim: bool,
 }
 
 impl Default for DevIdpOptions {
@@ -119,6 +122,7 @@ impl Default for DevIdpOptions {
             token_lifetime: Duration::from_secs(3600),
             client_certificates: Vec::new(),
             federated_subject: None,
+            sid_claim: false,
         }
     }
 }
@@ -251,6 +255,8 @@ struct Shared {
     seen_assertions: Mutex<client_assertion::SeenAssertions>,
     /// The client assertions received, in order.
     assertions: Mutex<Vec<String>>,
+    /// The IdP session (`sid`) of each user's latest sign-in.
+    sids: Mutex<HashMap<String, String>>,
     stop: CancellationToken,
 }
 
@@ -323,6 +329,7 @@ impl DevIdp {
             certificates,
             seen_assertions: Mutex::new(Default::default()),
             assertions: Mutex::new(Vec::new()),
+            sids: Mutex::new(HashMap::new()),
             stop,
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -451,6 +458,11 @@ impl DevIdp {
             .sign(self.shared.default_header(), claims, SignAs::ActiveKey)
     }
 
+    /// The IdP session id (`sid`) of `user`'s latest sign-in.
+    pub fn sid_of(&self, user: &str) -> Option<String> {
+        lock(&self.shared.sids).get(user).cloned()
+    }
+
     /// The `sub` claim the IdP issues for `user` (pairwise with the client id).
     pub fn subject(&self, user: &str) -> String {
         tokens::subject(user, &self.shared.options.client_id)
@@ -474,6 +486,7 @@ impl DevIdp {
             user: user.to_string(),
             groups: self.shared.options.groups.clone(),
             scope: "openid profile".to_string(),
+            sid: String::new(),
         };
         let mut claims = self.shared.id_token_claims(&login, nonce);
         tokens::merge_claims(&mut claims, &extra);

@@ -23,6 +23,9 @@ pub(super) struct Login {
     pub(super) user: String,
     pub(super) groups: Vec<String>,
     pub(super) scope: String,
+    /// The IdP's session of this sign-in (Entra's `sid` claim and the
+    /// `session_state` of the authorization response); refresh keeps it.
+    pub(super) sid: String,
 }
 
 /// Seconds since the Unix epoch.
@@ -107,6 +110,9 @@ impl Shared {
             put("groups", json!(login.groups));
         }
         put("rh", json!(format!("0.{}.", b64url(random_token::<40>()))));
+        if options.sid_claim && !login.sid.is_empty() {
+            put("sid", json!(login.sid));
+        }
         put("sub", json!(subject(&login.user, &options.client_id)));
         put("tid", json!(options.tenant_id));
         put("uti", json!(b64url(random_token::<16>())));

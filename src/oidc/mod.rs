@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod client_certificate;
+mod frontchannel;
 pub mod provider;
 pub mod return_to;
 pub mod token;
@@ -29,9 +30,8 @@ use crate::health::Readiness;
 use crate::identity::{Identity, IdentityHeaders};
 use crate::pages::{self, escape_html, ErrorPage};
 use crate::ratelimit::LoginLimiter;
-use crate::session::cookies::SessionKeyMemo;
-use crate::session::cookies::{session_key, CookieCodec, LoginFlow};
-use crate::session::{unix_now, MemoryStore, Session, SessionStore};
+use crate::session::cookies::{CookieCodec, LoginFlow, SessionKeyMemo};
+use crate::session::{unix_now, Session, SessionHandle, SessionRecord, SessionStore, StoreError};
 use crate::{empty_body, full_body, Body};
 use client_auth::ClientCredential;
 use provider::Provider;
@@ -95,8 +95,23 @@ pub struct Auth {
 #[error("{0}")]
 pub struct AuthInitError(String);
 
+/// The session a request's cookie names, as far as the store can tell.
+pub enum SessionLookup {
+    Live(Arc<Session>),
+    /// No cookie, an unknown or ended session.
+    None,
+    /// The store cannot answer now: the request must not be treated as
+    /// anonymous (no login redirect, no cookie cleared).
+    Unavailable(StoreError),
+}
+
 impl Auth {
-    pub fn new(settings: Arc<Settings>, readiness: Readiness) -> Result<Self, AuthInitError> {
+    /// The sign-in code, with the session store it keeps sessions in.
+    pub fn new(
+        settings: Arc<Settings>,
+        readiness: Readiness,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<Self, AuthInitError> {
         let oidc = &settings.config.oidc;
         let http = idp_http_client(&settings)?;
         let secret = match settings.config.session.secret.trim() {
@@ -136,7 +151,7 @@ impl Auth {
                 .then(|| TokenPolicy::for_bearer(&settings)),
             limiter: Arc::new(LoginLimiter::new(&settings.config.rate_limit)),
             cookies,
-            store: Arc::new(MemoryStore::new()),
+            store,
             headers: IdentityHeaders::new(
                 &settings.config.headers,
                 &[settings.config.assertion.header.as_str()],
@@ -224,28 +239,55 @@ impl Auth {
         ))
     }
 
+    /// The session store sessions are kept in.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
     /// The live session of this request, if any (touching it for the idle timeout).
-    pub async fn session(
-        &self,
-        headers: &HeaderMap,
-        keys: &SessionKeyMemo,
-    ) -> Option<Arc<Session>> {
-        let id = CookieCodec::session_id(headers)?;
-        let key = keys.key(id);
-        let session = match self.store.get(&key).await {
-            Ok(found) => found?,
+    pub async fn session(&self, headers: &HeaderMap, keys: &SessionKeyMemo) -> SessionLookup {
+        let Some(id) = CookieCodec::session_id(headers) else {
+            return SessionLookup::None;
+        };
+        let handle = SessionHandle::with_key(id, keys.key(id));
+        let session = match self.store.get(handle).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return SessionLookup::None,
             Err(e) => {
                 tracing::warn!(error = %e, "session lookup failed");
-                return None;
+                return SessionLookup::Unavailable(e);
             }
         };
         let now = unix_now();
         if !session.is_live(now, self.settings.config.session.idle_timeout.as_secs()) {
-            let _ = self.store.remove(&key).await;
-            return None;
+            let _ = self.store.remove(&handle.key).await;
+            return SessionLookup::None;
         }
         session.touch(now);
-        Some(session)
+        SessionLookup::Live(session)
+    }
+
+    /// The answer while the session store is unavailable: 503 saying so, no
+    /// login redirect and no cookie cleared, so that nobody is signed out by it.
+    pub fn store_unavailable(
+        &self,
+        error: &StoreError,
+        facts: &RequestFacts<'_>,
+    ) -> Response<Body> {
+        tracing::warn!(request_id = %facts.request_id, error = %error, "answered 503: the session store is unavailable");
+        let mut response = ErrorPage {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "session_store_unavailable",
+            title: "Sign-in is unavailable for a moment",
+            detail: "The gateway cannot reach its session store. You are still signed in: \
+                     try again in a moment.",
+            request_id: facts.request_id,
+        }
+        .render(facts.wants_html);
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response
     }
 
     /// Anonymous request: browsers navigating are sent to the IdP; everything
@@ -313,6 +355,10 @@ impl Auth {
     ) -> Response<Body> {
         if let Err(wait) = self.limiter.check(facts.client.client_ip) {
             return too_many_logins(wait, facts);
+        }
+        // A login that could not be saved at its end: do not send anyone to the IdP.
+        if let Err(e) = self.store.available() {
+            return self.store_unavailable(&e, facts);
         }
         let Some(loaded) = self.provider.current() else {
             return ErrorPage {
@@ -538,11 +584,13 @@ impl Auth {
 
         // Sign-in replaces any previous session of this browser.
         if let Some(old) = CookieCodec::session_id(headers) {
-            let _ = self.store.remove(&session_key(old)).await;
+            let _ = self.store.remove(&SessionHandle::new(old).key).await;
         }
-        let (id, key) = CookieCodec::new_session_id();
+        let (id, _) = CookieCodec::new_session_id();
         let now = unix_now();
-        let mut session = Session::new(identity, self.settings.config.session.ttl.as_secs(), now);
+        let mut session =
+            SessionRecord::new(identity, self.settings.config.session.ttl.as_secs(), now);
+        session.sid = entra_sid(&id_token).map(Into::into);
         session.id_token = Some(id_token.into());
         // Kept only when it is sent upstream: ~1-2 KiB per session otherwise unused.
         if self.settings.config.headers.pass_access_token {
@@ -561,13 +609,18 @@ impl Auth {
                 + session.access_token.as_ref().map_or(0, |t| t.len()),
             "signed in"
         );
-        if let Err(e) = self.store.insert(key, session).await {
+        if let Err(e) = self
+            .store
+            .insert(SessionHandle::new(id.as_bytes()), session)
+            .await
+        {
             tracing::error!(request_id = %facts.request_id, error = %e, "cannot store the session");
             return self.login_error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "session_store",
+                "session_store_unavailable",
                 "Sign-in could not be completed",
-                "The gateway could not save your session. Try again.",
+                "The gateway could not save your session: its session store is unavailable. \
+                 Try again in a moment.",
                 &flow.return_to,
                 None,
                 facts,
@@ -676,12 +729,16 @@ impl Auth {
     async fn end_session(&self, headers: &HeaderMap, facts: &RequestFacts<'_>) -> Response<Body> {
         let mut id_token = None;
         if let Some(id) = CookieCodec::session_id(headers) {
-            let key = session_key(id);
-            if let Ok(Some(session)) = self.store.get(&key).await {
-                tracing::info!(request_id = %facts.request_id, user = %session.identity.user, "signed out");
-                id_token = session.id_token.clone();
+            let handle = SessionHandle::new(id);
+            if let Ok(Some(session)) = self.store.get(handle).await {
+                tracing::info!(request_id = %facts.request_id, user = %session.identity().user, "signed out");
+                id_token = session.record.id_token.clone();
             }
-            let _ = self.store.remove(&key).await;
+            if let Err(e) = self.store.remove(&handle.key).await {
+                // The cookie is cleared all the same: without it the stored
+                // record cannot be opened or named again.
+                tracing::warn!(request_id = %facts.request_id, error = %e, "sign-out could not delete the stored session");
+            }
         }
         let end_session = self
             .provider
@@ -736,7 +793,7 @@ impl Auth {
 
     /// `/.gateway/me`: the identity of the current session, 401 without one.
     pub fn me(&self, session: Option<&Session>, facts: &RequestFacts<'_>) -> Response<Body> {
-        match session {
+        match session.map(|s| &s.record) {
             Some(s) => pages::json(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -954,6 +1011,22 @@ async fn callback_params(
         ));
     }
     Ok((params, body_bytes))
+}
+
+/// Entra's `sid` claim (optional claim "sid": the IdP's session, named by its
+/// front-channel logout) of an ID token that has already been validated.
+fn entra_sid(id_token: &str) -> Option<String> {
+    let payload = id_token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Sid {
+        sid: Option<String>,
+    }
+    let sid = serde_json::from_slice::<Sid>(&json).ok()?.sid?;
+    // A GUID in practice; anything long or odd is not worth indexing.
+    (!sid.is_empty() && sid.len() <= 128).then_some(sid)
 }
 
 fn unix_now_ns() -> u64 {

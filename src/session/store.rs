@@ -1,137 +1,224 @@
-//! Session stores. The store is keyed by the SHA-256 of the cookie's session id,
-//! so a leaked store (or a heap dump) does not hand out usable cookies.
-//! `MemoryStore` is the in-process store; a shared store (Redis) implements the
-//! same trait.
+//! The session store as a component: one trait, chosen by `session.store` and
+//! handed to the sign-in code. Stores are keyed by the SHA-256 of the cookie's
+//! session id, so a leaked store (or a heap dump) does not hand out usable
+//! cookies; the Redis store also encrypts each record with a key derived from
+//! the cookie (see [`SessionHandle::record_secret`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
-use super::Session;
+use super::cookies::session_key;
+use super::{Session, SessionRecord};
+use crate::config::{SessionStoreKind, Settings};
+use crate::health::Readiness;
 
 /// SHA-256 of a session id.
 pub type SessionKey = [u8; 32];
 
-#[derive(Debug, thiserror::Error)]
-#[error("session store: {0}")]
+/// The store cannot be used right now (Redis unreachable, …): the reason, for
+/// logs, the 503 answer and `/readyz`. Never a reason to forget a session.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("session store unavailable: {0}")]
 pub struct StoreError(pub String);
+
+/// A session as a request names it: the cookie's id and the key it is filed under.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionHandle<'a> {
+    pub key: SessionKey,
+    id: &'a [u8],
+}
+
+impl<'a> SessionHandle<'a> {
+    /// The handle of the session id `id` (hashes it).
+    pub fn new(id: &'a [u8]) -> Self {
+        SessionHandle {
+            key: session_key(id),
+            id,
+        }
+    }
+
+    /// The handle of `id` whose key the caller has already computed
+    /// ([`super::cookies::SessionKeyMemo`]); `key` must be `session_key(id)`.
+    pub fn with_key(id: &'a [u8], key: SessionKey) -> Self {
+        debug_assert_eq!(key, session_key(id));
+        SessionHandle { key, id }
+    }
+
+    /// Key material that only the cookie holds (the store has only its hash):
+    /// what a shared store encrypts the record with.
+    pub fn record_secret(&self) -> &[u8] {
+        self.id
+    }
+}
 
 /// What every session store provides. Futures are boxed so that the gateway can
 /// hold any store as `Arc<dyn SessionStore>`.
 pub trait SessionStore: Send + Sync + 'static {
-    /// The live session under `key`, if any. Expiry is the caller's decision.
-    fn get(&self, key: &SessionKey) -> BoxFuture<'_, Result<Option<Arc<Session>>, StoreError>>;
-    fn insert(&self, key: SessionKey, session: Session) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn remove(&self, key: &SessionKey) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Drops sessions expired at `now` (absolute or idle); returns how many.
+    /// "memory" or "redis" (logs, `/readyz`).
+    fn kind(&self) -> &'static str;
+    /// The session of `handle`, if the store has it. Expiry is the caller's decision.
+    fn get<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>>;
+    /// Stores (or replaces) the record of `handle`; returns the session as held now.
+    fn insert<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+        record: SessionRecord,
+    ) -> BoxFuture<'a, Result<Arc<Session>, StoreError>>;
+    fn remove<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Ends every session whose ID token carried Entra's `sid` (front-channel
+    /// logout); returns how many this store knew of.
+    fn remove_by_sid<'a>(&'a self, sid: &'a str) -> BoxFuture<'a, Result<usize, StoreError>>;
+    /// Forgets sessions this process holds that are expired at `now` (absolute
+    /// or idle); returns how many. Shared stores expire their own copy.
     fn sweep(&self, now: u64, idle: Duration) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Sessions held by this process.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Sessions in this process's memory (lost on restart).
-#[derive(Default)]
-pub struct MemoryStore {
-    sessions: DashMap<SessionKey, Arc<Session>>,
-}
-
-impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
+    /// Whether sessions can be created and looked up right now.
+    fn available(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// At a graceful stop: keep the sessions for the next start, where the
+    /// store does that (memory with a state file); returns how many were kept.
+    fn persist(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
     }
 }
 
-impl SessionStore for MemoryStore {
-    fn get(&self, key: &SessionKey) -> BoxFuture<'_, Result<Option<Arc<Session>>, StoreError>> {
-        let found = self.sessions.get(key).map(|s| s.value().clone());
-        Box::pin(async move { Ok(found) })
-    }
-
-    fn insert(&self, key: SessionKey, session: Session) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.sessions.insert(key, Arc::new(session));
-        Box::pin(async { Ok(()) })
-    }
-
-    fn remove(&self, key: &SessionKey) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.sessions.remove(key);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn sweep(&self, now: u64, idle: Duration) -> BoxFuture<'_, Result<usize, StoreError>> {
-        let before = self.sessions.len();
-        let idle = idle.as_secs();
-        self.sessions.retain(|_, s| s.is_live(now, idle));
-        let removed = before.saturating_sub(self.sessions.len());
-        Box::pin(async move { Ok(removed) })
-    }
-
-    fn len(&self) -> usize {
-        self.sessions.len()
-    }
+/// Why a store could not be set up (a start-up error naming the key).
+#[derive(Debug, thiserror::Error)]
+#[error("key `{key}`: {reason}")]
+pub struct StoreInitError {
+    pub key: &'static str,
+    pub reason: String,
 }
 
-/// The conformance suite every store must pass (oauth2-proxy's pattern: one
-/// suite, run against each store): a future store's unit tests call it too.
-#[cfg(test)]
-pub async fn conformance(store: &dyn SessionStore) {
-    use crate::identity::Identity;
-    let now = 1_000_000;
-    let identity = Identity::for_tests("alice");
-    let key = [7u8; 32];
-    assert!(
-        store.get(&key).await.unwrap().is_none(),
-        "empty store returns nothing"
-    );
-    store
-        .insert(key, Session::new(identity.clone(), 3600, now))
-        .await
-        .unwrap();
-    let got = store
-        .get(&key)
-        .await
-        .unwrap()
-        .expect("inserted session is found");
-    assert_eq!(got.identity.user, "alice");
-    assert!(
-        store.get(&[8u8; 32]).await.unwrap().is_none(),
-        "other keys find nothing"
-    );
-
-    // Sweep: absolute expiry and idle timeout.
-    store
-        .insert([1u8; 32], Session::new(identity.clone(), 10, now))
-        .await
-        .unwrap();
-    let idle = Session::new(identity.clone(), 3600, now - 100);
-    store.insert([2u8; 32], idle).await.unwrap();
-    let removed = store
-        .sweep(now + 20, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(removed, 2, "expired and idle sessions are swept");
-    assert!(
-        store.get(&key).await.unwrap().is_some(),
-        "live session survives the sweep"
-    );
-
-    store.remove(&key).await.unwrap();
-    assert!(
-        store.get(&key).await.unwrap().is_none(),
-        "removed session is gone"
-    );
-    assert!(store.is_empty());
+/// The store `session.store` names, ready to be handed to the sign-in code.
+/// Must be called inside a Tokio runtime (the Redis store connects in the background).
+pub fn open_store(
+    settings: &Settings,
+    readiness: &Readiness,
+) -> Result<Arc<dyn SessionStore>, StoreInitError> {
+    let session = &settings.config.session;
+    Ok(match session.store {
+        SessionStoreKind::Memory => Arc::new(super::memory::MemoryStore::open(settings)),
+        SessionStoreKind::Redis => Arc::new(super::redis::RedisStore::start(
+            settings,
+            readiness.clone(),
+        )?),
+    })
 }
 
-#[cfg(test)]
-mod tests {
+/// The conformance suite every store passes (oauth2-proxy's pattern: one suite,
+/// run against each store; `tests/session_store.rs` runs it on the memory store
+/// and on Redis).
+pub mod conformance {
     use super::*;
+    use crate::identity::Identity;
+    use crate::session::cookies::CookieCodec;
+    use crate::session::unix_now;
 
-    #[tokio::test]
-    async fn memory_store_passes_the_conformance_suite() {
-        conformance(&MemoryStore::new()).await;
+    fn record(user: &str, sid: Option<&str>) -> SessionRecord {
+        let mut identity = Identity::example(user);
+        identity.groups = vec!["g1".into(), "g2".into()];
+        let mut record = SessionRecord::new(identity, 3600, unix_now());
+        record.sid = sid.map(Into::into);
+        record.id_token = Some("header.payload.signature".into());
+        record
+    }
+
+    /// Runs every check on `store`, which must start empty of these sessions.
+    pub async fn run(store: &dyn SessionStore) {
+        let (id, _) = CookieCodec::new_session_id();
+        let alice = SessionHandle::new(id.as_bytes());
+        assert!(
+            store.get(alice).await.expect("store available").is_none(),
+            "an unknown session is not found"
+        );
+        let mut stored = record("alice", Some("sid-1"));
+        stored.access_token = Some("access".into());
+        stored.access_expires_at = Some(stored.created_at + 60);
+        stored.refresh_token = Some("refresh".into());
+        let held = store.insert(alice, stored.clone()).await.expect("insert");
+        assert_eq!(held.record.identity.user, "alice");
+        let got = store
+            .get(alice)
+            .await
+            .expect("get")
+            .expect("an inserted session is found");
+        assert_eq!(
+            *got.record.identity, *stored.identity,
+            "identity round-trips"
+        );
+        assert_eq!(got.record.sid.as_deref(), Some("sid-1"));
+        assert_eq!(got.record.id_token, stored.id_token);
+        assert_eq!(got.record.access_token, stored.access_token);
+        assert_eq!(got.record.access_expires_at, stored.access_expires_at);
+        assert_eq!(got.record.refresh_token, stored.refresh_token);
+        assert_eq!(got.record.expires_at, stored.expires_at);
+
+        let (other_id, _) = CookieCodec::new_session_id();
+        assert!(
+            store
+                .get(SessionHandle::new(other_id.as_bytes()))
+                .await
+                .expect("get")
+                .is_none(),
+            "another id finds nothing"
+        );
+
+        // Replacing a record (a refreshed access token) is seen by the next get.
+        let mut renewed = stored.clone();
+        renewed.access_token = Some("access-2".into());
+        store.insert(alice, renewed).await.expect("replace");
+        let got = store.get(alice).await.expect("get").expect("still there");
+        assert_eq!(got.record.access_token.as_deref(), Some("access-2"));
+
+        // Front-channel logout: every session with the sid, and only those.
+        let (bob_id, _) = CookieCodec::new_session_id();
+        let bob = SessionHandle::new(bob_id.as_bytes());
+        let (carol_id, _) = CookieCodec::new_session_id();
+        let carol = SessionHandle::new(carol_id.as_bytes());
+        store
+            .insert(bob, record("bob", Some("sid-1")))
+            .await
+            .expect("insert");
+        store
+            .insert(carol, record("carol", Some("sid-2")))
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.remove_by_sid("sid-1").await.expect("remove_by_sid"),
+            2,
+            "both sessions of sid-1 end"
+        );
+        assert!(store.get(alice).await.expect("get").is_none());
+        assert!(store.get(bob).await.expect("get").is_none());
+        assert!(
+            store.get(carol).await.expect("get").is_some(),
+            "another sid's session stays"
+        );
+        assert_eq!(
+            store.remove_by_sid("sid-unknown").await.expect("remove"),
+            0,
+            "an unknown sid ends nothing"
+        );
+
+        store.remove(&carol.key).await.expect("remove");
+        assert!(
+            store.get(carol).await.expect("get").is_none(),
+            "a removed session is gone"
+        );
+        store
+            .remove(&carol.key)
+            .await
+            .expect("removing twice is fine");
     }
 }

@@ -3,6 +3,8 @@
 //! that trust exactly the gateway's certificate.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -239,13 +241,7 @@ impl TestGateway {
     }
 
     fn client_builder(&self) -> reqwest::ClientBuilder {
-        let cert = reqwest::Certificate::from_pem(&self.cert_pem).expect("pem");
-        reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(cert)
-            .resolve("localhost", self.addr)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        client_builder(&self.cert_pem, self.addr)
     }
 
     /// An HTTP/1.1-only client of the signed-in test browser.
@@ -317,21 +313,9 @@ impl TestGateway {
     pub async fn follow_login(
         &self,
         client: &reqwest::Client,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
     ) -> reqwest::Response {
-        for _ in 0..6 {
-            let at_callback = response.url().path() == "/api/oidc/callback";
-            if at_callback || !response.status().is_redirection() {
-                return response;
-            }
-            let location = response.headers()["location"]
-                .to_str()
-                .expect("location")
-                .to_string();
-            let next = response.url().join(&location).expect("redirect target");
-            response = client.get(next).send().await.expect("redirect hop");
-        }
-        panic!("login did not reach the callback");
+        follow_login(client, response).await
     }
 
     /// A rustls client config trusting the gateway's certificate, with `alpn`.
@@ -489,4 +473,36 @@ pub async fn closed_port() -> SocketAddr {
     let addr = socket.local_addr().expect("addr");
     std::mem::forget(socket);
     addr
+}
+
+/// Follows a login's redirects (gateway → IdP → callback) until the callback answers.
+pub async fn follow_login(
+    client: &reqwest::Client,
+    mut response: reqwest::Response,
+) -> reqwest::Response {
+    for _ in 0..6 {
+        let at_callback = response.url().path() == "/api/oidc/callback";
+        if at_callback || !response.status().is_redirection() {
+            return response;
+        }
+        let location = response.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_string();
+        let next = response.url().join(&location).expect("redirect target");
+        response = client.get(next).send().await.expect("redirect hop");
+    }
+    panic!("login did not reach the callback");
+}
+
+/// A client that trusts only `cert_pem`, resolves `localhost` to `addr`'s IP
+/// (the port comes from each URL) and follows no redirects.
+pub fn client_builder(cert_pem: &[u8], addr: SocketAddr) -> reqwest::ClientBuilder {
+    let cert = reqwest::Certificate::from_pem(cert_pem).expect("pem");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .resolve("localhost", addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
 }

@@ -1,0 +1,475 @@
+//! The shared store for replicas: Redis or Valkey (`session.store = "redis"`).
+//!
+//! - **Useless at rest without the cookie.** A record is sealed (AES-256-GCM)
+//!   with a key derived from the session's cookie id, which only the browser
+//!   holds; Redis holds it under `{prefix}session:<hex SHA-256 of the id>`
+//!   (oauth2-proxy calls this design a ticket).
+//! - **Expiry is a Redis TTL**: `min(idle_timeout, time left)`, extended by the
+//!   `GETEX` a replica sends when it re-validates a session in use, so the idle
+//!   timeout costs no write per request.
+//! - **No round trip per request.** Each replica keeps the sessions it has
+//!   validated and serves them for `session.cache_ttl` before asking Redis
+//!   again: a sign-out on one replica is honoured by the others within that bound.
+//! - **Redis down** never signs anyone out: a session in the local cache goes
+//!   on being served; other lookups and new sign-ins get an error that the
+//!   gateway answers with 503 (never a cookie cleared, never a login redirect);
+//!   `/readyz` names the reason. A background probe notices when Redis is
+//!   back, and start-up does not wait for Redis.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::seal::Sealer;
+use super::store::{SessionHandle, SessionKey, SessionStore, StoreError, StoreInitError};
+use super::{unix_now, Session, SessionRecord};
+use crate::config::Settings;
+use crate::health::Readiness;
+
+/// The readiness component this store reports under.
+const COMPONENT: &str = "session_store";
+/// How often Redis is probed while it is down, and while it is up.
+const PROBE_DOWN: Duration = Duration::from_secs(1);
+const PROBE_UP: Duration = Duration::from_secs(5);
+/// Bounds on one Redis command and on one connection attempt.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A session this replica has validated, and when.
+struct Cached {
+    session: Arc<Session>,
+    validated: Instant,
+    /// The sealed record's nonce: a record rewritten elsewhere (refresh) has a
+    /// new one, an unchanged record keeps this process's session object.
+    nonce: [u8; 12],
+}
+
+/// Whether Redis answered the last command, and why not.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    reason: Mutex<String>,
+}
+
+/// Sessions in Redis, with a short-lived local cache.
+pub struct RedisStore {
+    /// Connects on first use and reconnects by itself after a failure.
+    connection: ConnectionManager,
+    prefix: String,
+    cache: DashMap<SessionKey, Cached>,
+    cache_ttl: Duration,
+    idle: Duration,
+    health: Arc<Health>,
+    readiness: Readiness,
+}
+
+impl RedisStore {
+    /// A store for `session.redis_url`; connects in the background (the
+    /// gateway starts not ready while Redis is unreachable, and retries).
+    pub fn start(settings: &Settings, readiness: Readiness) -> Result<Self, StoreInitError> {
+        let session = &settings.config.session;
+        let client = redis::Client::open(session.redis_url.trim()).map_err(|e| StoreInitError {
+            key: "session.redis_url",
+            // The URL may hold a password: only the parser's words.
+            reason: format!(
+                "is not a usable Redis URL ({}); write it as redis://[user:password@]host[:port][/db] or rediss:// for TLS",
+                e.detail().unwrap_or(e.category())
+            ),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            StoreInitError {
+                key: "session.redis_url",
+                reason: format!("cannot set up the Redis client: {e}"),
+            }
+        })?;
+        let store = RedisStore {
+            connection,
+            prefix: session.redis_prefix.clone(),
+            cache: DashMap::new(),
+            cache_ttl: session.cache_ttl,
+            idle: session.idle_timeout,
+            health: Arc::new(Health::default()),
+            readiness,
+        };
+        store.mark_down("connecting to Redis".into());
+        store.spawn_probe();
+        Ok(store)
+    }
+
+    /// Probes Redis (connecting the first time) so that readiness follows it
+    /// even when no request arrives: every second while it is down.
+    fn spawn_probe(&self) {
+        let mut manager = self.connection.clone();
+        let health = Arc::downgrade(&self.health);
+        let readiness = self.readiness.clone();
+        tokio::spawn(async move {
+            // Ends with the store.
+            while let Some(health) = health.upgrade() {
+                let probe = Probe {
+                    health,
+                    readiness: readiness.clone(),
+                };
+                let answer: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut manager).await;
+                let wait = match answer {
+                    Ok(_) => {
+                        probe.up();
+                        PROBE_UP
+                    }
+                    Err(e) => {
+                        probe.down(format!("Redis is unreachable: {e}"));
+                        PROBE_DOWN
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    fn session_key(&self, key: &SessionKey) -> String {
+        format!("{}session:{}", self.prefix, hex(key))
+    }
+
+    fn sid_key(&self, sid: &str) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, sid.as_bytes());
+        format!("{}sid:{}", self.prefix, hex(digest.as_ref()))
+    }
+
+    /// Runs one command (or pipeline), keeping the health state current. A
+    /// command that finds the connection broken (Redis restarted since the last
+    /// one) is sent once more: the connection manager has reconnected by then.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: impl FnOnce() -> RedisCommand,
+    ) -> Result<T, StoreError> {
+        let command = command();
+        let mut connection = self.connection.clone();
+        let mut attempts = 0;
+        let failure = loop {
+            attempts += 1;
+            let answer = match &command {
+                RedisCommand::One(cmd) => cmd.query_async(&mut connection).await,
+                RedisCommand::Pipeline(pipe) => pipe.query_async(&mut connection).await,
+            };
+            match answer {
+                Ok(value) => {
+                    if self.health.down.load(Ordering::Relaxed) {
+                        self.mark_up();
+                    }
+                    return Ok(value);
+                }
+                Err(e) if is_connection_error(&e) && attempts < 2 => continue,
+                Err(e) if is_connection_error(&e) => break format!("Redis is unreachable: {e}"),
+                // Redis answered with an error (out of memory, an ACL refusal, still
+                // loading): it is there but cannot serve sessions either.
+                Err(e) => break format!("Redis refused a command: {e}"),
+            }
+        };
+        self.mark_down(failure.clone());
+        Err(StoreError(failure))
+    }
+
+    fn mark_down(&self, reason: String) {
+        Probe {
+            health: self.health.clone(),
+            readiness: self.readiness.clone(),
+        }
+        .down(reason);
+    }
+
+    fn mark_up(&self) {
+        Probe {
+            health: self.health.clone(),
+            readiness: self.readiness.clone(),
+        }
+        .up();
+    }
+
+    fn sealer(handle: &SessionHandle<'_>) -> Sealer {
+        Sealer::derive(handle.record_secret(), b"redis session record")
+    }
+
+    /// Reads and re-validates a session from Redis, extending its idle TTL.
+    async fn fetch(&self, handle: SessionHandle<'_>) -> Result<Option<Arc<Session>>, StoreError> {
+        let redis_key = self.session_key(&handle.key);
+        let idle = self.idle.as_secs().max(1);
+        let sealed: Option<Vec<u8>> = self
+            .query(|| {
+                let mut cmd = redis::cmd("GETEX");
+                cmd.arg(&redis_key).arg("EX").arg(idle);
+                RedisCommand::One(cmd)
+            })
+            .await?;
+        let Some(sealed) = sealed else {
+            self.cache.remove(&handle.key);
+            return Ok(None);
+        };
+        let Some(record) = open_record(&handle, &redis_key, &sealed) else {
+            // Not sealed for this cookie (or damaged): as good as absent.
+            tracing::warn!("a Redis session record does not open with its cookie; ignored");
+            self.cache.remove(&handle.key);
+            return Ok(None);
+        };
+        let now = unix_now();
+        if now >= record.expires_at {
+            self.cache.remove(&handle.key);
+            let _: Result<i64, _> = self
+                .query(|| RedisCommand::One(redis::cmd("DEL").arg(&redis_key).clone()))
+                .await;
+            return Ok(None);
+        }
+        let nonce = nonce_of(&sealed);
+        let session = match self.cache.get(&handle.key) {
+            Some(cached) if cached.nonce == nonce => cached.session.clone(),
+            _ => {
+                let session = Arc::new(Session::from_record(SessionRecord {
+                    last_seen: now,
+                    ..record
+                }));
+                session.touch(now);
+                session
+            }
+        };
+        self.cache.insert(
+            handle.key,
+            Cached {
+                session: session.clone(),
+                validated: Instant::now(),
+                nonce,
+            },
+        );
+        Ok(Some(session))
+    }
+}
+
+/// What [`RedisStore::query`] sends.
+enum RedisCommand {
+    One(redis::Cmd),
+    Pipeline(redis::Pipeline),
+}
+
+/// Updates the health flag and readiness together.
+struct Probe {
+    health: Arc<Health>,
+    readiness: Readiness,
+}
+
+impl Probe {
+    fn down(&self, reason: String) {
+        let was_down = self.health.down.swap(true, Ordering::Relaxed);
+        *self
+            .health
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason.clone();
+        if !was_down {
+            tracing::warn!(reason = %reason, "session store unavailable: signed-in users keep their cookies; cached sessions are still served");
+        }
+        self.readiness.set_not_ready(COMPONENT, reason);
+    }
+
+    fn up(&self) {
+        if self.health.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("session store (Redis) available");
+        }
+        self.readiness.set_ready(COMPONENT);
+    }
+}
+
+impl Health {
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn open_record(
+    handle: &SessionHandle<'_>,
+    redis_key: &str,
+    sealed: &[u8],
+) -> Option<SessionRecord> {
+    let plain = RedisStore::sealer(handle).open(redis_key.as_bytes(), sealed)?;
+    serde_json::from_slice(&plain).ok()
+}
+
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn nonce_of(sealed: &[u8]) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    if let Some(bytes) = sealed.get(..12) {
+        nonce.copy_from_slice(bytes);
+    }
+    nonce
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl SessionStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn get<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        // The hot path: a session validated within cache_ttl, no Redis round trip.
+        let cached = self
+            .cache
+            .get(&handle.key)
+            .map(|c| (c.session.clone(), c.validated.elapsed() < self.cache_ttl));
+        if let Some((session, true)) = cached {
+            return Box::pin(std::future::ready(Ok(Some(session))));
+        }
+        Box::pin(async move {
+            match self.fetch(handle).await {
+                // Redis is down: a session this replica knows goes on.
+                Err(e) => match cached {
+                    Some((session, _)) => Ok(Some(session)),
+                    None => Err(e),
+                },
+                found => found,
+            }
+        })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+        record: SessionRecord,
+    ) -> BoxFuture<'a, Result<Arc<Session>, StoreError>> {
+        Box::pin(async move {
+            let now = unix_now();
+            let redis_key = self.session_key(&handle.key);
+            let plain = serde_json::to_vec(&record)
+                .map_err(|e| StoreError(format!("cannot serialize the session: {e}")))?;
+            let sealed = Self::sealer(&handle).seal(redis_key.as_bytes(), &plain);
+            let left = record.expires_at.saturating_sub(now).max(1);
+            let ttl = left.min(self.idle.as_secs().max(1));
+            let sid_key = record.sid.as_deref().map(|sid| self.sid_key(sid));
+            let key_hex = hex(&handle.key);
+            let () = self
+                .query(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic().set_ex(&redis_key, &sealed, ttl).ignore();
+                    if let Some(sid_key) = &sid_key {
+                        pipe.sadd(sid_key, &key_hex)
+                            .ignore()
+                            .expire(sid_key, left as i64)
+                            .ignore();
+                    }
+                    RedisCommand::Pipeline(pipe)
+                })
+                .await?;
+            let last_seen = self
+                .cache
+                .get(&handle.key)
+                .map(|c| c.session.last_seen())
+                .unwrap_or(now);
+            let session = Arc::new(Session::from_record(record));
+            session.touch(last_seen);
+            self.cache.insert(
+                handle.key,
+                Cached {
+                    session: session.clone(),
+                    validated: Instant::now(),
+                    nonce: nonce_of(&sealed),
+                },
+            );
+            Ok(session)
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.cache.remove(key);
+            let redis_key = self.session_key(key);
+            let _: i64 = self
+                .query(|| RedisCommand::One(redis::cmd("DEL").arg(&redis_key).clone()))
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn remove_by_sid<'a>(&'a self, sid: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let sid_key = self.sid_key(sid);
+            let members: Vec<String> = self
+                .query(|| RedisCommand::One(redis::cmd("SMEMBERS").arg(&sid_key).clone()))
+                .await?;
+            let keys: Vec<SessionKey> = members.iter().filter_map(|m| unhex(m)).collect();
+            for key in &keys {
+                self.cache.remove(key);
+            }
+            let redis_keys: Vec<String> = keys.iter().map(|k| self.session_key(k)).collect();
+            let (deleted,): (i64,) = self
+                .query(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    if redis_keys.is_empty() {
+                        pipe.cmd("EXISTS").arg(&sid_key);
+                    } else {
+                        pipe.cmd("DEL").arg(&redis_keys);
+                    }
+                    pipe.cmd("DEL").arg(&sid_key).ignore();
+                    RedisCommand::Pipeline(pipe)
+                })
+                .await?;
+            Ok(if redis_keys.is_empty() {
+                0
+            } else {
+                deleted as usize
+            })
+        })
+    }
+
+    fn sweep(&self, now: u64, idle: Duration) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let idle = idle.as_secs();
+        let before = self.cache.len();
+        self.cache.retain(|_, c| c.session.is_live(now, idle));
+        let removed = before.saturating_sub(self.cache.len());
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn available(&self) -> Result<(), StoreError> {
+        if self.health.down.load(Ordering::Relaxed) {
+            return Err(StoreError(self.health.reason()));
+        }
+        Ok(())
+    }
+}
+
+fn unhex(text: &str) -> Option<SessionKey> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(key)
+}

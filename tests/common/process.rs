@@ -1,0 +1,229 @@
+//! Real processes for the session tests: the gateway binary (restarts, two
+//! replicas) and `redis-server`, each on a free loopback port in a temporary
+//! directory, stopped when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to come up or to exit.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A port that was free a moment ago (the server binds it itself).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `ready` until it holds; panics with `what` (and `logs`) after [`DEADLINE`].
+/// Only for waiting on another process, which cannot signal us.
+async fn poll_until(what: &str, logs: impl Fn() -> String, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} in time\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A gateway process (`oidc-gateway run`) with its own working directory.
+pub struct GatewayProcess {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `oidc-gateway run --config dir/config.toml` (written from
+    /// `config`, whose `listen` must be `addr`); logs go to files in `dir`.
+    pub fn spawn(dir: &Path, addr: SocketAddr, config: &str) -> GatewayProcess {
+        std::fs::write(dir.join("config.toml"), config).expect("write config.toml");
+        let append = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .expect("log file")
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oidc-gateway"));
+        cmd.current_dir(dir)
+            .arg("run")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(append("gateway.out"))
+            .stderr(append("gateway.err"))
+            .env_remove("RUST_LOG");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("OIDC_GATEWAY") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd.spawn().expect("spawn oidc-gateway");
+        GatewayProcess {
+            child,
+            dir: dir.to_path_buf(),
+            addr,
+        }
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        logs_in(&self.dir)
+    }
+
+    /// Waits until the process accepts connections (not necessarily ready).
+    pub async fn wait_listening(&mut self) {
+        let addr = self.addr;
+        let dir = self.dir.clone();
+        let child = &mut self.child;
+        poll_until(
+            "the gateway listens",
+            || logs_in(&dir),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the gateway exited early with {status}\n{}", logs_in(&dir));
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            },
+        )
+        .await;
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let killed = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let mut status = None;
+        let dir = self.dir.clone();
+        let child = &mut self.child;
+        poll_until(
+            "the gateway exits after SIGTERM",
+            || logs_in(&dir),
+            || {
+                status = child.try_wait().expect("try_wait");
+                status.is_some()
+            },
+        )
+        .await;
+        status.expect("exited")
+    }
+}
+
+fn logs_in(dir: &Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    format!(
+        "gateway stdout:\n{}\ngateway stderr:\n{}",
+        read("gateway.out"),
+        read("gateway.err")
+    )
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `redis-server` of its own on a free loopback port, its data kept in an
+/// append-only file synced on every write (a restart keeps the sessions).
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one; None (after saying SKIPPED) only where `redis-server` is
+    /// not installed — `.ci/run` installs it, so CI never skips.
+    pub async fn start(test: &str) -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!(
+                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server)"
+            );
+            return None;
+        }
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.resume().await;
+        Some(server)
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .expect("redis log");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let log_path = self.dir.path().join("redis.log");
+        poll_until(
+            "redis-server listens",
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        )
+        .await;
+    }
+
+    /// Stops it at once (SIGKILL: like a crash); what it acknowledged is on disk.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection for inspecting what the gateway wrote.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

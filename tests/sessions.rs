@@ -1,0 +1,625 @@
+//! Sessions that outlive a process: the store conformance suite on Redis, the
+//! memory store's state file across a real restart (SIGTERM), two gateway
+//! processes sharing one real `redis-server` (sign-in on one, use and sign-out
+//! on the other, Redis stopped and restarted, start-up without Redis), and
+//! front-channel logout by Entra's `sid` on both stores.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{free_port, GatewayProcess, RedisServer};
+use common::{config_text, echo_upstream, echoed, follow_login, gateway, idp_options, Extra, USER};
+use oidc_gateway::config;
+use oidc_gateway::devidp::DevIdp;
+use oidc_gateway::session::redis::RedisStore;
+use oidc_gateway::session::store::conformance;
+use oidc_gateway::session::{SessionHandle, SessionRecord, SessionStore};
+use tempfile::TempDir;
+
+/// base64 of 32 bytes: the replicas' shared session.secret.
+const SECRET: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+
+/// Waiting on other processes (a replica's cache, Redis coming back) is bounded by this.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn store_settings(redis: &RedisServer, extra_session: &str) -> config::Settings {
+    let dir = TempDir::new().unwrap();
+    let extra = Extra {
+        session: format!(
+            "store = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"t:\"\n{extra_session}",
+            redis.url()
+        ),
+        ..Default::default()
+    };
+    let text = config_text(
+        &dir,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/t/v2.0",
+        &extra,
+    );
+    config::load_str(&text, &[]).expect("valid config")
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_conformance_suite() {
+    let Some(redis) = RedisServer::start("redis_store_passes_the_conformance_suite").await else {
+        return;
+    };
+    let settings = store_settings(&redis, "");
+    let store = RedisStore::start(&settings, Default::default()).expect("store");
+    conformance::run(&store).await;
+}
+
+#[tokio::test]
+async fn redis_records_are_sealed_under_a_hash_of_the_cookie_and_expire() {
+    let Some(redis) = RedisServer::start("redis_records_are_sealed").await else {
+        return;
+    };
+    let settings = store_settings(&redis, "idle_timeout = \"30m\"");
+    let store = RedisStore::start(&settings, Default::default()).expect("store");
+    let id = "s".repeat(43);
+    let handle = SessionHandle::new(id.as_bytes());
+    let mut record = SessionRecord::new(
+        oidc_gateway::identity::Identity::example("mallory-secret-name"),
+        12 * 3600,
+        oidc_gateway::session::unix_now(),
+    );
+    record.access_token = Some("access-token-value".into());
+    store.insert(handle, record).await.expect("insert");
+
+    let mut redis_conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let hex: String = handle.key.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        keys[0],
+        format!("t:session:{hex}"),
+        "keyed by SHA-256 of the id"
+    );
+    assert!(!keys[0].contains(&id));
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&value);
+    assert!(
+        !text.contains("mallory") && !text.contains("access-token"),
+        "the record is sealed: {text}"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert!(
+        (1..=1800).contains(&ttl),
+        "the TTL is the idle timeout (30 min), not the 12 h lifetime: {ttl}"
+    );
+
+    // A cookie that hashes elsewhere finds nothing; a record moved under
+    // another cookie's key does not open with that cookie.
+    let other = "o".repeat(43);
+    let other_handle = SessionHandle::new(other.as_bytes());
+    let other_hex: String = other_handle
+        .key
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let () = redis::cmd("SET")
+        .arg(format!("t:session:{other_hex}"))
+        .arg(&value)
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert!(
+        store.get(other_handle).await.expect("get").is_none(),
+        "a record opens only with the cookie it was sealed for"
+    );
+}
+
+// ------------------------------------------------------------------ replicas
+
+/// The IdP, the upstream and the certificate the gateway processes share.
+struct Site {
+    idp: DevIdp,
+    upstream: SocketAddr,
+    /// The gateways' certificate (written by the first one, reused by the others).
+    certs: TempDir,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let mut options = idp_options();
+        options.sid_claim = true;
+        let idp = DevIdp::start(options).await.expect("IdP starts");
+        Site {
+            idp,
+            upstream: echo_upstream().await,
+            certs: TempDir::new().unwrap(),
+        }
+    }
+
+    /// Config for a replica listening on `port`, with `session` lines.
+    fn config(&self, port: u16, session: &str) -> String {
+        let extra = Extra {
+            session: format!("secret = \"{SECRET}\"\n{session}"),
+            ..Default::default()
+        };
+        config_text(
+            &self.certs,
+            &format!("http://{}", self.upstream),
+            &self.idp.issuer(),
+            &extra,
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+    }
+
+    /// A browser (own cookie jar) trusting the replicas' certificate.
+    fn browser(&self) -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let cert = std::fs::read(self.certs.path().join("gateway.crt")).expect("certificate");
+        let client = common::client_builder(&cert, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .cookie_provider(jar.clone())
+            .build()
+            .expect("client");
+        Browser { client, jar }
+    }
+}
+
+/// One gateway process.
+struct Replica {
+    process: GatewayProcess,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Replica {
+    /// Starts a replica with `session` lines and waits until it listens.
+    async fn start(site: &Site, session: &str) -> Replica {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut process = GatewayProcess::spawn(dir.path(), addr, &site.config(port, session));
+        process.wait_listening().await;
+        Replica {
+            process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// A replica in `dir` (kept across restarts), waiting until it is ready.
+    async fn start_in(site: &Site, dir: TempDir, port: u16, session: &str) -> Replica {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut process = GatewayProcess::spawn(dir.path(), addr, &site.config(port, session));
+        process.wait_listening().await;
+        let replica = Replica {
+            process,
+            port,
+            _dir: dir,
+        };
+        replica.wait_ready(&site.browser()).await;
+        replica
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    async fn readyz(&self, browser: &Browser) -> (u16, String) {
+        let response = browser
+            .client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn wait_ready(&self, browser: &Browser) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.readyz(browser).await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica not ready: {body}\n{}",
+                self.process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+struct Browser {
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Browser {
+    async fn sign_in(&self, replica: &Replica) {
+        let start = self
+            .client
+            .get(replica.url("/.gateway/sign_in?rd=%2F"))
+            .send()
+            .await
+            .expect("sign_in");
+        let response = follow_login(&self.client, start).await;
+        assert_eq!(response.status(), 303, "sign-in through the replica");
+    }
+
+    /// `GET path` as an API client: 200 with the echo, or the gateway's answer.
+    async fn get(&self, replica: &Replica, path: &str) -> reqwest::Response {
+        self.client
+            .get(replica.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The session cookie pair, to replay it after the jar forgot it.
+    fn session_cookie(&self, replica: &Replica) -> String {
+        use reqwest::cookie::CookieStore;
+        let url: reqwest::Url = replica.url("/").parse().unwrap();
+        self.jar
+            .cookies(&url)
+            .and_then(|v| {
+                v.to_str()
+                    .unwrap()
+                    .split("; ")
+                    .find(|p| p.starts_with("__Host-oidc-gateway="))
+                    .map(str::to_string)
+            })
+            .expect("signed in")
+    }
+}
+
+/// Asserts a 200 from the echo upstream as `USER`.
+async fn assert_signed_in(response: reqwest::Response, what: &str) {
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{what}: {body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed(&echo, "x-forwarded-user"), vec![USER], "{what}");
+}
+
+/// Asserts the answer of the gateway for a session it no longer knows (API client).
+async fn assert_signed_out(response: reqwest::Response, what: &str) {
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 401, "{what}: {body}");
+    assert!(body.contains("\"unauthenticated\""), "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_sessions_survive_a_restart_and_a_corrupt_state_file_means_a_clean_start() {
+    let site = Site::new().await;
+    let dir = TempDir::new().unwrap();
+    let work = dir.path().to_path_buf();
+    let port = free_port();
+    let mut replica = Replica::start_in(&site, dir, port, "").await;
+    let browser = site.browser();
+    browser.sign_in(&replica).await;
+    assert_signed_in(browser.get(&replica, "/before").await, "before the restart").await;
+    let token_requests = site.idp.token_requests();
+
+    let status = replica.process.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", replica.process.logs());
+    let state = work.join("sessions.state");
+    let mode = std::fs::metadata(&state)
+        .unwrap_or_else(|e| panic!("state file written: {e}\n{}", replica.process.logs()))
+        .permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o777, 0o600, "the state file is private");
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(&state).unwrap()).contains("alice"),
+        "the state file is encrypted"
+    );
+
+    // The same process directory, the same cookie: still signed in.
+    let dir = replica._dir;
+    drop(replica.process);
+    let mut replica = Replica::start_in(&site, dir, port, "").await;
+    assert_signed_in(browser.get(&replica, "/after").await, "after the restart").await;
+    assert_eq!(
+        site.idp.token_requests(),
+        token_requests,
+        "no new sign-in happened"
+    );
+
+    // A corrupt state file: a warning and a clean start, not a failed one.
+    assert_eq!(replica.process.terminate().await.code(), Some(0));
+    std::fs::write(&state, b"not a state file").unwrap();
+    let dir = replica._dir;
+    drop(replica.process);
+    let replica = Replica::start_in(&site, dir, port, "").await;
+    assert_signed_out(
+        browser.get(&replica, "/corrupt").await,
+        "corrupt state file",
+    )
+    .await;
+    let logs = replica.process.logs();
+    assert!(
+        logs.contains("not one the gateway wrote"),
+        "the corrupt file is named in a warning:\n{logs}"
+    );
+}
+
+fn redis_session(redis: &RedisServer, cache_ttl: &str) -> String {
+    format!(
+        "store = \"redis\"\nredis_url = \"{}\"\ncache_ttl = \"{cache_ttl}\"",
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_sessions_through_redis_and_a_sign_out_reaches_both() {
+    let Some(redis) = RedisServer::start("two_gateways_share_sessions").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let session = redis_session(&redis, "2s");
+    let a = Replica::start(&site, &session).await;
+    let b = Replica::start(&site, &session).await;
+    let browser = site.browser();
+    a.wait_ready(&browser).await;
+    b.wait_ready(&browser).await;
+
+    browser.sign_in(&a).await;
+    assert_signed_in(browser.get(&a, "/on-a").await, "signed in on A").await;
+    assert_signed_in(browser.get(&b, "/on-b").await, "the same cookie on B").await;
+
+    // Sign out on B; the old cookie (replayed) is refused on A within cache_ttl.
+    let cookie = browser.session_cookie(&a);
+    let out = browser.get(&b, "/.gateway/sign_out").await;
+    assert_eq!(out.status(), 302, "sign-out on B");
+    let replay = site.browser();
+    let signed_out = Instant::now();
+    loop {
+        let response = replay
+            .client
+            .get(a.url("/after-sign-out"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 401 {
+            break;
+        }
+        assert_eq!(response.status(), 200, "served from A's cache meanwhile");
+        assert!(
+            signed_out.elapsed() < Duration::from_secs(2 + 3),
+            "A must refuse within cache_ttl (2s) of the sign-out on B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_serves_cached_sessions_answers_503_to_others_and_recovers() {
+    let Some(mut redis) = RedisServer::start("redis_down").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let session = redis_session(&redis, "1s");
+    let a = Replica::start(&site, &session).await;
+    let b = Replica::start(&site, &session).await;
+    let cached = site.browser();
+    a.wait_ready(&cached).await;
+    b.wait_ready(&cached).await;
+    cached.sign_in(&a).await;
+    assert_signed_in(cached.get(&a, "/").await, "cached on A").await;
+    let other = site.browser();
+    other.sign_in(&b).await;
+    let token_requests = site.idp.token_requests();
+
+    redis.stop();
+    // A session A has seen goes on, even once its cache_ttl (1s) has passed:
+    // this waits for that time to pass, it synchronizes nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_signed_in(
+        cached.get(&a, "/while-down").await,
+        "cached session, Redis down",
+    )
+    .await;
+    // A session A has never seen cannot be checked: 503 with the reason, no cookie cleared.
+    let response = other.get(&a, "/while-down").await;
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no cookie is cleared"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains("session_store_unavailable"), "{body}");
+    // A browser navigation without a session is not sent to the IdP either.
+    let navigation = common::navigate(site.browser().client.get(a.url("/new")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        navigation.status(),
+        503,
+        "no login redirect while sessions cannot be saved"
+    );
+    let (status, readyz) = a.readyz(&cached).await;
+    assert_eq!(status, 503, "{readyz}");
+    assert!(
+        readyz.contains("session_store") && readyz.contains("Redis"),
+        "{readyz}"
+    );
+
+    redis.resume().await;
+    a.wait_ready(&cached).await;
+    b.wait_ready(&cached).await;
+    assert_signed_in(
+        other.get(&a, "/back").await,
+        "Redis back: the other session on A",
+    )
+    .await;
+    assert_signed_in(
+        cached.get(&b, "/back").await,
+        "Redis back: the cached one on B",
+    )
+    .await;
+    assert_eq!(
+        site.idp.token_requests(),
+        token_requests,
+        "nobody signed in again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starts_without_redis_not_ready_and_becomes_ready_when_it_appears() {
+    let Some(mut redis) = RedisServer::start("start_without_redis").await else {
+        return;
+    };
+    redis.stop();
+    let site = Site::new().await;
+    let a = Replica::start(&site, &redis_session(&redis, "1s")).await;
+    let browser = site.browser();
+    let (status, body) = a.readyz(&browser).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("session_store"), "{body}");
+    let healthz = browser.client.get(a.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200, "alive while not ready");
+
+    redis.resume().await;
+    a.wait_ready(&browser).await;
+    browser.sign_in(&a).await;
+    assert_signed_in(browser.get(&a, "/").await, "signed in once Redis is there").await;
+}
+
+// ------------------------------------------------------- front-channel logout
+
+#[tokio::test]
+async fn frontchannel_logout_ends_the_sessions_of_a_sid_on_the_memory_store() {
+    let gw = gateway(echo_upstream().await)
+        .idp(|o| o.sid_claim = true)
+        .start()
+        .await;
+    frontchannel_checks(&gw).await;
+}
+
+#[tokio::test]
+async fn frontchannel_logout_ends_the_sessions_of_a_sid_on_the_redis_store() {
+    let Some(redis) = RedisServer::start("frontchannel_logout_redis").await else {
+        return;
+    };
+    let gw = gateway(echo_upstream().await)
+        .idp(|o| o.sid_claim = true)
+        .session("store = \"redis\"")
+        .session(&format!("redis_url = \"{}\"", redis.url()))
+        .start()
+        .await;
+    frontchannel_checks(&gw).await;
+}
+
+async fn frontchannel_checks(gw: &common::TestGateway) {
+    let signed_in = gw.http1();
+    assert_eq!(
+        signed_in.get(gw.url("/x")).send().await.unwrap().status(),
+        200
+    );
+    let sid = gw.idp.sid_of(USER).expect("the IdP issued a sid");
+    // The iframe: another site's context, no cookie.
+    let iframe = gw.fresh_browser();
+    let call = |query: String| {
+        let iframe = iframe.clone();
+        let url = gw.url(&format!("/.gateway/frontchannel_logout?{query}"));
+        async move { iframe.get(url).send().await.unwrap() }
+    };
+
+    let wrong = call(format!("sid={sid}&iss=https%3A%2F%2Fevil.example%2Fv2.0")).await;
+    assert_eq!(wrong.status(), 400);
+    assert!(wrong
+        .text()
+        .await
+        .unwrap()
+        .contains("iss is not the issuer"));
+    assert_eq!(
+        signed_in.get(gw.url("/x")).send().await.unwrap().status(),
+        200,
+        "a refused call ends nothing"
+    );
+    let missing = call("iss=x".into()).await;
+    assert_eq!(missing.status(), 400);
+    assert!(missing
+        .text()
+        .await
+        .unwrap()
+        .contains("sid parameter is missing"));
+
+    let unknown = call("sid=00000000-0000-0000-0000-000000000000".into()).await;
+    assert_eq!(unknown.status(), 200, "nothing matched is still 200");
+
+    // Entra's shape: sid only, no iss.
+    let ok = call(format!("sid={sid}")).await;
+    assert_eq!(ok.status(), 200);
+    let issuer = reqwest::Url::parse(&gw.idp.issuer()).unwrap();
+    let origin = issuer.origin().ascii_serialization();
+    assert_eq!(
+        ok.headers()["content-security-policy"],
+        format!("frame-ancestors {origin}").as_str(),
+        "only the IdP's origin may frame it"
+    );
+    assert_eq!(ok.headers()["cache-control"], "no-store");
+    assert!(ok.headers().get("set-cookie").is_none());
+    assert_eq!(ok.text().await.unwrap(), "", "an empty page");
+    let after = signed_in.get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(after.status(), 401, "the session of that sid ended");
+
+    // With the configured iss (the spec's shape): accepted too.
+    let again = gw.http1();
+    assert_eq!(gw.sign_in(&again, "/").await.status(), 303);
+    let sid = gw.idp.sid_of(USER).unwrap();
+    let iss = common::urlencode(&gw.idp.issuer());
+    assert_eq!(call(format!("sid={sid}&iss={iss}")).await.status(), 200);
+    assert_eq!(again.get(gw.url("/x")).send().await.unwrap().status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontchannel_logout_on_one_replica_ends_the_session_on_the_other() {
+    let Some(redis) = RedisServer::start("frontchannel_logout_replicas").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let session = redis_session(&redis, "1s");
+    let a = Replica::start(&site, &session).await;
+    let b = Replica::start(&site, &session).await;
+    let browser = site.browser();
+    a.wait_ready(&browser).await;
+    b.wait_ready(&browser).await;
+    browser.sign_in(&a).await;
+    assert_signed_in(browser.get(&a, "/").await, "signed in on A").await;
+    let sid = site.idp.sid_of(USER).expect("sid");
+    let iframe = site.browser();
+    let response = iframe
+        .client
+        .get(b.url(&format!("/.gateway/frontchannel_logout?sid={sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let response = browser.get(&a, "/").await;
+        if response.status() == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A still serves the session");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
