@@ -487,8 +487,9 @@ impl fmt::Debug for OidcConfig {
 }
 
 fn default_scopes() -> Vec<String> {
-    // No offline_access: sessions are not refreshed, so a refresh token would
-    // only be a long-lived credential the gateway never uses.
+    // No offline_access: without renewal (session.refresh, pass_access_token)
+    // a refresh token would be a long-lived credential the gateway never uses;
+    // with renewal, validation adds it.
     ["openid", "profile", "email"].map(String::from).to_vec()
 }
 fn default_response_mode() -> ResponseMode {
@@ -633,6 +634,9 @@ pub struct SessionConfig {
     /// asking Redis again (the bound on cross-replica sign-out).
     #[serde(deserialize_with = "duration")]
     pub cache_ttl: Duration,
+    /// Renew the access token before it expires with a refresh token (asks
+    /// the IdP for `offline_access`). Implied by `headers.pass_access_token`.
+    pub refresh: bool,
 }
 
 /// `session.store`.
@@ -657,6 +661,7 @@ impl Default for SessionConfig {
             redis_url_file: None,
             redis_prefix: "oidc-gateway:".into(),
             cache_ttl: Duration::from_secs(5),
+            refresh: false,
         }
     }
 }
@@ -674,6 +679,7 @@ impl fmt::Debug for SessionConfig {
             .field("redis_url_file", &self.redis_url_file)
             .field("redis_prefix", &self.redis_prefix)
             .field("cache_ttl", &self.cache_ttl)
+            .field("refresh", &self.refresh)
             .finish()
     }
 }
@@ -716,6 +722,15 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
                 "{t:?} is not a duration ({e}); write it like \"30s\", \"5m\" or \"12h\""
             ))
         }),
+    }
+}
+
+impl Settings {
+    /// Access tokens are renewed (and a refresh token kept): `session.refresh`,
+    /// or `headers.pass_access_token`, whose token must never reach the
+    /// upstream expired.
+    pub fn refresh_enabled(&self) -> bool {
+        self.config.session.refresh || self.config.headers.pass_access_token
     }
 }
 
@@ -1268,6 +1283,11 @@ impl Validator<'_> {
         self.routes_upstreams(&config, &upstreams)?;
         self.session(&mut config.session)?;
         self.acme(&mut config.acme)?;
+        // Renewal needs a refresh token, which Entra gives only for offline_access.
+        let refresh = config.session.refresh || config.headers.pass_access_token;
+        if refresh && !config.oidc.scopes.iter().any(|s| s == "offline_access") {
+            config.oidc.scopes.push("offline_access".into());
+        }
         if tracing_subscriber::EnvFilter::try_new(&config.log.level).is_err() {
             return Err(self.err(
                 "log.level",

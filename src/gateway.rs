@@ -37,7 +37,9 @@ use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
 use crate::identity::Identity;
 use crate::oidc::token::TokenError;
-use crate::oidc::{Auth, AuthInitError, CallbackOutcome, RequestFacts, SessionLookup};
+use crate::oidc::{
+    Auth, AuthInitError, CallbackOutcome, RequestFacts, SessionLookup, SessionUnavailable,
+};
 use crate::pages;
 use crate::pages::ErrorPage;
 use crate::proxy::{ForwardContext, Forwarded, Tunnels, Upstream};
@@ -45,7 +47,7 @@ use crate::routes;
 use crate::session::cookies::{drop_gateway_set_cookies, strip_gateway_cookies, SessionKeyMemo};
 use crate::session::store::StoreInitError;
 use crate::session::unix_now;
-use crate::session::{Session, SessionStore, StoreError};
+use crate::session::{Session, SessionStore};
 use crate::telemetry::{AccessLogBody, AccessRecord};
 use crate::tls::TlsError;
 use crate::Body;
@@ -423,7 +425,7 @@ impl Gateway {
             }
             CallerLookup::BadBearer(e) => Authorization::Refused(invalid_bearer(&e, facts)),
             CallerLookup::StoreUnavailable(e) => {
-                Authorization::Refused(self.auth.store_unavailable(&e, facts))
+                Authorization::Refused(self.auth.session_unavailable(&e, facts))
             }
             CallerLookup::Anonymous => Authorization::Anonymous,
         }
@@ -500,7 +502,7 @@ impl Gateway {
             "me" => match self.auth.session(headers, facts.session_keys).await {
                 SessionLookup::Live(session) => self.auth.me(Some(&session), facts),
                 SessionLookup::None => self.auth.me(None, facts),
-                SessionLookup::Unavailable(e) => self.auth.store_unavailable(&e, facts),
+                SessionLookup::Unavailable(e) => self.auth.session_unavailable(&e, facts),
             },
             "auth" => self.forward_auth(headers, facts).await,
             "frontchannel_logout" => self.auth.frontchannel_logout(method, uri, facts).await,
@@ -746,8 +748,8 @@ fn hsts_header(settings: &Settings) -> Option<HeaderValue> {
 enum CallerLookup {
     Found(Caller),
     BadBearer(TokenError),
-    /// A session cookie the store cannot look up right now.
-    StoreUnavailable(StoreError),
+    /// A session cookie that cannot be used right now (store down, token not renewable yet).
+    StoreUnavailable(SessionUnavailable),
     Anonymous,
 }
 

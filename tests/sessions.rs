@@ -384,7 +384,13 @@ async fn two_gateways_share_sessions_through_redis_and_a_sign_out_reaches_both()
 
     // Sign out on B; the old cookie (replayed) is refused on A within cache_ttl.
     let cookie = browser.session_cookie(&a);
-    let out = browser.get(&b, "/.gateway/sign_out").await;
+    let out = browser
+        .client
+        .get(b.url("/.gateway/sign_out"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 302, "sign-out on B");
     let replay = site.browser();
     let signed_out = Instant::now();
@@ -622,4 +628,185 @@ async fn frontchannel_logout_on_one_replica_ends_the_session_on_the_other() {
         assert!(Instant::now() < deadline, "A still serves the session");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ------------------------------------------------------------------ refresh
+
+/// What the upstream saw: the access tokens it received, and any that had
+/// already expired when they arrived.
+#[derive(Default)]
+struct SeenTokens {
+    tokens: std::sync::Mutex<Vec<String>>,
+    expired: std::sync::Mutex<Vec<String>>,
+}
+
+/// An upstream that checks the `exp` of every bearer token it receives.
+async fn token_checking_upstream(seen: Arc<SeenTokens>) -> SocketAddr {
+    common::upstream(move |request: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let token = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_string();
+            let exp = token_exp(&token);
+            let now = oidc_gateway::session::unix_now();
+            if exp.is_none_or(|exp| exp <= now) {
+                seen.expired.lock().unwrap().push(token.clone());
+            }
+            seen.tokens.lock().unwrap().push(token);
+            http::Response::new(common::full_body("ok"))
+        }
+    })
+    .await
+}
+
+/// The `exp` claim of a JWT (the dev IdP's access tokens are JWTs).
+fn token_exp(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&json).ok()?["exp"].as_u64()
+}
+
+/// Waits until the session's access token is due for renewal (time passing,
+/// not synchronization: the gateway's renewal is driven by the clock).
+async fn until_renewal_is_due(token: &str, lifetime: u64) {
+    let exp = token_exp(token).expect("a JWT access token");
+    let renew_at = exp - lifetime / 2;
+    let now = oidc_gateway::session::unix_now();
+    if renew_at >= now {
+        tokio::time::sleep(Duration::from_secs(renew_at - now + 1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_concurrent_requests_at_renewal_make_exactly_one_refresh_and_never_pass_an_expired_token(
+) {
+    let seen = Arc::new(SeenTokens::default());
+    let gw = gateway(token_checking_upstream(seen.clone()).await)
+        .idp(|o| o.token_lifetime = Duration::from_secs(30))
+        .section("[headers]\npass_access_token = true")
+        .start()
+        .await;
+    let client = gw.http1();
+    assert_eq!(
+        client.get(gw.url("/first")).send().await.unwrap().status(),
+        200
+    );
+    let first = seen.tokens.lock().unwrap()[0].clone();
+    assert!(!first.is_empty(), "the access token is passed upstream");
+    let before = gw.idp.token_requests();
+
+    until_renewal_is_due(&first, 30).await;
+    let requests = (0..40).map(|i| {
+        let client = gw.http2();
+        let url = gw.url(&format!("/concurrent/{i}"));
+        async move { client.get(url).send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        gw.idp.token_requests() - before,
+        1,
+        "exactly one refresh for 40 concurrent requests"
+    );
+    assert_eq!(
+        client.get(gw.url("/after")).send().await.unwrap().status(),
+        200
+    );
+    let last = seen.tokens.lock().unwrap().last().cloned().unwrap();
+    assert_ne!(last, first, "the renewed token is passed upstream");
+    assert!(
+        seen.expired.lock().unwrap().is_empty(),
+        "the upstream never received an expired access token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_idp_keeps_the_session_and_its_valid_token_and_invalid_grant_ends_it() {
+    use oidc_gateway::devidp::TokenEndpointMode;
+    let seen = Arc::new(SeenTokens::default());
+    let gw = gateway(token_checking_upstream(seen.clone()).await)
+        .idp(|o| o.token_lifetime = Duration::from_secs(4))
+        .session("refresh = true")
+        .section("[headers]\npass_access_token = true")
+        .start()
+        .await;
+    let client = gw.http1();
+    assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
+    let first = seen.tokens.lock().unwrap()[0].clone();
+
+    // Due for renewal, the IdP failing: the still-valid token goes on.
+    gw.idp.set_token_endpoint(TokenEndpointMode::Status(503));
+    until_renewal_is_due(&first, 4).await;
+    let response = client.get(gw.url("/idp-down")).send().await.unwrap();
+    if token_exp(&first).unwrap() > oidc_gateway::session::unix_now() {
+        assert_eq!(response.status(), 200, "the still-valid token is used");
+        assert_eq!(seen.tokens.lock().unwrap().last().unwrap(), &first);
+    }
+    // Expired and still not renewable: 503 saying so, the session kept.
+    let exp = token_exp(&first).unwrap();
+    let now = oidc_gateway::session::unix_now();
+    if exp >= now {
+        tokio::time::sleep(Duration::from_secs(exp - now + 1)).await;
+    }
+    let response = client.get(gw.url("/expired")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("set-cookie").is_none());
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("token_renewal_unavailable"));
+
+    // The IdP is back: renewed without a new sign-in.
+    gw.idp.set_token_endpoint(TokenEndpointMode::Normal);
+    let response = client.get(gw.url("/back")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let renewed = seen.tokens.lock().unwrap().last().unwrap().clone();
+    assert_ne!(renewed, first);
+
+    // The refresh token revoked at the IdP: invalid_grant ends the session.
+    gw.idp.revoke_refresh_tokens();
+    until_renewal_is_due(&renewed, 4).await;
+    let response = client.get(gw.url("/revoked")).send().await.unwrap();
+    assert_eq!(response.status(), 401, "the session ended");
+    assert!(
+        seen.expired.lock().unwrap().is_empty(),
+        "the upstream never received an expired access token"
+    );
+}
+
+#[tokio::test]
+async fn without_refresh_no_refresh_token_is_asked_for_or_kept() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    let start = gw
+        .http1()
+        .get(gw.url("/.gateway/sign_in?rd=/"))
+        .send()
+        .await
+        .unwrap();
+    let location = common::location(&start);
+    let scope = common::query_param(&location, "scope").unwrap();
+    assert!(!scope.contains("offline_access"), "{scope}");
+
+    let gw = gateway(echo_upstream().await)
+        .session("refresh = true")
+        .anonymous()
+        .start()
+        .await;
+    let start = gw
+        .http1()
+        .get(gw.url("/.gateway/sign_in?rd=/"))
+        .send()
+        .await
+        .unwrap();
+    let scope = common::query_param(&common::location(&start), "scope").unwrap();
+    assert!(scope.split(' ').any(|s| s == "offline_access"), "{scope}");
 }

@@ -458,6 +458,12 @@ impl DevIdp {
             .sign(self.shared.default_header(), claims, SignAs::ActiveKey)
     }
 
+    /// Revokes every refresh token issued so far (Entra: a password change,
+    /// an admin's "revoke sessions"): redeeming one answers `invalid_grant`.
+    pub fn revoke_refresh_tokens(&self) {
+        lock(&self.shared.grants).refresh.clear();
+    }
+
     /// The IdP session id (`sid`) of `user`'s latest sign-in.
     pub fn sid_of(&self, user: &str) -> Option<String> {
         lock(&self.shared.sids).get(user).cloned()

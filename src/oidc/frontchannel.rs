@@ -69,7 +69,7 @@ impl Auth {
             Ok(ended) => {
                 tracing::info!(request_id = %facts.request_id, sessions = ended, "front-channel logout");
             }
-            Err(e) => return self.store_unavailable(&e, facts),
+            Err(e) => return self.session_unavailable(&super::SessionUnavailable::Store(e), facts),
         }
         let mut response = pages::html(StatusCode::OK, String::new());
         let headers = response.headers_mut();

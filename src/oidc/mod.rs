@@ -9,6 +9,7 @@ pub mod client_auth;
 pub mod client_certificate;
 mod frontchannel;
 pub mod provider;
+pub mod refresh;
 pub mod return_to;
 pub mod token;
 pub mod token_endpoint;
@@ -88,6 +89,9 @@ pub struct Auth {
     cookies: CookieCodec,
     store: Arc<dyn SessionStore>,
     pub token_endpoint: TokenEndpoint,
+    /// Renew access tokens (`session.refresh` or `headers.pass_access_token`).
+    refresh: bool,
+    refresh_flights: refresh::RefreshFlights,
     pub headers: IdentityHeaders,
 }
 
@@ -100,9 +104,19 @@ pub enum SessionLookup {
     Live(Arc<Session>),
     /// No cookie, an unknown or ended session.
     None,
-    /// The store cannot answer now: the request must not be treated as
-    /// anonymous (no login redirect, no cookie cleared).
-    Unavailable(StoreError),
+    /// The session cannot be used now, through no fault of its own: the
+    /// request must not be treated as anonymous (no login redirect, no cookie
+    /// cleared).
+    Unavailable(SessionUnavailable),
+}
+
+/// Why a session cannot be used for the moment.
+#[derive(Debug)]
+pub enum SessionUnavailable {
+    /// The session store cannot be reached.
+    Store(StoreError),
+    /// The access token expired and the IdP could not renew it yet.
+    Renewal(String),
 }
 
 impl Auth {
@@ -143,6 +157,8 @@ impl Auth {
                 credential,
             ),
             provider,
+            refresh: settings.refresh_enabled(),
+            refresh_flights: Default::default(),
             policy: TokenPolicy::new(&settings),
             bearer_policy: settings
                 .config
@@ -255,7 +271,7 @@ impl Auth {
             Ok(None) => return SessionLookup::None,
             Err(e) => {
                 tracing::warn!(error = %e, "session lookup failed");
-                return SessionLookup::Unavailable(e);
+                return SessionLookup::Unavailable(SessionUnavailable::Store(e));
             }
         };
         let now = unix_now();
@@ -264,23 +280,44 @@ impl Auth {
             return SessionLookup::None;
         }
         session.touch(now);
+        if self.refresh {
+            // Boxed: the token request is a large future, and rare.
+            return Box::pin(self.renewed(handle, session)).await;
+        }
         SessionLookup::Live(session)
     }
 
-    /// The answer while the session store is unavailable: 503 saying so, no
-    /// login redirect and no cookie cleared, so that nobody is signed out by it.
-    pub fn store_unavailable(
+    /// The answer while a session cannot be used (store unreachable, access
+    /// token not renewable yet): 503 saying why, no login redirect and no
+    /// cookie cleared, so that nobody is signed out by it.
+    pub fn session_unavailable(
         &self,
-        error: &StoreError,
+        why: &SessionUnavailable,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
-        tracing::warn!(request_id = %facts.request_id, error = %error, "answered 503: the session store is unavailable");
+        let (code, detail) = match why {
+            SessionUnavailable::Store(e) => {
+                tracing::warn!(request_id = %facts.request_id, error = %e, "answered 503: the session store is unavailable");
+                (
+                    "session_store_unavailable",
+                    "The gateway cannot reach its session store. You are still signed in: \
+                     try again in a moment.",
+                )
+            }
+            SessionUnavailable::Renewal(reason) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %reason, "answered 503: the access token expired and could not be renewed yet");
+                (
+                    "token_renewal_unavailable",
+                    "Your access could not be renewed at the identity provider just now. You \
+                     are still signed in: try again in a moment.",
+                )
+            }
+        };
         let mut response = ErrorPage {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "session_store_unavailable",
-            title: "Sign-in is unavailable for a moment",
-            detail: "The gateway cannot reach its session store. You are still signed in: \
-                     try again in a moment.",
+            code,
+            title: "Temporarily unavailable",
+            detail,
             request_id: facts.request_id,
         }
         .render(facts.wants_html);
@@ -358,7 +395,7 @@ impl Auth {
         }
         // A login that could not be saved at its end: do not send anyone to the IdP.
         if let Err(e) = self.store.available() {
-            return self.store_unavailable(&e, facts);
+            return self.session_unavailable(&SessionUnavailable::Store(e), facts);
         }
         let Some(loaded) = self.provider.current() else {
             return ErrorPage {
@@ -592,8 +629,17 @@ impl Auth {
             SessionRecord::new(identity, self.settings.config.session.ttl.as_secs(), now);
         session.sid = entra_sid(&id_token).map(Into::into);
         session.id_token = Some(id_token.into());
-        // Kept only when it is sent upstream: ~1-2 KiB per session otherwise unused.
-        if self.settings.config.headers.pass_access_token {
+        // Kept only when sent upstream or renewed: ~1-2 KiB per session otherwise
+        // unused; the refresh token only when refresh is configured.
+        if self.refresh {
+            refresh::apply_tokens(
+                &mut session,
+                tokens.access_token,
+                tokens.refresh_token,
+                tokens.expires_in,
+                now,
+            );
+        } else if self.settings.config.headers.pass_access_token {
             session.access_token = tokens.access_token.map(Into::into);
         }
         // Gateway-side cost of the callback (validation, session), without the IdP's time.

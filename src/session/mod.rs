@@ -44,6 +44,9 @@ pub struct SessionRecord {
     /// When the access token expires (Unix seconds), when known.
     #[serde(default)]
     pub access_expires_at: Option<u64>,
+    /// When to renew it (refresh configured): ahead of its expiry.
+    #[serde(default)]
+    pub access_renew_at: Option<u64>,
     /// Kept only when refresh is configured (`session.refresh`).
     #[serde(default)]
     pub refresh_token: Option<Box<str>>,
@@ -66,6 +69,7 @@ impl SessionRecord {
             id_token: None,
             access_token: None,
             access_expires_at: None,
+            access_renew_at: None,
             refresh_token: None,
             sid: None,
             created_at: now,

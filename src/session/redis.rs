@@ -38,6 +38,12 @@ const PROBE_UP: Duration = Duration::from_secs(5);
 /// Bounds on one Redis command and on one connection attempt.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a replica's claim to refresh a session's tokens lasts at most
+/// (longer than one token request, bounded by oidc.http_timeout's default).
+const REFRESH_CLAIM: Duration = Duration::from_secs(15);
+/// Deletes a refresh claim only if it is still ours.
+const RELEASE_CLAIM: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// A session this replica has validated, and when.
 struct Cached {
@@ -63,6 +69,8 @@ pub struct RedisStore {
     cache: DashMap<SessionKey, Cached>,
     cache_ttl: Duration,
     idle: Duration,
+    /// The refresh claims this replica holds, with the value that proves it.
+    claims: DashMap<SessionKey, String>,
     health: Arc<Health>,
     readiness: Readiness,
 }
@@ -96,6 +104,7 @@ impl RedisStore {
             cache: DashMap::new(),
             cache_ttl: session.cache_ttl,
             idle: session.idle_timeout,
+            claims: DashMap::new(),
             health: Arc::new(Health::default()),
             readiness,
         };
@@ -397,6 +406,53 @@ impl SessionStore for RedisStore {
                 },
             );
             Ok(session)
+        })
+    }
+
+    fn get_fresh<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        Box::pin(self.fetch(handle))
+    }
+
+    fn claim_refresh<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let claim_key = format!("{}refresh:{}", self.prefix, hex(key));
+            let token = hex(&crate::crypto::random_bytes::<16>());
+            let answer: Option<String> = self
+                .query(|| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&claim_key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(REFRESH_CLAIM.as_millis() as u64);
+                    RedisCommand::One(cmd)
+                })
+                .await?;
+            let claimed = answer.is_some();
+            if claimed {
+                self.claims.insert(*key, token);
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn release_refresh<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some((_, token)) = self.claims.remove(key) else {
+                return Ok(());
+            };
+            let claim_key = format!("{}refresh:{}", self.prefix, hex(key));
+            let _: i64 = self
+                .query(|| {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(RELEASE_CLAIM).arg(1).arg(&claim_key).arg(&token);
+                    RedisCommand::One(cmd)
+                })
+                .await?;
+            Ok(())
         })
     }
 

@@ -85,6 +85,25 @@ pub trait SessionStore: Send + Sync + 'static {
     fn available(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The session of `handle` as the shared store has it now, bypassing any
+    /// local cache (waiting for another replica's write).
+    fn get_fresh<'a>(
+        &'a self,
+        handle: SessionHandle<'a>,
+    ) -> BoxFuture<'a, Result<Option<Arc<Session>>, StoreError>> {
+        self.get(handle)
+    }
+    /// Claims the right to refresh `key`'s tokens for a few seconds, across
+    /// replicas; Ok(false) while another replica holds it. (A store only one
+    /// process uses has nobody to share with.)
+    fn claim_refresh<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = key;
+        Box::pin(async { Ok(true) })
+    }
+    fn release_refresh<'a>(&'a self, key: &'a SessionKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = key;
+        Box::pin(async { Ok(()) })
+    }
     /// At a graceful stop: keep the sessions for the next start, where the
     /// store does that (memory with a state file); returns how many were kept.
     fn persist(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
@@ -145,6 +164,7 @@ pub mod conformance {
         let mut stored = record("alice", Some("sid-1"));
         stored.access_token = Some("access".into());
         stored.access_expires_at = Some(stored.created_at + 60);
+        stored.access_renew_at = Some(stored.created_at + 30);
         stored.refresh_token = Some("refresh".into());
         let held = store.insert(alice, stored.clone()).await.expect("insert");
         assert_eq!(held.record.identity.user, "alice");
@@ -161,6 +181,7 @@ pub mod conformance {
         assert_eq!(got.record.id_token, stored.id_token);
         assert_eq!(got.record.access_token, stored.access_token);
         assert_eq!(got.record.access_expires_at, stored.access_expires_at);
+        assert_eq!(got.record.access_renew_at, stored.access_renew_at);
         assert_eq!(got.record.refresh_token, stored.refresh_token);
         assert_eq!(got.record.expires_at, stored.expires_at);
 
@@ -180,6 +201,17 @@ pub mod conformance {
         store.insert(alice, renewed).await.expect("replace");
         let got = store.get(alice).await.expect("get").expect("still there");
         assert_eq!(got.record.access_token.as_deref(), Some("access-2"));
+        let fresh = store.get_fresh(alice).await.expect("get_fresh");
+        assert_eq!(
+            fresh.expect("still there").record.access_token.as_deref(),
+            Some("access-2")
+        );
+
+        // The refresh claim: held once, free again after release.
+        assert!(store.claim_refresh(&alice.key).await.expect("claim"));
+        store.release_refresh(&alice.key).await.expect("release");
+        assert!(store.claim_refresh(&alice.key).await.expect("claim again"));
+        store.release_refresh(&alice.key).await.expect("release");
 
         // Front-channel logout: every session with the sid, and only those.
         let (bob_id, _) = CookieCodec::new_session_id();
