@@ -365,18 +365,28 @@ fn redis_session(redis: &RedisServer, cache_ttl: &str) -> String {
     )
 }
 
+/// Two replicas A and B sharing `redis`, both ready, and a browser for them.
+async fn two_replicas(
+    site: &Site,
+    redis: &RedisServer,
+    cache_ttl: &str,
+) -> (Replica, Replica, Browser) {
+    let session = redis_session(redis, cache_ttl);
+    let a = Replica::start(site, &session).await;
+    let b = Replica::start(site, &session).await;
+    let browser = site.browser();
+    a.wait_ready(&browser).await;
+    b.wait_ready(&browser).await;
+    (a, b, browser)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_sessions_through_redis_and_a_sign_out_reaches_both() {
     let Some(redis) = RedisServer::start("two_gateways_share_sessions").await else {
         return;
     };
     let site = Site::new().await;
-    let session = redis_session(&redis, "2s");
-    let a = Replica::start(&site, &session).await;
-    let b = Replica::start(&site, &session).await;
-    let browser = site.browser();
-    a.wait_ready(&browser).await;
-    b.wait_ready(&browser).await;
+    let (a, b, browser) = two_replicas(&site, &redis, "2s").await;
 
     browser.sign_in(&a).await;
     assert_signed_in(browser.get(&a, "/on-a").await, "signed in on A").await;
@@ -420,12 +430,7 @@ async fn redis_down_serves_cached_sessions_answers_503_to_others_and_recovers() 
         return;
     };
     let site = Site::new().await;
-    let session = redis_session(&redis, "1s");
-    let a = Replica::start(&site, &session).await;
-    let b = Replica::start(&site, &session).await;
-    let cached = site.browser();
-    a.wait_ready(&cached).await;
-    b.wait_ready(&cached).await;
+    let (a, b, cached) = two_replicas(&site, &redis, "1s").await;
     cached.sign_in(&a).await;
     assert_signed_in(cached.get(&a, "/").await, "cached on A").await;
     let other = site.browser();
@@ -602,12 +607,7 @@ async fn frontchannel_logout_on_one_replica_ends_the_session_on_the_other() {
         return;
     };
     let site = Site::new().await;
-    let session = redis_session(&redis, "1s");
-    let a = Replica::start(&site, &session).await;
-    let b = Replica::start(&site, &session).await;
-    let browser = site.browser();
-    a.wait_ready(&browser).await;
-    b.wait_ready(&browser).await;
+    let (a, b, browser) = two_replicas(&site, &redis, "1s").await;
     browser.sign_in(&a).await;
     assert_signed_in(browser.get(&a, "/").await, "signed in on A").await;
     let sid = site.idp.sid_of(USER).expect("sid");

@@ -137,6 +137,20 @@ impl Auth {
             }
             Err(_) => return SessionLookup::Live(session),
         }
+        // Another replica may have renewed it just before our claim, while this
+        // replica's cache still held the old record.
+        let session = match self.store.get_fresh(handle).await {
+            Ok(Some(current)) if !due(&current, unix_now()) => {
+                let _ = self.store.release_refresh(&handle.key).await;
+                return SessionLookup::Live(current);
+            }
+            Ok(Some(current)) => current,
+            Ok(None) => {
+                let _ = self.store.release_refresh(&handle.key).await;
+                return SessionLookup::None;
+            }
+            Err(_) => session,
+        };
         let answer = self.token_endpoint.refresh(&refresh_token, None).await;
         let outcome = match answer {
             Ok(tokens) => {
