@@ -628,6 +628,9 @@ pub struct SessionConfig {
     /// Redis store: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS).
     pub redis_url: String,
     pub redis_url_file: Option<PathBuf>,
+    /// `rediss://`: the CA certificate(s) (PEM) that signed the Redis server's
+    /// certificate, instead of the system's roots (a private CA).
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key the gateway writes.
     pub redis_prefix: String,
     /// Redis store: how long a replica serves a session it validated without
@@ -659,6 +662,7 @@ impl Default for SessionConfig {
             state_file: PathBuf::from("sessions.state"),
             redis_url: String::new(),
             redis_url_file: None,
+            redis_ca_file: None,
             redis_prefix: "oidc-gateway:".into(),
             cache_ttl: Duration::from_secs(5),
             refresh: false,
@@ -677,6 +681,7 @@ impl fmt::Debug for SessionConfig {
             .field("state_file", &self.state_file)
             .field("redis_url", &"<redacted>")
             .field("redis_url_file", &self.redis_url_file)
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_prefix", &self.redis_prefix)
             .field("cache_ttl", &self.cache_ttl)
             .field("refresh", &self.refresh)
@@ -1966,6 +1971,15 @@ impl Validator<'_> {
                     "write it as redis://[user:password@]host[:port][/db]",
                 ));
             }
+            if session.redis_ca_file.is_some()
+                && !matches!(scheme.as_deref(), Some("rediss" | "valkeys"))
+            {
+                return Err(self.err(
+                    "session.redis_ca_file",
+                    "is set, but session.redis_url does not use TLS",
+                    "write the URL as rediss://host:port (TLS), or remove session.redis_ca_file",
+                ));
+            }
         }
         let prefix = &session.redis_prefix;
         if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -2436,6 +2450,11 @@ url = "http://127.0.0.1:21114"
                 "redis_url = \"redis://x\"\nredis_url_file = \"/nonexistent\"",
                 "session.redis_url_file",
                 "together",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://x\"\nredis_ca_file = \"/ca.pem\"",
+                "session.redis_ca_file",
+                "does not use TLS",
             ),
         ];
         for (lines, key, problem) in cases {

@@ -64,23 +64,13 @@ async fn start_pebble() -> Pebble {
     let dir = TempDir::new().expect("tempdir");
     // pebble's own HTTPS certificate, from a CA the gateway is told to trust
     // (acme.directory_ca_file).
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test ACME directory CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-        .expect("params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).expect("write");
-    std::fs::write(dir.path().join("pebble.crt"), leaf.pem()).expect("write");
-    std::fs::write(dir.path().join("pebble.key"), leaf_key.serialize_pem()).expect("write");
+    let pki = common::pki::issue(
+        dir.path(),
+        "pebble",
+        "test ACME directory CA",
+        &["127.0.0.1", "localhost"],
+    );
+    let ca_file = pki.ca_file;
 
     // Ports handed to other programs: free a moment ago, bound by them.
     let listen = released_port().await;
@@ -103,8 +93,8 @@ async fn start_pebble() -> Pebble {
         "pebble": {
             "listenAddress": listen.to_string(),
             "managementListenAddress": "",
-            "certificate": dir.path().join("pebble.crt"),
-            "privateKey": dir.path().join("pebble.key"),
+            "certificate": pki.cert_file,
+            "privateKey": pki.key_file,
             "httpPort": 5002,
             "tlsPort": validation_port.port(),
             "ocspResponderURL": "",

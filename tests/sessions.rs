@@ -513,6 +513,61 @@ async fn a_gateway_starts_without_redis_not_ready_and_becomes_ready_when_it_appe
     assert_signed_in(browser.get(&a, "/").await, "signed in once Redis is there").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_shares_sessions_and_an_untrusted_certificate_is_not_ready() {
+    let Some(redis) = RedisServer::start_tls("rediss_with_a_private_ca").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let trusted = format!(
+        "{}\nredis_ca_file = \"{}\"",
+        redis_session(&redis, "1s"),
+        redis.ca_file().display()
+    );
+    let a = Replica::start(&site, &trusted).await;
+    let b = Replica::start(&site, &trusted).await;
+    let browser = site.browser();
+    a.wait_ready(&browser).await;
+    b.wait_ready(&browser).await;
+    browser.sign_in(&a).await;
+    assert_signed_in(
+        browser.get(&b, "/on-b").await,
+        "B reads the session A wrote over TLS",
+    )
+    .await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*session:*")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        1,
+        "one session record in the TLS Redis: {keys:?}"
+    );
+
+    // Without redis_ca_file the system's roots are used: they do not know the
+    // private CA, so the replica stays not ready and says why.
+    let untrusted = Replica::start(&site, &redis_session(&redis, "1s")).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = untrusted.readyz(&browser).await;
+        assert_eq!(
+            status, 503,
+            "an untrusted Redis certificate must not be ready: {body}"
+        );
+        if body.to_ascii_lowercase().contains("certificate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness must name the certificate problem: {body}\n{}",
+            untrusted.process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ------------------------------------------------------- front-channel logout
 
 #[tokio::test]

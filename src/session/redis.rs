@@ -80,7 +80,19 @@ impl RedisStore {
     /// gateway starts not ready while Redis is unreachable, and retries).
     pub fn start(settings: &Settings, readiness: Readiness) -> Result<Self, StoreInitError> {
         let session = &settings.config.session;
-        let client = redis::Client::open(session.redis_url.trim()).map_err(|e| StoreInitError {
+        let url = session.redis_url.trim();
+        let client = match &session.redis_ca_file {
+            None => redis::Client::open(url),
+            Some(path) => {
+                let root_cert = Some(private_ca(path)?);
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert,
+                };
+                redis::Client::build_with_tls(url, certificates)
+            }
+        }
+        .map_err(|e| StoreInitError {
             key: "session.redis_url",
             // The URL may hold a password: only the parser's words.
             reason: format!(
@@ -311,6 +323,37 @@ fn open_record(
     serde_json::from_slice(&plain).ok()
 }
 
+/// `session.redis_ca_file`: PEM holding at least one certificate, checked here
+/// so that a wrong file is an error at start naming the key, not a TLS failure
+/// on every connection attempt.
+fn private_ca(path: &std::path::Path) -> Result<Vec<u8>, StoreInitError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let error = |reason: String| StoreInitError {
+        key: "session.redis_ca_file",
+        reason,
+    };
+    let pem =
+        std::fs::read(path).map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+    let mut count = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|e| {
+            error(format!(
+                "{} is not a PEM certificate file ({e}); give the CA certificate that signed the Redis server's certificate",
+                path.display()
+            ))
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(error(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA certificate that signed the Redis server's certificate",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
 fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
@@ -528,4 +571,37 @@ fn unhex(text: &str) -> Option<SessionKey> {
         *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
     Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_ca;
+
+    #[test]
+    fn a_private_ca_file_that_is_not_a_pem_certificate_names_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, problem) in [
+            (&missing, "cannot read"),
+            (&empty, "holds no PEM certificate"),
+            (&broken, "is not a PEM certificate file"),
+        ] {
+            let e = private_ca(path).unwrap_err();
+            assert_eq!(e.key, "session.redis_ca_file");
+            assert!(
+                e.reason.contains(problem) && e.reason.contains(&*path.to_string_lossy()),
+                "{}: {}",
+                path.display(),
+                e.reason
+            );
+        }
+    }
 }

@@ -136,6 +136,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Serving TLS only (`rediss://`), with a certificate from this private CA.
+    tls: Option<super::pki::PrivateCa>,
 }
 
 impl RedisServer {
@@ -157,14 +159,40 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            tls: None,
         };
         server.resume().await;
         Some(server)
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// One that speaks only TLS, with a certificate for 127.0.0.1 issued by a
+    /// private CA (`ca_file`); clients are not asked for a certificate.
+    pub async fn start_tls(test: &str) -> Option<RedisServer> {
+        let mut server = RedisServer::start(test).await?;
+        server.stop();
+        server.tls = Some(super::pki::issue(
+            server.dir.path(),
+            "redis",
+            "test Redis CA",
+            &["127.0.0.1"],
+        ));
+        server.resume().await;
+        Some(server)
+    }
+
+    /// `redis://127.0.0.1:PORT/`, or `rediss://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The private CA of a TLS server.
+    pub fn ca_file(&self) -> &Path {
+        &self.tls.as_ref().expect("a TLS redis-server").ca_file
     }
 
     /// Starts (again) on the same port.
@@ -175,9 +203,22 @@ impl RedisServer {
             .append(true)
             .open(self.dir.path().join("redis.log"))
             .expect("redis log");
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(pki) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&pki.cert_file)
+                .arg("--tls-key-file")
+                .arg(&pki.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca_file)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
             .args([
                 "--save",
                 "",
@@ -214,7 +255,17 @@ impl RedisServer {
 
     /// A connection for inspecting what the gateway wrote.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(pki) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&pki.ca_file).expect("CA file")),
+                },
+            ),
+        };
+        client
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
