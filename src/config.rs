@@ -240,21 +240,39 @@ impl Default for AssertionConfig {
     }
 }
 
-/// Limits on login starts and callbacks per client address (not on signed-in traffic).
+/// The sign-in limiter: what costs (token exchanges, failed callbacks), per
+/// client address (IPv4 exactly, IPv6 by `ipv6_prefix`) and over all addresses.
+/// Page views, login starts and signed-in traffic are never limited.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Sustained logins per minute per client address; 0 turns the limit off.
+    /// Sign-ins (code exchanges at the token endpoint) per minute per address; 0: no limit.
     pub login_per_minute: u32,
-    /// Logins allowed in a burst before the rate applies.
+    /// Sign-ins an address may make at once before the rate applies.
     pub login_burst: u32,
+    /// Failed callbacks per minute per address; 0: no limit.
+    pub failed_per_minute: u32,
+    /// Failed callbacks an address may make at once before the rate applies.
+    pub failed_burst: u32,
+    /// Sign-ins per minute over all addresses together; 0: no ceiling.
+    pub global_per_minute: u32,
+    /// Sign-ins all addresses together may make at once.
+    pub global_burst: u32,
+    /// IPv6 clients are counted by this prefix length (0..=128).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
+        // 500 people behind one address sign in at once, then 2 a second.
         RateLimitConfig {
-            login_per_minute: 30,
-            login_burst: 20,
+            login_per_minute: 120,
+            login_burst: 500,
+            failed_per_minute: 20,
+            failed_burst: 50,
+            global_per_minute: 600,
+            global_burst: 1000,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -1235,6 +1253,16 @@ impl Validator<'_> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if config.rate_limit.ipv6_prefix > 128 {
+            return Err(self.err(
+                "rate_limit.ipv6_prefix",
+                format!(
+                    "{} is longer than an IPv6 address",
+                    config.rate_limit.ipv6_prefix
+                ),
+                "give a prefix length from 0 to 128 (64: a household or office network)",
+            ));
+        }
         for host in &config.server.allowed_hosts {
             let valid = host
                 .parse::<http::uri::Authority>()
@@ -2190,6 +2218,36 @@ url = "http://127.0.0.1:21114"
         assert_eq!(s.config.server.max_header_bytes, 16384);
         assert!(!s.config.tls.self_signed);
         assert_eq!(s.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn sign_in_limits_come_from_the_file_or_the_environment_and_a_bad_prefix_is_named() {
+        let s = load_str(
+            &format!("{MINIMAL}\n[rate_limit]\nfailed_burst = 7\nipv6_prefix = 56\n"),
+            &env(&[
+                ("OIDC_GATEWAY__RATE_LIMIT__LOGIN_BURST", "900"),
+                ("OIDC_GATEWAY__RATE_LIMIT__GLOBAL_PER_MINUTE", "0"),
+            ]),
+        )
+        .unwrap();
+        let limits = &s.config.rate_limit;
+        assert_eq!(
+            (limits.login_burst, limits.global_per_minute),
+            (900, 0),
+            "from the environment"
+        );
+        assert_eq!((limits.failed_burst, limits.ipv6_prefix), (7, 56));
+        assert_eq!(limits.login_per_minute, 120, "default");
+        let e = load_str(
+            MINIMAL,
+            &env(&[("OIDC_GATEWAY__RATE_LIMIT__IPV6_PREFIX", "129")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rate_limit.ipv6_prefix") && e.contains("0 to 128"),
+            "{e}"
+        );
     }
 
     #[test]

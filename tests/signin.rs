@@ -617,3 +617,144 @@ async fn idp_down_at_startup_means_not_ready_then_ready_when_it_appears() {
         .await
         .unwrap();
 }
+
+// ---- The sign-in limiter: what costs, per address (IPv6 by /64), and over all ----
+
+/// A browser of its own whose requests reach the gateway through a trusted
+/// proxy on behalf of `client` (`X-Forwarded-For`).
+fn browser_of(gw: &TestGateway, client: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", client.parse().expect("address"));
+    client_builder(&gw.cert_pem, gw.addr)
+        .cookie_provider(std::sync::Arc::new(reqwest::cookie::Jar::default()))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// Asserts a 429 from the limit named by `code`, with a `Retry-After` of at
+/// most `max_wait` seconds that the message repeats.
+async fn assert_limited(response: reqwest::Response, code: &str, max_wait: u64) {
+    assert_eq!(response.status(), 429, "{code}");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=max_wait).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("Try again in {retry_after} seconds")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn five_hundred_people_behind_one_address_all_sign_in_with_the_default_limits() {
+    let gw = gateway(echo_upstream().await).anonymous().start().await;
+    const PEOPLE: usize = 500;
+    const BROWSERS: usize = 10;
+    // Ten browsers at a time on 127.0.0.1, each signing in a new person after the other.
+    let gw = std::sync::Arc::new(gw);
+    let mut tasks = Vec::new();
+    for _ in 0..BROWSERS {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..PEOPLE / BROWSERS {
+                let browser = gw.fresh_browser();
+                statuses.push(gw.sign_in(&browser, "/").await.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.extend(task.await.unwrap());
+    }
+    assert_eq!(statuses.len(), PEOPLE);
+    let refused: Vec<_> = statuses.iter().filter(|s| **s != 303).collect();
+    assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
+    assert_eq!(gw.idp.token_requests(), PEOPLE);
+}
+
+#[tokio::test]
+async fn failed_callbacks_trip_the_per_address_limit_before_anything_is_exchanged() {
+    let gw = gateway(echo_upstream().await)
+        .anonymous()
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .section("[rate_limit]\nfailed_per_minute = 1\nfailed_burst = 3")
+        .start()
+        .await;
+    let forged = "/api/oidc/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let attacker = browser_of(&gw, "198.51.100.7");
+    for _ in 0..3 {
+        let response = attacker.get(gw.url(forged)).send().await.unwrap();
+        assert_eq!(response.status(), 400);
+    }
+    assert_limited(
+        attacker.get(gw.url(forged)).send().await.unwrap(),
+        "too_many_failed_logins",
+        60,
+    )
+    .await;
+    // A real sign-in from that address is refused too, before its code is redeemed…
+    let refused = gw.sign_in(&attacker, "/").await;
+    assert_limited(refused, "too_many_failed_logins", 60).await;
+    assert_eq!(gw.idp.token_requests(), 0);
+    // …while another address signs in.
+    assert_eq!(
+        gw.sign_in(&browser_of(&gw, "198.51.100.8"), "/")
+            .await
+            .status(),
+        303
+    );
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_the_budget_of_their_64_and_another_64_has_its_own() {
+    // Over ::1: the gateway listens there and trusts ::1 as the proxy.
+    let gw = gateway(echo_upstream().await)
+        .anonymous()
+        .listen("[::1]:0".parse().unwrap())
+        .server("trusted_proxies = [\"::1\"]")
+        .section("[rate_limit]\nlogin_per_minute = 1\nlogin_burst = 2")
+        .start()
+        .await;
+    assert!(gw.addr.is_ipv6());
+    for client in ["2001:db8:1:2::a", "2001:db8:1:2:ffff::b"] {
+        let response = gw.sign_in(&browser_of(&gw, client), "/").await;
+        assert_eq!(response.status(), 303, "{client}");
+    }
+    let same_64 = gw.sign_in(&browser_of(&gw, "2001:db8:1:2::c"), "/").await;
+    assert_limited(same_64, "too_many_logins", 60).await;
+    let next_64 = gw.sign_in(&browser_of(&gw, "2001:db8:1:3::a"), "/").await;
+    assert_eq!(next_64.status(), 303, "another /64 has its own budget");
+    // ::1 itself (no proxy header) counts in ::/64, not in anyone's above.
+    let direct = gw.sign_in(&gw.fresh_browser(), "/").await;
+    assert_eq!(direct.status(), 303);
+    assert_eq!(
+        gw.idp.token_requests(),
+        4,
+        "the refused code was not redeemed"
+    );
+}
+
+#[tokio::test]
+async fn the_global_ceiling_holds_over_all_addresses() {
+    let gw = gateway(echo_upstream().await)
+        .anonymous()
+        .server("trusted_proxies = [\"127.0.0.1\"]")
+        .section("[rate_limit]\nglobal_per_minute = 1\nglobal_burst = 2")
+        .start()
+        .await;
+    for client in ["192.0.2.1", "192.0.2.2"] {
+        let response = gw.sign_in(&browser_of(&gw, client), "/").await;
+        assert_eq!(response.status(), 303, "{client}");
+    }
+    let third = gw.sign_in(&browser_of(&gw, "192.0.2.3"), "/").await;
+    assert_limited(third, "sign_in_busy", 60).await;
+    assert_eq!(gw.idp.token_requests(), 2);
+}

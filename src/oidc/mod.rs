@@ -24,13 +24,13 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ResponseMode, Settings};
+use crate::config::{RateLimitConfig, ResponseMode, Settings};
 use crate::connection::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::crypto::{base64url, random_bytes};
 use crate::health::Readiness;
 use crate::identity::{Identity, IdentityHeaders};
 use crate::pages::{self, escape_html, ErrorPage};
-use crate::ratelimit::LoginLimiter;
+use crate::ratelimit::{LimitReason, LoginLimiter, Refusal};
 use crate::session::cookies::{CookieCodec, LoginFlow, SessionKeyMemo};
 use crate::session::{unix_now, Session, SessionHandle, SessionRecord, SessionStore, StoreError};
 use crate::{empty_body, full_body, Body};
@@ -390,9 +390,6 @@ impl Auth {
         return_to: &str,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
-        if let Err(wait) = self.limiter.check(facts.client.client_ip) {
-            return too_many_logins(wait, facts);
-        }
         // A login that could not be saved at its end: do not send anyone to the IdP.
         if let Err(e) = self.store.available() {
             return self.session_unavailable(&SessionUnavailable::Store(e), facts);
@@ -503,13 +500,20 @@ impl Auth {
         request: Request<Body>,
         facts: &RequestFacts<'_>,
     ) -> CallbackOutcome {
-        if let Err(wait) = self.limiter.check(facts.client.client_ip) {
-            return CallbackOutcome::Done(too_many_logins(wait, facts));
+        if let Err(refusal) = self.limiter.check_callback(facts.client.client_ip) {
+            return CallbackOutcome::Done(too_many_logins(
+                refusal,
+                &self.settings.config.rate_limit,
+                facts,
+            ));
         }
         let (parts, body) = request.into_parts();
         let (params, body_bytes) = match callback_params(&parts, body).await {
             Ok(found) => found,
-            Err(page) => return CallbackOutcome::Done(page.render(facts, self)),
+            Err(page) => {
+                self.limiter.record_failure(facts.client.client_ip);
+                return CallbackOutcome::Done(page.render(facts, self));
+            }
         };
         let now = unix_now();
         let flow = params
@@ -522,6 +526,12 @@ impl Auth {
         let mut response = self
             .finish_login(&parts.headers, &params, &flow, facts)
             .await;
+        // A client error is a failed callback (the IdP's refusal, a bad code,
+        // an unsendable account); the IdP's or the store's troubles are not.
+        let status = response.status();
+        if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            self.limiter.record_failure(facts.client.client_ip);
+        }
         if let Some(clear) = self.cookies.clear_flow(&flow.state) {
             response.headers_mut().append(SET_COOKIE, clear);
         }
@@ -531,6 +541,7 @@ impl Auth {
     /// The answer for a callback whose state this gateway never issued (login
     /// CSRF, a replayed or expired response, cookies blocked).
     pub fn foreign_callback(&self, facts: &RequestFacts<'_>) -> Response<Body> {
+        self.limiter.record_failure(facts.client.client_ip);
         tracing::warn!(
             request_id = %facts.request_id,
             client = %facts.client.client_ip,
@@ -573,6 +584,9 @@ impl Auth {
                 facts,
             );
         };
+        if let Err(refusal) = self.limiter.check_exchange(facts.client.client_ip) {
+            return too_many_logins(refusal, &self.settings.config.rate_limit, facts);
+        }
         let started = std::time::Instant::now();
         let tokens = match self
             .token_endpoint
@@ -1180,21 +1194,52 @@ fn simple_page(title: &str, text: &str, link: &str, link_text: &str) -> String {
     )
 }
 
-fn too_many_logins(wait: Duration, facts: &RequestFacts<'_>) -> Response<Body> {
-    tracing::warn!(client = %facts.client.client_ip, "login rate limit reached");
+fn too_many_logins(
+    refusal: Refusal,
+    limits: &RateLimitConfig,
+    facts: &RequestFacts<'_>,
+) -> Response<Body> {
+    let seconds = refusal.retry_after.as_secs().max(1);
+    tracing::warn!(request_id = %facts.request_id, client = %facts.client.client_ip,
+        reason = refusal.reason.as_str(), retry_after = seconds, "sign-in limit reached");
+    let (code, title, why) = match refusal.reason {
+        LimitReason::AddressSignIns => (
+            "too_many_logins",
+            "Too many sign-ins from your network",
+            format!(
+                "More than {} people signed in from your network address in a short time (at most {} a minute are allowed from one address).",
+                limits.login_burst, limits.login_per_minute
+            ),
+        ),
+        LimitReason::AddressFailures => (
+            "too_many_failed_logins",
+            "Too many failed sign-ins from your network",
+            format!(
+                "Too many sign-ins from your network address failed (at most {} a minute are allowed from one address).",
+                limits.failed_per_minute
+            ),
+        ),
+        LimitReason::Global => (
+            "sign_in_busy",
+            "The gateway is busy signing people in",
+            format!(
+                "More people are signing in right now than the gateway lets through (at most {} a minute over all addresses).",
+                limits.global_per_minute
+            ),
+        ),
+    };
+    let detail = format!("{why} Try again in {seconds} seconds.");
     let mut response = ErrorPage {
         status: StatusCode::TOO_MANY_REQUESTS,
-        code: "too_many_logins",
-        title: "Too many sign-in attempts",
-        detail: "Too many sign-in attempts from your address. Wait a minute, then try again.",
+        code,
+        title,
+        detail: &detail,
         request_id: facts.request_id,
     }
     .render(facts.wants_html);
-    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, value);
-    }
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 
