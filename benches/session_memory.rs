@@ -35,6 +35,9 @@ fn identity(i: usize) -> Identity {
         groups_overage: false,
         issuer: "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
             .into(),
+        upn: None,
+        email_domain_verified: false,
+        idp: None,
         header_values: Default::default(),
     }
 }

@@ -29,6 +29,9 @@ pub enum Denial {
     GroupOverage,
     Roles,
     Route,
+    /// Only an address Entra does not vouch for (an `email` without
+    /// `xms_edov: true`, a guest's address) would have matched.
+    UnverifiedAddress,
 }
 
 impl Denial {
@@ -42,6 +45,21 @@ impl Denial {
             Denial::GroupOverage => "You are a member of too many groups for Microsoft to list them in the sign-in token, so group membership cannot be checked. Ask the administrator to assign the app's groups or roles directly.",
             Denial::Roles => "You do not have an app role that is allowed to use this console.",
             Denial::Route => "This part of the console is not available through the gateway.",
+            Denial::UnverifiedAddress => "Your account's email address is not one Microsoft vouches for (its domain's owner has not verified it, or it belongs to another organisation), so it cannot let you in. Ask the administrator to allow your account by its object ID instead.",
+        }
+    }
+
+    /// A stable name of the reason (JSON answers, logs).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::Tenant => "tenant",
+            Denial::EmailDomain => "email_domain",
+            Denial::User => "user",
+            Denial::Groups => "groups",
+            Denial::GroupOverage => "group_overage",
+            Denial::Roles => "roles",
+            Denial::Route => "route",
+            Denial::UnverifiedAddress => "unverified_address",
         }
     }
 }
@@ -84,29 +102,36 @@ impl Rules {
             }
         }
         if !self.email_domains.is_empty() {
-            // The UPN first: its domain is one the tenant verified; Entra's `email`
-            // claim can be set by users and is only the fallback.
-            let address = identity
-                .preferred_username
-                .as_deref()
-                .or(identity.email.as_deref());
-            let domain = address.and_then(email_domain).map(str::to_ascii_lowercase);
-            if !domain.is_some_and(|d| self.email_domains.contains(&d)) {
-                return Err(Denial::EmailDomain);
+            let allowed = |address: &str| {
+                email_domain(address)
+                    .is_some_and(|d| self.email_domains.contains(&d.to_ascii_lowercase()))
+            };
+            if !vouched_addresses(identity).any(allowed) {
+                return Err(if unvouched_addresses(identity).any(allowed) {
+                    Denial::UnverifiedAddress
+                } else {
+                    Denial::EmailDomain
+                });
             }
         }
         if !self.users.is_empty() {
-            let names = [
-                identity.preferred_username.as_deref(),
-                identity.email.as_deref(),
-                identity.oid.as_deref(),
-            ];
-            let listed = names
-                .iter()
-                .flatten()
-                .any(|n| self.users.contains(&n.to_ascii_lowercase()));
-            if !listed {
-                return Err(Denial::User);
+            // An entry with an `@` is an address, read only where Entra vouches
+            // for it; any other entry is an object id, compared whole with `oid`.
+            let listed = |name: &str| {
+                let name = name.to_ascii_lowercase();
+                self.users.iter().any(|u| u.contains('@') && *u == name)
+            };
+            let by_oid = identity.oid.as_deref().is_some_and(|oid| {
+                self.users
+                    .iter()
+                    .any(|u| !u.contains('@') && u.eq_ignore_ascii_case(oid))
+            });
+            if !by_oid && !vouched_addresses(identity).any(listed) {
+                return Err(if unvouched_addresses(identity).any(listed) {
+                    Denial::UnverifiedAddress
+                } else {
+                    Denial::User
+                });
             }
         }
         if !self.groups.is_empty() && !identity.groups.iter().any(|g| self.groups.contains(g)) {
@@ -122,6 +147,52 @@ impl Rules {
         }
         Ok(())
     }
+}
+
+/// The addresses Entra vouches for, which address rules read: the UPN (`upn`,
+/// else `preferred_username`) of a member of the token's own tenant — a UPN's
+/// domain is one that tenant verified — and `email` only with `xms_edov: true`.
+/// `email` without it can be set to anything by an admin of the user's tenant
+/// (the "nOAuth" class); a guest's `preferred_username` is their address at home.
+pub fn vouched_addresses(identity: &Identity) -> impl Iterator<Item = &str> {
+    let upn = identity
+        .upn
+        .as_deref()
+        .or(identity.preferred_username.as_deref())
+        .filter(|_| is_member_of_token_tenant(identity));
+    let email = identity
+        .email
+        .as_deref()
+        .filter(|_| identity.email_domain_verified);
+    upn.into_iter().chain(email)
+}
+
+/// The addresses in the token that [`vouched_addresses`] leaves out.
+fn unvouched_addresses(identity: &Identity) -> impl Iterator<Item = &str> {
+    let vouched: Vec<&str> = vouched_addresses(identity).collect();
+    [
+        identity.upn.as_deref(),
+        identity.preferred_username.as_deref(),
+        identity.email.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(move |address| !vouched.contains(address))
+}
+
+/// Entra names another identity provider in `idp` when the user is not a member
+/// of the token's tenant (a guest from another tenant or a Microsoft account);
+/// for members it is absent or the tenant itself.
+fn is_member_of_token_tenant(identity: &Identity) -> bool {
+    let Some(idp) = identity.idp.as_deref() else {
+        return true;
+    };
+    let idp = idp.trim_end_matches('/');
+    idp == identity.issuer.trim_end_matches('/')
+        || identity
+            .tid
+            .as_deref()
+            .is_some_and(|tid| idp == format!("https://sts.windows.net/{tid}"))
 }
 
 /// The domain of a well-formed address with exactly one `@`, a non-empty local
@@ -468,6 +539,55 @@ mod tests {
             assert_eq!(allow.check(&who), Err(Denial::EmailDomain), "{address}");
         }
         assert_eq!(email_domain("a@evil.com@corp.example"), None);
+    }
+
+    #[test]
+    fn an_email_without_xms_edov_does_not_satisfy_address_rules() {
+        let domain = rules(|c| c.email_domains = vec!["corp.example".into()]);
+        let user = rules(|c| c.users = vec!["boss@corp.example".into()]);
+        let mut forged = alice();
+        forged.preferred_username = Some("mallory@evil.example".into());
+        forged.email = Some("boss@corp.example".into());
+        assert_eq!(domain.check(&forged), Err(Denial::UnverifiedAddress));
+        assert_eq!(user.check(&forged), Err(Denial::UnverifiedAddress));
+        forged.email_domain_verified = true;
+        assert_eq!(domain.check(&forged), Ok(()));
+        assert_eq!(user.check(&forged), Ok(()));
+    }
+
+    #[test]
+    fn a_guests_address_does_not_satisfy_address_rules() {
+        let domain = rules(|c| c.email_domains = vec!["corp.example".into()]);
+        let mut guest = alice();
+        guest.issuer = "https://login.microsoftonline.com/tenant-a/v2.0".into();
+        guest.idp = Some("https://sts.windows.net/home-tenant/".into());
+        assert_eq!(domain.check(&guest), Err(Denial::UnverifiedAddress));
+        guest.idp = Some("https://sts.windows.net/TENANT-A/".into());
+        assert_eq!(
+            domain.check(&guest),
+            Ok(()),
+            "idp naming the token's tenant"
+        );
+        guest.idp = Some(guest.issuer.clone());
+        assert_eq!(domain.check(&guest), Ok(()));
+        guest.idp = Some("live.com".into());
+        guest.upn = Some("alice@corp.example".into());
+        assert_eq!(domain.check(&guest), Err(Denial::UnverifiedAddress));
+    }
+
+    #[test]
+    fn users_match_object_ids_whole() {
+        let listed = rules(|c| c.users = vec!["oid-1".into()]);
+        let mut other = alice();
+        other.oid = Some("oid-10".into());
+        assert_eq!(listed.check(&other), Err(Denial::User));
+        other.oid = None;
+        other.preferred_username = Some("oid-1".into());
+        assert_eq!(
+            listed.check(&other),
+            Err(Denial::User),
+            "a UPN spelled like a listed object id is not that object"
+        );
     }
 
     #[test]

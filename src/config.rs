@@ -435,6 +435,14 @@ pub enum ClientAssertionAlg {
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     pub issuer: String,
+    /// The Microsoft cloud of the app registration: its login and Graph hosts.
+    #[serde(default)]
+    pub cloud: crate::cloud::Cloud,
+    /// Where the discovery document is read when it is not
+    /// `<issuer>/.well-known/openid-configuration` (Entra External ID behind a
+    /// custom URL domain or the tenant's name); its `issuer` must still be `issuer`.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
     pub client_id: String,
     #[serde(default)]
     pub client_secret: String,
@@ -484,6 +492,8 @@ impl fmt::Debug for OidcConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OidcConfig")
             .field("issuer", &self.issuer)
+            .field("cloud", &self.cloud)
+            .field("discovery_url", &self.discovery_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .field("client_secret_file", &self.client_secret_file)
@@ -529,14 +539,50 @@ fn default_metadata_refresh() -> Duration {
     Duration::from_secs(3600)
 }
 
+/// The claim that fills the user header (`headers.user_claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserClaim {
+    /// The UPN (Entra's `preferred_username`): readable, changeable by the tenant's admins.
+    #[default]
+    PreferredUsername,
+    /// The optional `upn` claim (Azure → Token configuration → Add optional claim).
+    Upn,
+    /// `email`, only when its domain's owner verified it (`xms_edov: true`).
+    Email,
+    /// The object id: stable and unique within the tenant (pair it with X-Forwarded-Tid).
+    Oid,
+    /// The subject: stable, unique per app (pairwise).
+    Sub,
+}
+
+impl UserClaim {
+    /// The claim's name in the token (and the value of `headers.user_claim`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UserClaim::PreferredUsername => "preferred_username",
+            UserClaim::Upn => "upn",
+            UserClaim::Email => "email",
+            UserClaim::Oid => "oid",
+            UserClaim::Sub => "sub",
+        }
+    }
+}
+
 /// Names of the identity headers sent upstream, and what else is passed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadersConfig {
     pub user: String,
+    /// Which claim fills `user`; a token without it is refused, never another claim.
+    pub user_claim: UserClaim,
     pub email: String,
     pub preferred_username: String,
     pub groups: String,
+    /// The user's object id (`oid`).
+    pub oid: String,
+    /// The user's tenant id (`tid`).
+    pub tid: String,
     /// Send `Authorization: Bearer <access token>` upstream.
     pub pass_access_token: bool,
 }
@@ -545,9 +591,12 @@ impl Default for HeadersConfig {
     fn default() -> Self {
         HeadersConfig {
             user: "X-Forwarded-User".into(),
+            user_claim: UserClaim::default(),
             email: "X-Forwarded-Email".into(),
             preferred_username: "X-Forwarded-Preferred-Username".into(),
             groups: "X-Forwarded-Groups".into(),
+            oid: "X-Forwarded-Oid".into(),
+            tid: "X-Forwarded-Tid".into(),
             pass_access_token: false,
         }
     }
@@ -1423,6 +1472,16 @@ impl Validator<'_> {
                 ))
             }
         }
+        self.issuer_cloud(oidc.cloud, host)?;
+        if let Some(url) = &oidc.discovery_url {
+            if !is_secure_url(url) {
+                return Err(self.err(
+                    "oidc.discovery_url",
+                    format!("{url:?} is not an https:// URL"),
+                    "use the https:// address of the discovery document (http:// only on loopback), or remove the key to read <oidc.issuer>/.well-known/openid-configuration",
+                ));
+            }
+        }
         if oidc.client_id.trim().is_empty() || oidc.client_id.contains('<') {
             return Err(self.err(
                 "oidc.client_id",
@@ -1503,6 +1562,29 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// An issuer on a Microsoft login host must be on one of `oidc.cloud`'s: an app
+    /// registration and its tokens live in one cloud.
+    fn issuer_cloud(&self, cloud: crate::cloud::Cloud, host: &str) -> Result<(), ConfigError> {
+        match crate::cloud::Cloud::of_login_host(host) {
+            Some(issuer_cloud) if issuer_cloud != cloud => Err(self.err(
+                "oidc.issuer",
+                format!(
+                    "{host:?} is a sign-in host of the {} cloud, but oidc.cloud is {:?} (in {})",
+                    issuer_cloud.name(),
+                    cloud.name(),
+                    self.place("oidc.cloud")
+                ),
+                format!(
+                    "set oidc.cloud = {:?}, or use the issuer of your app registration in the {} cloud (on {})",
+                    issuer_cloud.name(),
+                    cloud.name(),
+                    cloud.login_hosts()[0]
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Exactly one credential kind: a secret (client_secret or client_secret_file),
     /// a certificate (client_certificate + client_key) or a federated assertion file.
     fn client_credential(&self, oidc: &mut OidcConfig) -> Result<(), ConfigError> {
@@ -1570,6 +1652,8 @@ impl Validator<'_> {
             ("headers.email", &h.email),
             ("headers.preferred_username", &h.preferred_username),
             ("headers.groups", &h.groups),
+            ("headers.oid", &h.oid),
+            ("headers.tid", &h.tid),
         ] {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.is_empty() {
                 return Err(self.err(
@@ -2062,6 +2146,15 @@ pub fn is_loopback_host(host: &str) -> bool {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// https://, or http:// to a loopback host (tests, local development).
+pub fn is_secure_url(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => u.host_str().is_some_and(is_loopback_host),
+        _ => false,
+    }
+}
+
 /// What the RustDesk preset will not do as configured (for `oidc-gateway check`).
 pub fn rustdesk_warnings(settings: &Settings) -> Vec<String> {
     let rustdesk = &settings.config.rustdesk;
@@ -2126,6 +2219,15 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
     m.insert("tls.cert", c.tls.cert.display().to_string());
     m.insert("tls.key", c.tls.key.display().to_string());
     m.insert("oidc.issuer", c.oidc.issuer.clone());
+    m.insert(
+        "oidc.cloud",
+        format!(
+            "{} (sign-in on {}; Graph on {})",
+            c.oidc.cloud.name(),
+            c.oidc.cloud.login_hosts()[0],
+            c.oidc.cloud.graph_hosts().join(" or ")
+        ),
+    );
     m.insert("oidc.client_id", c.oidc.client_id.clone());
     m.insert(
         "oidc credential",
@@ -2196,6 +2298,78 @@ url = "http://127.0.0.1:21114"
         assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
         assert_eq!(s.config.oidc.callback_path, "/api/oidc/callback");
         assert_eq!(s.config.session.ttl, Duration::from_secs(12 * 3600));
+    }
+
+    /// MINIMAL with another issuer.
+    fn with_issuer(issuer: &str) -> String {
+        MINIMAL.replace(
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+            issuer,
+        )
+    }
+
+    #[test]
+    fn cloud_defaults_to_global_and_env_selects_another() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        assert_eq!(s.config.oidc.cloud, crate::cloud::Cloud::Global);
+        let china =
+            with_issuer("https://login.chinacloudapi.cn/11111111-2222-3333-4444-555555555555/v2.0");
+        let s = load_str(&china, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "china")])).unwrap();
+        assert_eq!(s.config.oidc.cloud, crate::cloud::Cloud::China);
+        assert!(summary(&s)["oidc.cloud"].contains("microsoftgraph.chinacloudapi.cn"));
+        let partner = with_issuer(
+            "https://login.partner.microsoftonline.cn/11111111-2222-3333-4444-555555555555/v2.0",
+        );
+        let e = load_str(&partner, &[]).unwrap_err().to_string();
+        assert!(e.contains("china cloud"), "{e}");
+        let s = load_str(
+            &partner.replace("[upstream]", "cloud = \"china\"\n[upstream]"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.config.oidc.cloud, crate::cloud::Cloud::China);
+    }
+
+    #[test]
+    fn issuer_on_another_clouds_host_names_both_keys() {
+        let gov = with_issuer(
+            "https://login.microsoftonline.us/11111111-2222-3333-4444-555555555555/v2.0",
+        );
+        let e = load_str(&gov, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("oidc.issuer")
+                && e.contains("oidc.cloud")
+                && e.contains("usgov")
+                && e.contains("\"global\""),
+            "{e}"
+        );
+        load_str(&gov, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "usgov")])).unwrap();
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "china")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oidc.cloud")
+                && e.contains("OIDC_GATEWAY__OIDC__CLOUD")
+                && e.contains("login.partner.microsoftonline.cn"),
+            "{e}"
+        );
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "germany")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oidc.cloud") && e.contains("usgov"), "{e}");
+    }
+
+    #[test]
+    fn external_id_issuer_is_a_global_single_tenant_issuer() {
+        let ciam = with_issuer(
+            "https://11111111-2222-3333-4444-555555555555.ciamlogin.com/11111111-2222-3333-4444-555555555555/v2.0",
+        );
+        let s = load_str(&ciam, &[]).unwrap();
+        assert!(s.config.oidc.allowed_tenants.is_empty());
+        let e = load_str(&ciam, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "usgov")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ciamlogin.com") && e.contains("global"), "{e}");
     }
 
     #[test]

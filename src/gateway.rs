@@ -475,6 +475,7 @@ impl Gateway {
                 StatusCode::FORBIDDEN,
                 &serde_json::json!({
                     "error": "forbidden",
+                    "reason": denial.code(),
                     "message": denial.explain(),
                     "user": identity.map(|i| i.user.as_str()),
                     "sign_out_url": sign_out,
@@ -823,10 +824,10 @@ fn bad_method(method: &Method, facts: &RequestFacts<'_>) -> Response<Body> {
 
 /// RFC 6750 §3: a bearer token that does not validate.
 fn invalid_bearer(error: &TokenError, facts: &RequestFacts<'_>) -> Response<Body> {
-    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, reason = %error, "bearer token rejected");
+    tracing::info!(request_id = %facts.request_id, client = %facts.client.client_ip, reason = %error, reason_code = error.code(), "bearer token rejected");
     let mut response = pages::json(
         StatusCode::UNAUTHORIZED,
-        &serde_json::json!({"error": "invalid_token", "message": error.to_string(), "request_id": facts.request_id}),
+        &serde_json::json!({"error": "invalid_token", "reason": error.code(), "message": error.to_string(), "request_id": facts.request_id}),
     );
     let challenge = format!(
         "Bearer error=\"invalid_token\", error_description=\"{}\"",
@@ -886,12 +887,14 @@ impl RequestIds {
 }
 
 /// What forward-auth answers carry for nginx/Caddy/Traefik (oauth2-proxy's names):
-/// user, email, preferred username, groups.
-static AUTH_REQUEST_HEADERS: [HeaderName; 4] = [
+/// user, email, preferred username, groups; and the object and tenant ids.
+static AUTH_REQUEST_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-auth-request-user"),
     HeaderName::from_static("x-auth-request-email"),
     HeaderName::from_static("x-auth-request-preferred-username"),
     HeaderName::from_static("x-auth-request-groups"),
+    HeaderName::from_static("x-auth-request-oid"),
+    HeaderName::from_static("x-auth-request-tid"),
 ];
 
 /// Writes `value` as lower-case hex, at least `min_digits` wide; returns the length.

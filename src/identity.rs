@@ -16,7 +16,7 @@ use crate::config::HeadersConfig;
 /// Who a signed-in user is, from the ID token's claims (Entra v2.0 names).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
-    /// What X-Forwarded-User carries: preferred_username, else email, else sub.
+    /// What X-Forwarded-User carries: the claim `headers.user_claim` names.
     pub user: String,
     pub subject: String,
     pub email: Option<String>,
@@ -31,6 +31,16 @@ pub struct Identity {
     /// Entra sent an overage marker instead of the group list (more than ~200 groups).
     pub groups_overage: bool,
     pub issuer: String,
+    /// The optional `upn` claim.
+    #[serde(default)]
+    pub upn: Option<String>,
+    /// `xms_edov: true`: the owner of the `email` claim's domain verified it.
+    #[serde(default)]
+    pub email_domain_verified: bool,
+    /// `idp`: who authenticated the user when it was not the token's tenant
+    /// (a guest's home tenant, `live.com`).
+    #[serde(default)]
+    pub idp: Option<String>,
     /// The sanitized header values, built on first use and reused by every
     /// request of the session (sanitizing claims on each request cost more
     /// than all other identity work together).
@@ -47,17 +57,21 @@ pub struct IdentityValues {
     pub preferred_username: Option<HeaderValue>,
     /// Comma-joined.
     pub groups: Option<HeaderValue>,
+    pub oid: Option<HeaderValue>,
+    pub tid: Option<HeaderValue>,
 }
 
 impl IdentityValues {
     /// Sets the values present under `names` (user, email, preferred username,
-    /// groups), replacing what was there.
-    pub fn insert_into(&self, headers: &mut HeaderMap, names: [&HeaderName; 4]) {
+    /// groups, oid, tid), replacing what was there.
+    pub fn insert_into(&self, headers: &mut HeaderMap, names: [&HeaderName; 6]) {
         let values = [
             &self.user,
             &self.email,
             &self.preferred_username,
             &self.groups,
+            &self.oid,
+            &self.tid,
         ];
         for (name, value) in names.into_iter().zip(values) {
             if let Some(value) = value {
@@ -101,6 +115,9 @@ impl Identity {
             roles: Vec::new(),
             groups_overage: false,
             issuer: "https://issuer.invalid".into(),
+            upn: None,
+            email_domain_verified: false,
+            idp: None,
             header_values: Default::default(),
         }
     }
@@ -114,6 +131,8 @@ impl Identity {
             groups: (!self.groups.is_empty())
                 .then(|| header_value(&self.groups.join(",")))
                 .flatten(),
+            oid: self.oid.as_deref().and_then(header_value),
+            tid: self.tid.as_deref().and_then(header_value),
         })
     }
 }
@@ -125,6 +144,8 @@ pub struct IdentityHeaders {
     email: HeaderName,
     preferred_username: HeaderName,
     groups: HeaderName,
+    oid: HeaderName,
+    tid: HeaderName,
     /// Lower-cased configured names, stripped from requests like the defaults.
     configured: Vec<String>,
 }
@@ -141,7 +162,9 @@ impl IdentityHeaders {
         let preferred_username =
             parse(&config.preferred_username, "x-forwarded-preferred-username");
         let groups = parse(&config.groups, "x-forwarded-groups");
-        let configured = [&user, &email, &preferred_username, &groups]
+        let oid = parse(&config.oid, "x-forwarded-oid");
+        let tid = parse(&config.tid, "x-forwarded-tid");
+        let configured = [&user, &email, &preferred_username, &groups, &oid, &tid]
             .iter()
             .map(|n| n.as_str().replace('_', "-"))
             .chain(
@@ -155,6 +178,8 @@ impl IdentityHeaders {
             email,
             preferred_username,
             groups,
+            oid,
+            tid,
             configured,
         }
     }
@@ -188,6 +213,8 @@ impl IdentityHeaders {
                 &self.email,
                 &self.preferred_username,
                 &self.groups,
+                &self.oid,
+                &self.tid,
             ],
         );
     }
@@ -247,6 +274,7 @@ pub fn check_identity(identity: &Identity) -> Result<(), UnsendableValue> {
         ("preferred_username", &identity.preferred_username),
         ("oid", &identity.oid),
         ("tid", &identity.tid),
+        ("upn", &identity.upn),
     ] {
         if let Some(value) = value {
             check_value(claim, value)?;
@@ -290,6 +318,8 @@ pub const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-email",
     "x-forwarded-preferred-username",
     "x-forwarded-groups",
+    "x-forwarded-oid",
+    "x-forwarded-tid",
     "x-gateway-assertion",
 ];
 

@@ -10,6 +10,7 @@ pub mod access;
 pub mod acme;
 pub mod assertion;
 pub mod certificate;
+pub mod cloud;
 pub mod config;
 pub mod connection;
 pub mod crypto;

@@ -195,9 +195,15 @@ async fn assert_failed(gw: &TestGateway, login: &Login, status: u16, code: &str)
     assert_not_forwarded(gw, &login.client).await;
 }
 
-/// The ID token was rejected.
-async fn assert_rejected(gw: &TestGateway, login: &Login) {
+/// The ID token was rejected for `reason` (the code the answer names).
+async fn assert_rejected(gw: &TestGateway, login: &Login, reason: &str) {
     assert_failed(gw, login, 502, "invalid_id_token").await;
+    let message = login.json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("(reason: {reason})")),
+        "rejected for {reason}, not another reason: {}",
+        login.body
+    );
 }
 
 /// `/.gateway/me` of a signed-in browser.
@@ -251,20 +257,20 @@ async fn valid_login_is_accepted_and_forwards_the_user() {
 #[tokio::test]
 async fn corrupt_signature_is_rejected() {
     let (login, gw) = login_with_tweak(|_, _| SignAs::CorruptSignature).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "bad_signature").await;
 }
 
 #[tokio::test]
 async fn unsigned_alg_none_token_is_rejected() {
     let (login, gw) = login_with_tweak(|_, _| SignAs::Unsigned).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "algorithm_not_allowed").await;
 }
 
 #[tokio::test]
 async fn hs256_signed_with_the_client_secret_is_rejected() {
     let (login, gw) =
         login_with_tweak(|_, _| SignAs::Hs256(CLIENT_SECRET.as_bytes().to_vec())).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "algorithm_not_allowed").await;
 }
 
 // ---------------------------------------------------------------- iss, aud
@@ -275,7 +281,7 @@ async fn wrong_issuer_is_rejected() {
         claims.insert("iss".into(), json!("https://evil.example/v2.0"));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "wrong_issuer").await;
 }
 
 #[tokio::test]
@@ -289,7 +295,7 @@ async fn issuer_with_a_trailing_slash_is_rejected() {
         }),
     );
     let login = login(&gw).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "wrong_issuer").await;
 }
 
 #[tokio::test]
@@ -298,7 +304,7 @@ async fn wrong_audience_is_rejected() {
         claims.insert("aud".into(), json!("some-other-app"));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "wrong_audience").await;
 }
 
 #[tokio::test]
@@ -322,7 +328,7 @@ async fn expired_token_is_rejected() {
         claims.insert("exp".into(), json!(now - 3600));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "expired").await;
 }
 
 #[tokio::test]
@@ -343,7 +349,7 @@ async fn token_with_nbf_in_the_future_is_rejected() {
         claims.insert("nbf".into(), json!(now() + 600));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "not_yet_valid").await;
 }
 
 #[tokio::test]
@@ -353,7 +359,7 @@ async fn token_with_fractional_nbf_in_the_future_is_rejected() {
         claims.insert("nbf".into(), json!(now() as f64 + 600.5));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "not_yet_valid").await;
 }
 
 #[tokio::test]
@@ -363,7 +369,7 @@ async fn token_with_nbf_as_a_string_is_rejected() {
         claims.insert("nbf".into(), json!((now() + 600).to_string()));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "invalid_claim_format").await;
 }
 
 #[tokio::test]
@@ -372,7 +378,7 @@ async fn missing_iat_is_rejected() {
         claims.remove("iat");
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "missing_iat").await;
 }
 
 #[tokio::test]
@@ -383,7 +389,7 @@ async fn iat_far_in_the_future_is_rejected() {
         claims.insert("exp".into(), json!(now + 7200));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "issued_in_future").await;
 }
 
 // ---------------------------------------------------------------- sub, nonce
@@ -394,7 +400,7 @@ async fn missing_sub_is_rejected() {
         claims.remove("sub");
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "missing_sub").await;
 }
 
 #[tokio::test]
@@ -404,7 +410,7 @@ async fn nonce_mismatch_is_rejected() {
         claims.insert("nonce".into(), json!("not-the-nonce-of-this-login"));
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "nonce_mismatch").await;
 }
 
 #[tokio::test]
@@ -413,7 +419,7 @@ async fn missing_nonce_is_rejected() {
         claims.remove("nonce");
     }))
     .await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "missing_nonce").await;
 }
 
 // ---------------------------------------------------------------- keys
@@ -425,7 +431,7 @@ async fn unknown_kid_is_rejected_after_one_rate_limited_jwks_refetch() {
     let before = gw.idp.jwks_requests();
 
     let first = login(&gw).await;
-    assert_rejected(&gw, &first).await;
+    assert_rejected(&gw, &first, "unknown_key").await;
     assert_eq!(
         gw.idp.jwks_requests(),
         before + 1,
@@ -433,7 +439,7 @@ async fn unknown_kid_is_rejected_after_one_rate_limited_jwks_refetch() {
     );
 
     let second = login(&gw).await;
-    assert_rejected(&gw, &second).await;
+    assert_rejected(&gw, &second, "unknown_key").await;
     assert_eq!(
         gw.idp.jwks_requests(),
         before + 1,
@@ -498,7 +504,7 @@ async fn multi_tenant_login_of_an_allowed_tenant_is_accepted() {
 async fn multi_tenant_login_of_a_tenant_not_allowed_is_rejected() {
     let gw = multi_tenant_gateway(&[OTHER_TENANT]).await;
     let login = login(&gw).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "tenant_not_allowed").await;
 }
 
 #[tokio::test]
@@ -514,7 +520,89 @@ async fn multi_tenant_issuer_of_another_tenant_than_tid_is_rejected() {
         }),
     );
     let login = login(&gw).await;
-    assert_rejected(&gw, &login).await;
+    assert_rejected(&gw, &login, "wrong_issuer").await;
+}
+
+#[tokio::test]
+async fn multi_tenant_tid_that_is_not_a_guid_is_rejected() {
+    // "contoso" is even allowed and the substituted issuer matches: only the
+    // GUID rule of Microsoft's recipe can reject the token.
+    let gw = multi_tenant_gateway(&[TENANT, "contoso"]).await;
+    let issuer = format!("{}/contoso/v2.0", gw.idp.base_url());
+    set_tweak(
+        &gw,
+        claims_tweak(move |claims| {
+            claims.insert("tid".into(), json!("contoso"));
+            claims.insert("iss".into(), json!(issuer));
+        }),
+    );
+    let login = login(&gw).await;
+    assert_rejected(&gw, &login, "tenant_not_guid").await;
+}
+
+#[tokio::test]
+async fn multi_tenant_token_signed_with_a_key_of_another_issuer_is_rejected() {
+    let gw = multi_tenant_gateway(&[TENANT, OTHER_TENANT]).await;
+    // The IdP now publishes its keys as another tenant's only; a rotation
+    // makes the gateway read them (unknown kid).
+    gw.idp
+        .set_key_issuer(Some(format!("{}/{OTHER_TENANT}/v2.0", gw.idp.base_url())));
+    gw.idp.rotate_keys();
+    let login = login(&gw).await;
+    assert_rejected(&gw, &login, "key_issuer_mismatch").await;
+}
+
+// ---------------------------------------------------------------- clouds
+
+#[tokio::test]
+async fn external_id_issuer_signs_in_as_a_single_tenant_issuer() {
+    let issuer = format!("https://{TENANT}.ciamlogin.com/{TENANT}/v2.0");
+    let gw = gateway(echo_upstream().await)
+        .idp_declaring_issuer(&issuer)
+        .anonymous()
+        .start()
+        .await;
+    let login = login(&gw).await;
+    assert_signed_in(&gw, &login).await;
+    let me = me(&gw, &login.client).await;
+    assert_eq!(me["issuer"], issuer.as_str());
+    assert_eq!(me["tid"], TENANT);
+}
+
+#[tokio::test]
+async fn china_cloud_issuer_signs_in_with_oidc_cloud_china() {
+    let issuer = format!("https://login.partner.microsoftonline.cn/{TENANT}/v2.0");
+    let gw = gateway(echo_upstream().await)
+        .idp_declaring_issuer(&issuer)
+        .oidc("cloud = \"china\"")
+        .anonymous()
+        .start()
+        .await;
+    let login = login(&gw).await;
+    assert_signed_in(&gw, &login).await;
+    assert_eq!(me(&gw, &login.client).await["issuer"], issuer.as_str());
+}
+
+#[tokio::test]
+async fn token_of_the_global_cloud_is_rejected_by_a_china_cloud_gateway() {
+    let issuer = format!("https://login.chinacloudapi.cn/{TENANT}/v2.0");
+    let gw = gateway(echo_upstream().await)
+        .idp_declaring_issuer(&issuer)
+        .oidc("cloud = \"china\"")
+        .anonymous()
+        .start()
+        .await;
+    set_tweak(
+        &gw,
+        claims_tweak(|claims| {
+            claims.insert(
+                "iss".into(),
+                json!(format!("https://login.microsoftonline.com/{TENANT}/v2.0")),
+            );
+        }),
+    );
+    let login = login(&gw).await;
+    assert_rejected(&gw, &login, "wrong_issuer").await;
 }
 
 // ---------------------------------------------------------------- groups

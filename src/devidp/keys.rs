@@ -257,10 +257,15 @@ impl KeyRing {
     }
 
     /// The JWKS document: `{"keys":[…]}`, active key first.
-    pub(super) fn jwks(&self) -> Value {
+    /// The JWKS; each key names `issuer` as Entra's keys do.
+    pub(super) fn jwks(&self, issuer: &str) -> Value {
         let keys: Vec<Value> = std::iter::once(&self.active)
             .chain(self.previous.iter().rev())
-            .map(SigningKey::jwk)
+            .map(|key| {
+                let mut jwk = key.jwk();
+                jwk["issuer"] = json!(issuer);
+                jwk
+            })
             .collect();
         json!({ "keys": keys })
     }

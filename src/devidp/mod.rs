@@ -105,6 +105,12 @@ pub struct DevIdpOptions {
     /// Include Entra's optional claim `sid` (the IdP session of the sign-in,
     /// which front-channel logout names).
     pub sid_claim: bool,
+    /// Declare this issuer (discovery's `issuer`, the tokens' `iss`, the keys'
+    /// `issuer`) instead of `http://127.0.0.1:PORT/<tenant>/v2.0`, as a tenant in
+    /// another cloud or of Entra External ID does
+    /// (`https://<tenant>.ciamlogin.com/<tenant>/v2.0`). A gateway then reads
+    /// discovery from [`DevIdp::discovery_url`] (`oidc.discovery_url`).
+    pub issuer: Option<String>,
 }
 
 impl Default for DevIdpOptions {
@@ -123,6 +129,7 @@ impl Default for DevIdpOptions {
             client_certificates: Vec::new(),
             federated_subject: None,
             sid_claim: false,
+            issuer: None,
         }
     }
 }
@@ -238,6 +245,8 @@ struct Knobs {
     token_mode: TokenEndpointMode,
     authorize_error: Option<(String, String)>,
     user_claims: HashMap<String, Map<String, Value>>,
+    /// Published as every key's `issuer` instead of the IdP's own.
+    key_issuer: Option<String>,
 }
 
 /// State shared by the handle and the server.
@@ -413,6 +422,31 @@ impl DevIdp {
             Some(claims) => knobs.user_claims.insert(user.to_string(), claims),
             None => knobs.user_claims.remove(user),
         };
+    }
+
+    /// The "nOAuth" case: `user`'s ID tokens carry `email` = `address` without
+    /// `xms_edov` — what an admin of the user's own tenant can set for any
+    /// account without owning the address's domain. Other overrides stay.
+    pub fn set_unverified_email(&self, user: &str, address: &str) {
+        let mut knobs = lock(&self.shared.knobs);
+        let claims = knobs.user_claims.entry(user.to_string()).or_default();
+        claims.insert("email".into(), Value::String(address.into()));
+        claims.insert("xms_edov".into(), Value::Null);
+    }
+
+    /// Every JWKS key names `issuer` as its own (Entra's per-key `issuer`), e.g.
+    /// another tenant's; None: the IdP's issuer, as Entra publishes it.
+    pub fn set_key_issuer(&self, issuer: Option<String>) {
+        lock(&self.shared.knobs).key_issuer = issuer;
+    }
+
+    /// Where discovery is served for the IdP's tenant (what `oidc.discovery_url`
+    /// names when the declared issuer is not this address).
+    pub fn discovery_url(&self) -> String {
+        format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            self.shared.base_url, self.shared.options.tenant_id
+        )
     }
 
     /// How many requests reached the token endpoint.
@@ -620,7 +654,11 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         (Endpoint::Discovery, &Method::GET) => discovery(shared, tenant),
         (Endpoint::Keys, &Method::GET) => {
             shared.jwks_requests.fetch_add(1, Ordering::SeqCst);
-            web::json(StatusCode::OK, &lock(&shared.keys).jwks())
+            let issuer = lock(&shared.knobs)
+                .key_issuer
+                .clone()
+                .unwrap_or_else(|| shared.issuer_for(tenant));
+            web::json(StatusCode::OK, &lock(&shared.keys).jwks(&issuer))
         }
         (Endpoint::Token, &Method::POST) => {
             shared.token_requests.fetch_add(1, Ordering::SeqCst);
@@ -656,14 +694,23 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
+impl Shared {
+    /// The issuer published under `tenant`: the tenant's own, or for
+    /// `organizations`/`common` Entra's template with `{tenantid}` in its place.
+    fn issuer_for(&self, tenant: &str) -> String {
+        let issuer = self.token_issuer();
+        if tenant == self.options.tenant_id {
+            issuer
+        } else {
+            issuer.replace(&self.options.tenant_id, "{tenantid}")
+        }
+    }
+}
+
 /// The OpenID configuration for `tenant` (Entra's document, local URLs).
 fn discovery(shared: &Shared, tenant: &str) -> Response<Body> {
     let base = &shared.base_url;
-    let issuer = if tenant == shared.options.tenant_id {
-        shared.token_issuer()
-    } else {
-        format!("{base}/{{tenantid}}/v2.0")
-    };
+    let issuer = shared.issuer_for(tenant);
     let alg = match shared.options.alg {
         SigningAlg::Rs256 => "RS256",
         SigningAlg::Es256 => "ES256",

@@ -77,9 +77,13 @@ pub(super) fn merge_claims(claims: &mut Map<String, Value>, extra: &Map<String, 
 }
 
 impl Shared {
-    /// The `iss` of every token: `http://127.0.0.1:PORT/<tenant>/v2.0`.
+    /// The `iss` of every token: `http://127.0.0.1:PORT/<tenant>/v2.0`, or the
+    /// declared [`DevIdpOptions::issuer`](super::DevIdpOptions::issuer).
     pub(super) fn token_issuer(&self) -> String {
-        format!("{}/{}/v2.0", self.base_url, self.options.tenant_id)
+        match &self.options.issuer {
+            Some(issuer) => issuer.clone(),
+            None => format!("{}/{}/v2.0", self.base_url, self.options.tenant_id),
+        }
     }
 
     /// The claims of an ID token for `login` (per-user overrides applied).
@@ -104,7 +108,10 @@ impl Shared {
         put("oid", json!(object_id(&login.user)));
         put("preferred_username", json!(preferred_username(&login.user)));
         if options.email_claim {
+            // The UPN as address, on a domain the tenant owns: Entra adds
+            // xms_edov (when configured as optional claim) as verified.
             put("email", json!(preferred_username(&login.user)));
+            put("xms_edov", json!(true));
         }
         if !login.groups.is_empty() {
             put("groups", json!(login.groups));

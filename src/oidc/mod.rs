@@ -619,13 +619,32 @@ impl Auth {
                     facts,
                 );
             }
+            Err(e @ token::TokenError::UserClaimMissing { .. }) => {
+                tracing::warn!(request_id = %facts.request_id, reason = %e, reason_code = e.code(), "sign-in refused: the user header's claim is not in the ID token");
+                let detail = format!(
+                    "Your account cannot use this console through the gateway: its {e}. The gateway names users only by that claim, never by another one. Ask the administrator to add the claim in Azure (Token configuration) or to choose another headers.user_claim.",
+                );
+                return self.login_error_page(
+                    StatusCode::FORBIDDEN,
+                    e.code(),
+                    "Your account cannot be named",
+                    &detail,
+                    &flow.return_to,
+                    None,
+                    facts,
+                );
+            }
             Err(e) => {
-                tracing::warn!(request_id = %facts.request_id, reason = %e, "ID token rejected");
+                tracing::warn!(request_id = %facts.request_id, reason = %e, reason_code = e.code(), "ID token rejected");
+                let detail = format!(
+                    "The identity provider's answer did not pass the gateway's checks (reason: {}). Try again; if it keeps happening, tell the administrator (the gateway's log says more).",
+                    e.code()
+                );
                 return self.login_error_page(
                     StatusCode::BAD_GATEWAY,
                     "invalid_id_token",
                     "Sign-in could not be verified",
-                    "The identity provider's answer did not pass the gateway's checks. Try again; if it keeps happening, tell the administrator (the gateway's log names the reason).",
+                    &detail,
                     &flow.return_to,
                     None,
                     facts,

@@ -6,6 +6,7 @@
 //! multi-tenant authorities publish `https://login.microsoftonline.com/{tenantid}/v2.0`
 //! as their issuer, which strict clients reject (openidconnect-rs #216).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{is_loopback_host, Settings};
+use crate::config::{is_secure_url, Settings};
 use crate::health::Readiness;
 
 /// Readiness component name.
@@ -62,6 +63,31 @@ impl Metadata {
 pub struct Loaded {
     pub metadata: Metadata,
     pub jwks: JwkSet,
+    /// Entra's per-key `issuer` (kid → issuer, possibly the `{tenantid}`
+    /// template), where the JWKS publishes one: a token signed with that key
+    /// must carry that issuer (Microsoft's multi-tenant validation recipe).
+    pub key_issuers: HashMap<String, String>,
+}
+
+impl Loaded {
+    /// The issuer the JWKS names for key `kid`, if any.
+    pub fn key_issuer(&self, kid: Option<&str>) -> Option<&str> {
+        self.key_issuers.get(kid?).map(String::as_str)
+    }
+}
+
+/// kid → `issuer` of the JWKS keys that carry both (jsonwebtoken's `Jwk` drops
+/// fields it does not know, so they are read from the document itself).
+fn key_issuers(jwks: &serde_json::Value) -> HashMap<String, String> {
+    let keys = jwks.get("keys").and_then(|k| k.as_array());
+    keys.into_iter()
+        .flatten()
+        .filter_map(|key| {
+            let kid = key.get("kid")?.as_str()?;
+            let issuer = key.get("issuer")?.as_str()?;
+            Some((kid.to_string(), issuer.to_string()))
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +113,8 @@ pub enum ProviderError {
 pub struct Provider {
     http: reqwest::Client,
     configured_issuer: String,
+    /// `oidc.discovery_url`, else `<issuer>/.well-known/openid-configuration`.
+    discovery_url: String,
     loaded: ArcSwapOption<Loaded>,
     /// Serialises forced JWKS refreshes and remembers when the last one ran.
     forced_refresh: Mutex<Option<Instant>>,
@@ -97,15 +125,16 @@ pub struct Provider {
 impl Provider {
     pub fn new(settings: &Settings, http: reqwest::Client, readiness: Readiness) -> Self {
         readiness.set_not_ready(READINESS, "identity provider metadata not loaded yet");
+        let oidc = &settings.config.oidc;
+        let configured_issuer = oidc.issuer.trim().trim_end_matches('/').to_string();
+        let discovery_url = oidc
+            .discovery_url
+            .clone()
+            .unwrap_or_else(|| format!("{configured_issuer}/.well-known/openid-configuration"));
         Provider {
             http,
-            configured_issuer: settings
-                .config
-                .oidc
-                .issuer
-                .trim()
-                .trim_end_matches('/')
-                .to_string(),
+            configured_issuer,
+            discovery_url,
             loaded: ArcSwapOption::empty(),
             forced_refresh: Mutex::new(None),
             readiness,
@@ -114,10 +143,7 @@ impl Provider {
     }
 
     pub fn discovery_url(&self) -> String {
-        format!(
-            "{}/.well-known/openid-configuration",
-            self.configured_issuer
-        )
+        self.discovery_url.clone()
     }
 
     /// Metadata and keys, once loaded.
@@ -130,8 +156,18 @@ impl Provider {
         let url = self.discovery_url();
         let metadata: Metadata = self.get_json("discovery document", &url).await?;
         self.check_metadata(&metadata)?;
-        let jwks: JwkSet = self.get_json("JWKS", &metadata.jwks_uri).await?;
-        let loaded = Arc::new(Loaded { metadata, jwks });
+        let document: serde_json::Value = self.get_json("JWKS", &metadata.jwks_uri).await?;
+        let jwks: JwkSet =
+            serde_json::from_value(document.clone()).map_err(|e| ProviderError::Invalid {
+                what: "JWKS",
+                url: metadata.jwks_uri.clone(),
+                reason: e.to_string(),
+            })?;
+        let loaded = Arc::new(Loaded {
+            metadata,
+            key_issuers: key_issuers(&document),
+            jwks,
+        });
         self.loaded.store(Some(loaded.clone()));
         self.readiness.set_ready(READINESS);
         Ok(loaded)
@@ -256,14 +292,5 @@ fn find_key(jwks: &JwkSet, kid: Option<&str>) -> Option<Jwk> {
         // No kid in the token: acceptable only when there is exactly one key.
         None if jwks.keys.len() == 1 => jwks.keys.first().cloned(),
         None => None,
-    }
-}
-
-/// https://, or http:// to a loopback host (tests, local development).
-pub fn is_secure_url(url: &str) -> bool {
-    match url::Url::parse(url) {
-        Ok(u) if u.scheme() == "https" => true,
-        Ok(u) if u.scheme() == "http" => u.host_str().is_some_and(is_loopback_host),
-        _ => false,
     }
 }

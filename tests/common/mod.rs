@@ -126,6 +126,8 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     idp: DevIdpOptions,
     sign_in: bool,
+    /// Set `oidc.discovery_url` to the IdP's (its declared issuer is not its address).
+    discovery_from_idp: bool,
 }
 
 pub fn gateway(upstream: SocketAddr) -> GatewayBuilder {
@@ -135,6 +137,7 @@ pub fn gateway(upstream: SocketAddr) -> GatewayBuilder {
         env: Vec::new(),
         idp: idp_options(),
         sign_in: true,
+        discovery_from_idp: false,
     }
 }
 
@@ -191,6 +194,13 @@ impl GatewayBuilder {
         self.extra.no_client_secret = true;
         self
     }
+    /// The IdP declares `issuer` (another cloud's, External ID's): the gateway
+    /// trusts that issuer and reads discovery from the IdP's address.
+    pub fn idp_declaring_issuer(mut self, issuer: &str) -> Self {
+        self.idp.issuer = Some(issuer.to_string());
+        self.discovery_from_idp = true;
+        self
+    }
     /// Start without signing the test browser in.
     pub fn anonymous(mut self) -> Self {
         self.sign_in = false;
@@ -201,7 +211,14 @@ impl GatewayBuilder {
         oidc_gateway::tls::install_crypto_provider();
         let idp = DevIdp::start(self.idp).await.expect("mock IdP starts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(&dir, &self.upstream, &idp.issuer(), &self.extra);
+        let mut extra = self.extra;
+        if self.discovery_from_idp {
+            push_line(
+                &mut extra.oidc,
+                &format!("discovery_url = \"{}\"", idp.discovery_url()),
+            );
+        }
+        let text = config_text(&dir, &self.upstream, &idp.issuer(), &extra);
         let settings = Arc::new(config::load_str(&text, &self.env).expect("test config is valid"));
         let server = server::start(settings.clone())
             .await
