@@ -8,6 +8,7 @@
 //! The proxy knows nothing about authentication: the gateway hands it a request
 //! whose identity headers are already what they must be.
 
+use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -338,6 +339,23 @@ impl Upstream {
                         &ctx,
                     );
                 }
+                Ok(Err(UpstreamError::Request(e))) if client_body_failed(&e) => {
+                    // Malformed chunked framing, or a body that broke off: the
+                    // client's request is at fault, not the upstream.
+                    let reason = e.source().map(error_chain).unwrap_or_default();
+                    tracing::info!(
+                        request_id = %ctx.request_id.to_str().unwrap_or_default(),
+                        reason = %reason,
+                        "request body could not be read from the client"
+                    );
+                    let detail = format!("The request body could not be read: {reason}. Send a well-formed body (valid chunked encoding or a correct Content-Length).");
+                    return self.failure(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        &detail,
+                        &ctx,
+                    );
+                }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
                     tracing::warn!(
@@ -646,6 +664,16 @@ impl Upgrade {
             _ => Err(format!("`Upgrade: {}`", tokens.join(", "))),
         }
     }
+}
+
+/// Whether an upstream request failed because the client's body did: hyper
+/// reports a body stream's error as the user's, with the server side's own
+/// error (malformed chunk framing, a connection closed mid-body) as its source.
+fn client_body_failed(error: &hyper::Error) -> bool {
+    error.is_user()
+        && error
+            .source()
+            .is_some_and(|source| source.is::<hyper::Error>())
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {

@@ -17,8 +17,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,9 @@ struct Shared {
     idle: Mutex<VecDeque<IdleConnection>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Whether a task is closing idle connections as they pass `idle_timeout`
+    /// (changed only under the `idle` lock).
+    reaping: AtomicBool,
     /// `max_connections` permits; a connection holds one while it lives.
     slots: Arc<Semaphore>,
     /// How long a request waits for a connection when all are busy.
@@ -104,6 +107,7 @@ impl UpstreamPool {
                 idle: Mutex::new(VecDeque::new()),
                 max_idle,
                 idle_timeout,
+                reaping: AtomicBool::new(false),
                 slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
                 slot_wait,
                 waiters: AtomicUsize::new(0),
@@ -304,11 +308,48 @@ impl Release {
                 connection: self.connection,
                 since: Instant::now(),
             });
+            if !shared.reaping.load(Ordering::Relaxed) {
+                // A body dropped outside any runtime (at shutdown) starts nothing.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    shared.reaping.store(true, Ordering::Relaxed);
+                    runtime.spawn(close_idle_connections(Arc::downgrade(&shared)));
+                }
+            }
             drop(idle);
             if shared.waiters.load(Ordering::SeqCst) > 0 {
                 shared.returned.notify_one();
             }
         }
+    }
+}
+
+/// Closes idle connections when they pass the idle timeout, even if no request
+/// comes to notice (the upstream would otherwise keep a socket per connection
+/// until it times out itself). Runs while the pool has idle connections.
+async fn close_idle_connections(shared: Weak<Shared>) {
+    loop {
+        let next_expiry = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut idle = lock(&shared.idle);
+            let now = Instant::now();
+            // The oldest sit at the front; dropping a connection closes it.
+            while idle
+                .front()
+                .is_some_and(|c| now.duration_since(c.since) >= shared.idle_timeout)
+            {
+                idle.pop_front();
+            }
+            match idle.front() {
+                Some(oldest) => oldest.since + shared.idle_timeout,
+                None => {
+                    shared.reaping.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next_expiry.into()).await;
     }
 }
 

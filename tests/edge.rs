@@ -632,6 +632,95 @@ async fn a_second_gateway_on_a_port_already_served_fails_with_address_in_use() {
     );
 }
 
+/// What an upstream that reads every body whole made of each request's body:
+/// its bytes, or the error that ended it.
+type Bodies = Arc<Mutex<Vec<Result<Vec<u8>, String>>>>;
+
+async fn body_reading_upstream() -> (std::net::SocketAddr, Bodies) {
+    use http_body_util::BodyExt;
+    let bodies: Bodies = Arc::default();
+    let seen = bodies.clone();
+    let addr = upstream(move |req: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let body = match req.into_body().collect().await {
+                Ok(collected) => Ok(collected.to_bytes().to_vec()),
+                Err(e) => Err(e.to_string()),
+            };
+            seen.lock().unwrap().push(body);
+            Response::new(full_body("ok"))
+        }
+    })
+    .await;
+    (addr, bodies)
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_400_not_an_upstream_failure() {
+    let (upstream, bodies) = body_reading_upstream().await;
+    let gw = gateway(upstream).start().await;
+    let cookie = gw.cookie_header();
+    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
+    // One good chunk, then a chunk size that is not hexadecimal.
+    let request = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("bad_request_body"), "{answer}");
+    assert!(answer.contains("chunk"), "the reason is named: {answer}");
+    let bodies = bodies.lock().unwrap().clone();
+    assert!(
+        bodies.iter().all(|body| body.is_err()),
+        "the upstream never got a whole body: {bodies:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_at_pool_idle_timeout_without_another_request() {
+    // A bare upstream socket: it answers one request, then only watches its connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let gw = gateway(upstream_addr)
+        .upstream_option("pool_idle_timeout = \"1s\"")
+        .start()
+        .await;
+    let upstream = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head arrives");
+            head.extend_from_slice(&buf[..n]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let answered = std::time::Instant::now();
+        let mut after = Vec::new();
+        // Returns at end of stream: the gateway closed the connection.
+        socket.read_to_end(&mut after).await.unwrap();
+        (answered.elapsed(), after)
+    });
+    let response = gw.http1().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "ok");
+    let (idle_for, after) = tokio::time::timeout(std::time::Duration::from_secs(20), upstream)
+        .await
+        .expect("the gateway closes its idle upstream connection without being asked")
+        .unwrap();
+    assert!(after.is_empty(), "no further request came: {after:?}");
+    assert!(
+        idle_for >= std::time::Duration::from_millis(950),
+        "closed at pool_idle_timeout, not before: {idle_for:?}"
+    );
+}
+
 // ---- 4. identity values are refused, not rewritten ----
 
 #[tokio::test]
