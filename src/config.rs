@@ -2242,6 +2242,16 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
             "client secret (set)".into()
         },
     );
+    m.insert(
+        "headers.user_claim",
+        format!(
+            "{} fills {} (a sign-in without it is refused); {} and {} carry oid and tid",
+            c.headers.user_claim.name(),
+            c.headers.user,
+            c.headers.oid,
+            c.headers.tid
+        ),
+    );
     m.insert("upstream.url", settings.upstream.to_string());
     m.insert(
         "session.secret",
@@ -2317,6 +2327,8 @@ url = "http://127.0.0.1:21114"
         let s = load_str(&china, &env(&[("OIDC_GATEWAY__OIDC__CLOUD", "china")])).unwrap();
         assert_eq!(s.config.oidc.cloud, crate::cloud::Cloud::China);
         assert!(summary(&s)["oidc.cloud"].contains("microsoftgraph.chinacloudapi.cn"));
+        assert!(summary(&s)["headers.user_claim"]
+            .starts_with("preferred_username fills X-Forwarded-User"));
         let partner = with_issuer(
             "https://login.partner.microsoftonline.cn/11111111-2222-3333-4444-555555555555/v2.0",
         );
@@ -2357,6 +2369,38 @@ url = "http://127.0.0.1:21114"
             .unwrap_err()
             .to_string();
         assert!(e.contains("oidc.cloud") && e.contains("usgov"), "{e}");
+    }
+
+    #[test]
+    fn user_claim_takes_exactly_the_listed_claims() {
+        let s = load_str(
+            MINIMAL,
+            &env(&[("OIDC_GATEWAY__HEADERS__USER_CLAIM", "oid")]),
+        )
+        .unwrap();
+        assert_eq!(s.config.headers.user_claim, UserClaim::Oid);
+        assert_eq!(s.config.headers.oid, "X-Forwarded-Oid");
+        assert_eq!(s.config.headers.tid, "X-Forwarded-Tid");
+        let e = load_str(
+            MINIMAL,
+            &env(&[("OIDC_GATEWAY__HEADERS__USER_CLAIM", "name")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("headers.user_claim")
+                && e.contains("preferred_username")
+                && e.contains("oid")
+                && e.contains("OIDC_GATEWAY__HEADERS__USER_CLAIM"),
+            "{e}"
+        );
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__HEADERS__TID", "X Tenant")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("headers.tid") && e.contains("not a valid header name"),
+            "{e}"
+        );
     }
 
     #[test]

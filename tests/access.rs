@@ -527,17 +527,29 @@ async fn bad_bearer_tokens_get_401_invalid_token() {
     let mut other_audience = serde_json::Map::new();
     other_audience.insert("aud".into(), "some-other-app".into());
     let valid = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    // One character in the middle of the signature (the last one may only
+    // carry padding bits).
+    let middle = valid.rfind('.').unwrap() + 20;
     let mut tampered = valid.clone();
-    tampered.pop();
-    tampered.push(if valid.ends_with('A') { 'B' } else { 'A' });
-    for (name, token) in [
-        ("garbage", "not-a-jwt".to_string()),
-        ("expired", gw.idp.mint_id_token(USER, None, expired)),
+    let flipped = if &valid[middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(middle..=middle, flipped);
+    for (name, token, reason) in [
+        ("garbage", "not-a-jwt".to_string(), "malformed"),
+        (
+            "expired",
+            gw.idp.mint_id_token(USER, None, expired),
+            "expired",
+        ),
         (
             "wrong audience",
             gw.idp.mint_id_token(USER, None, other_audience),
+            "wrong_audience",
         ),
-        ("tampered", tampered),
+        ("tampered", tampered, "bad_signature"),
     ] {
         let response = gw
             .fresh_http1()
@@ -555,6 +567,8 @@ async fn bad_bearer_tokens_get_401_invalid_token() {
             challenge.starts_with("Bearer error=\"invalid_token\""),
             "{name}: {challenge}"
         );
+        let json: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(json["reason"], reason, "{name}: {json}");
     }
 }
 
@@ -624,6 +638,8 @@ async fn the_assertion_verifies_with_the_published_key_and_is_reused() {
     .claims;
     assert_eq!(claims["name"], USER);
     assert_eq!(claims["sub"], gw.idp.subject(USER));
+    assert_eq!(claims["oid"], gw.idp.object_id(USER));
+    assert_eq!(claims["tid"], TENANT);
     assert_eq!(
         claims["groups"],
         serde_json::json!(["0b5e7a3c-admins", "5f1d2e4b-users"])
@@ -654,4 +670,147 @@ async fn login_starts_and_signed_in_traffic_are_never_rate_limited() {
             200
         );
     }
+}
+
+// ---- unspoofable identity: object ids, vouched-for addresses, the user claim ----
+
+/// A gateway with `access` rules whose IdP signs in `user` (not yet signed in).
+async fn gateway_for(user: &str, sections: &str) -> TestGateway {
+    let user = user.to_string();
+    gateway(echo_upstream().await)
+        .idp(move |o| o.auto_login = Some(user))
+        .section(sections)
+        .anonymous()
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_forged_email_of_an_allowed_domain_is_refused_with_its_reason() {
+    // nOAuth: an admin of the attacker's tenant sets the email of their own
+    // account to an address of the allowed domain; Entra sends no xms_edov.
+    const MALLORY: &str = "mallory@evil.example";
+    let gw = gateway_for(MALLORY, "[access]\nemail_domains = [\"contoso.example\"]").await;
+    gw.idp.set_unverified_email(MALLORY, "boss@contoso.example");
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let json: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(json["reason"], "unverified_address", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("not one Microsoft vouches for"),
+        "{json}"
+    );
+
+    // The same address with the domain owner's verification is one Entra vouches for.
+    let mut verified = serde_json::Map::new();
+    verified.insert("email".into(), "boss@contoso.example".into());
+    verified.insert("xms_edov".into(), true.into());
+    gw.idp.set_user_override(MALLORY, Some(verified));
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_guests_home_address_does_not_satisfy_a_domain_rule() {
+    let gw = gateway_for(USER, "[access]\nemail_domains = [\"contoso.example\"]").await;
+    let mut guest = serde_json::Map::new();
+    guest.insert(
+        "idp".into(),
+        "https://sts.windows.net/99999999-8888-7777-6666-555555555555/".into(),
+    );
+    gw.idp.set_user_override(USER, Some(guest));
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let json: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(json["reason"], "unverified_address", "{json}");
+}
+
+#[tokio::test]
+async fn users_are_matched_by_object_id_and_oid_and_tid_reach_the_upstream() {
+    let probe = gateway_for(USER, "").await;
+    let oid = probe.idp.object_id(USER);
+    let gw = gateway_for(USER, &format!("[access]\nusers = [\"{oid}\"]")).await;
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let echo: serde_json::Value = browser
+        .get(gw.url("/"))
+        .header("X-Forwarded-Oid", "00000000-0000-0000-0000-000000000bad")
+        .header("x_forwarded_tid", "00000000-0000-0000-0000-000000000bad")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&echo, "x-forwarded-oid"), [oid.as_str()]);
+    assert_eq!(echoed(&echo, "x-forwarded-tid"), [TENANT]);
+    assert!(echoed(&echo, "x_forwarded_tid").is_empty(), "{echo}");
+
+    // Another user of the same tenant is not that object.
+    let other = gateway_for(
+        "bob@contoso.example",
+        &format!("[access]\nusers = [\"{oid}\"]"),
+    )
+    .await;
+    let browser = other.fresh_browser();
+    assert_eq!(other.sign_in(&browser, "/").await.status(), 303);
+    let denied = browser.get(other.url("/")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let json: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(json["reason"], "user", "{json}");
+}
+
+#[tokio::test]
+async fn user_claim_oid_fills_the_user_header_under_configured_names() {
+    let gw = gateway_for(
+        USER,
+        "[headers]\nuser_claim = \"oid\"\noid = \"X-Entra-Object\"\ntid = \"X-Entra-Tenant\"",
+    )
+    .await;
+    let oid = gw.idp.object_id(USER);
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let echo: serde_json::Value = browser
+        .get(gw.url("/"))
+        .header("x-entra-object", "spoofed")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&echo, "x-forwarded-user"), [oid.as_str()]);
+    assert_eq!(echoed(&echo, "x-entra-object"), [oid.as_str()]);
+    assert_eq!(echoed(&echo, "x-entra-tenant"), [TENANT]);
+    assert!(echoed(&echo, "x-forwarded-oid").is_empty(), "{echo}");
+}
+
+#[tokio::test]
+async fn a_token_without_the_user_claim_is_refused_at_sign_in_with_its_name() {
+    // The development IdP's ID tokens carry no upn (an optional claim in Entra).
+    let gw = gateway_for(USER, "[headers]\nuser_claim = \"upn\"").await;
+    let browser = gw.fresh_browser();
+    let response = gw.sign_in(&browser, "/").await;
+    assert_eq!(response.status(), 403);
+    assert!(set_cookies(&response)
+        .iter()
+        .all(|c| !c.starts_with("__Host-oidc-gateway=")));
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"], "user_claim_missing", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("claim `upn` (headers.user_claim) is missing"),
+        "{json}"
+    );
+    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 401);
 }

@@ -67,6 +67,8 @@ fn assert_no_identity(response: &reqwest::Response, context: &str) {
         "x-auth-request-email",
         "x-auth-request-preferred-username",
         "x-auth-request-groups",
+        "x-auth-request-oid",
+        "x-auth-request-tid",
         "x-gateway-assertion",
     ] {
         assert!(
@@ -101,6 +103,11 @@ async fn signed_in_browser_gets_202_with_its_identity() {
         Some(USER)
     );
     assert_eq!(header(&response, "x-auth-request-groups"), Some(GROUPS));
+    assert_eq!(
+        header(&response, "x-auth-request-oid"),
+        Some(gw.idp.object_id(USER).as_str())
+    );
+    assert_eq!(header(&response, "x-auth-request-tid"), Some(TENANT));
     // The mock IdP sends no email claim by default (like Entra often): no header.
     assert_eq!(header(&response, "x-auth-request-email"), None);
     assert_eq!(header(&response, "cache-control"), Some("no-store"));
