@@ -674,6 +674,35 @@ async fn login_starts_and_signed_in_traffic_are_never_rate_limited() {
 
 // ---- unspoofable identity: object ids, vouched-for addresses, the user claim ----
 
+/// A new browser, signed in at `gw` (the callback answered 303).
+async fn signed_in(gw: &TestGateway) -> reqwest::Client {
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    browser
+}
+
+/// `GET /` of `browser` is refused with 403: the JSON answer.
+async fn refused(gw: &TestGateway, browser: &reqwest::Client) -> serde_json::Value {
+    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    denied.json().await.unwrap()
+}
+
+/// `GET /` of `browser` with `headers` reaches the upstream: what it received.
+async fn forwarded(
+    gw: &TestGateway,
+    browser: &reqwest::Client,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut request = browser.get(gw.url("/"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 /// A gateway with `access` rules whose IdP signs in `user` (not yet signed in).
 async fn gateway_for(user: &str, sections: &str) -> TestGateway {
     let user = user.to_string();
@@ -692,11 +721,7 @@ async fn a_forged_email_of_an_allowed_domain_is_refused_with_its_reason() {
     const MALLORY: &str = "mallory@evil.example";
     let gw = gateway_for(MALLORY, "[access]\nemail_domains = [\"contoso.example\"]").await;
     gw.idp.set_unverified_email(MALLORY, "boss@contoso.example");
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let denied = browser.get(gw.url("/")).send().await.unwrap();
-    assert_eq!(denied.status(), 403);
-    let json: serde_json::Value = denied.json().await.unwrap();
+    let json = refused(&gw, &signed_in(&gw).await).await;
     assert_eq!(json["reason"], "unverified_address", "{json}");
     assert!(
         json["message"]
@@ -711,9 +736,7 @@ async fn a_forged_email_of_an_allowed_domain_is_refused_with_its_reason() {
     verified.insert("email".into(), "boss@contoso.example".into());
     verified.insert("xms_edov".into(), true.into());
     gw.idp.set_user_override(MALLORY, Some(verified));
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 200);
+    forwarded(&gw, &signed_in(&gw).await, &[]).await;
 }
 
 #[tokio::test]
@@ -725,11 +748,7 @@ async fn a_guests_home_address_does_not_satisfy_a_domain_rule() {
         "https://sts.windows.net/99999999-8888-7777-6666-555555555555/".into(),
     );
     gw.idp.set_user_override(USER, Some(guest));
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let denied = browser.get(gw.url("/")).send().await.unwrap();
-    assert_eq!(denied.status(), 403);
-    let json: serde_json::Value = denied.json().await.unwrap();
+    let json = refused(&gw, &signed_in(&gw).await).await;
     assert_eq!(json["reason"], "unverified_address", "{json}");
 }
 
@@ -738,18 +757,15 @@ async fn users_are_matched_by_object_id_and_oid_and_tid_reach_the_upstream() {
     let probe = gateway_for(USER, "").await;
     let oid = probe.idp.object_id(USER);
     let gw = gateway_for(USER, &format!("[access]\nusers = [\"{oid}\"]")).await;
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let echo: serde_json::Value = browser
-        .get(gw.url("/"))
-        .header("X-Forwarded-Oid", "00000000-0000-0000-0000-000000000bad")
-        .header("x_forwarded_tid", "00000000-0000-0000-0000-000000000bad")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = forwarded(
+        &gw,
+        &signed_in(&gw).await,
+        &[
+            ("X-Forwarded-Oid", "00000000-0000-0000-0000-000000000bad"),
+            ("x_forwarded_tid", "00000000-0000-0000-0000-000000000bad"),
+        ],
+    )
+    .await;
     assert_eq!(echoed(&echo, "x-forwarded-oid"), [oid.as_str()]);
     assert_eq!(echoed(&echo, "x-forwarded-tid"), [TENANT]);
     assert!(echoed(&echo, "x_forwarded_tid").is_empty(), "{echo}");
@@ -760,11 +776,7 @@ async fn users_are_matched_by_object_id_and_oid_and_tid_reach_the_upstream() {
         &format!("[access]\nusers = [\"{oid}\"]"),
     )
     .await;
-    let browser = other.fresh_browser();
-    assert_eq!(other.sign_in(&browser, "/").await.status(), 303);
-    let denied = browser.get(other.url("/")).send().await.unwrap();
-    assert_eq!(denied.status(), 403);
-    let json: serde_json::Value = denied.json().await.unwrap();
+    let json = refused(&other, &signed_in(&other).await).await;
     assert_eq!(json["reason"], "user", "{json}");
 }
 
@@ -776,17 +788,7 @@ async fn user_claim_oid_fills_the_user_header_under_configured_names() {
     )
     .await;
     let oid = gw.idp.object_id(USER);
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let echo: serde_json::Value = browser
-        .get(gw.url("/"))
-        .header("x-entra-object", "spoofed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = forwarded(&gw, &signed_in(&gw).await, &[("x-entra-object", "spoofed")]).await;
     assert_eq!(echoed(&echo, "x-forwarded-user"), [oid.as_str()]);
     assert_eq!(echoed(&echo, "x-entra-object"), [oid.as_str()]);
     assert_eq!(echoed(&echo, "x-entra-tenant"), [TENANT]);

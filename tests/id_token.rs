@@ -569,15 +569,20 @@ async fn external_id_issuer_signs_in_as_a_single_tenant_issuer() {
     assert_eq!(me["tid"], TENANT);
 }
 
-#[tokio::test]
-async fn china_cloud_issuer_signs_in_with_oidc_cloud_china() {
-    let issuer = format!("https://login.partner.microsoftonline.cn/{TENANT}/v2.0");
-    let gw = gateway(echo_upstream().await)
-        .idp_declaring_issuer(&issuer)
+/// A gateway with `oidc.cloud = "china"` whose IdP declares `issuer`.
+async fn china_cloud_gateway(issuer: &str) -> TestGateway {
+    gateway(echo_upstream().await)
+        .idp_declaring_issuer(issuer)
         .oidc("cloud = \"china\"")
         .anonymous()
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn china_cloud_issuer_signs_in_with_oidc_cloud_china() {
+    let issuer = format!("https://login.partner.microsoftonline.cn/{TENANT}/v2.0");
+    let gw = china_cloud_gateway(&issuer).await;
     let login = login(&gw).await;
     assert_signed_in(&gw, &login).await;
     assert_eq!(me(&gw, &login.client).await["issuer"], issuer.as_str());
@@ -585,13 +590,7 @@ async fn china_cloud_issuer_signs_in_with_oidc_cloud_china() {
 
 #[tokio::test]
 async fn token_of_the_global_cloud_is_rejected_by_a_china_cloud_gateway() {
-    let issuer = format!("https://login.chinacloudapi.cn/{TENANT}/v2.0");
-    let gw = gateway(echo_upstream().await)
-        .idp_declaring_issuer(&issuer)
-        .oidc("cloud = \"china\"")
-        .anonymous()
-        .start()
-        .await;
+    let gw = china_cloud_gateway(&format!("https://login.chinacloudapi.cn/{TENANT}/v2.0")).await;
     set_tweak(
         &gw,
         claims_tweak(|claims| {
