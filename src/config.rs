@@ -58,6 +58,8 @@ pub struct Config {
     #[serde(default)]
     pub acme: AcmeConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -275,6 +277,14 @@ impl Default for RateLimitConfig {
             ipv6_prefix: 64,
         }
     }
+}
+
+/// Prometheus metrics on a listener of their own (never the public port).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` serving `GET /metrics`; unset (the default): no metrics.
+    pub listen: Option<String>,
 }
 
 /// Certificates from an ACME CA, validated with TLS-ALPN-01 on server.listen.
@@ -812,6 +822,8 @@ pub struct Settings {
     pub config: Config,
     pub listen: SocketAddr,
     pub redirect_http: Option<SocketAddr>,
+    /// `metrics.listen`: where Prometheus scrapes `/metrics` (None: metrics off).
+    pub metrics_listen: Option<SocketAddr>,
     pub public_url: Option<Uri>,
     pub trusted_proxies: Vec<IpNet>,
     /// The default upstream's URL (`upstream.url`).
@@ -1284,6 +1296,19 @@ impl Validator<'_> {
                 "give the plain-HTTP listener its own port, e.g. \"0.0.0.0:8080\"",
             ));
         }
+        let metrics_listen = match &config.metrics.listen {
+            Some(a) if !a.trim().is_empty() => Some(self.socket_addr("metrics.listen", a)?),
+            _ => None,
+        };
+        if let Some(metrics) = metrics_listen.filter(|m| m.port() != 0) {
+            if metrics == listen || Some(metrics) == redirect_http {
+                return Err(self.err(
+                    "metrics.listen",
+                    format!("{metrics} is also a listener of the gateway's own (server.listen or server.redirect_http)"),
+                    "metrics are never served on a public port: give them their own, e.g. \"127.0.0.1:9464\"",
+                ));
+            }
+        }
         let public_url = match &config.server.public_url {
             Some(u) if !u.trim().is_empty() => Some(self.public_url(u)?),
             _ => None,
@@ -1382,6 +1407,7 @@ impl Validator<'_> {
             config,
             listen,
             redirect_http,
+            metrics_listen,
             public_url,
             trusted_proxies,
             upstream,
@@ -2193,6 +2219,13 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
         settings
             .redirect_http
             .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+    );
+    m.insert(
+        "metrics.listen",
+        settings
+            .metrics_listen
+            .map(|a| format!("http://{a}/metrics"))
             .unwrap_or_else(|| "off".into()),
     );
     m.insert(

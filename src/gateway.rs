@@ -36,6 +36,7 @@ use crate::config::{Settings, UpstreamId};
 use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
 use crate::identity::Identity;
+use crate::metrics::{self, RouteKind};
 use crate::oidc::token::TokenError;
 use crate::oidc::{
     Auth, AuthInitError, CallbackOutcome, RequestFacts, SessionLookup, SessionUnavailable,
@@ -218,15 +219,17 @@ impl Gateway {
             };
             // The decision's block ends before the upstream wait, so the future
             // does not keep the decision (and a copy of the request) meanwhile.
-            let pending = {
-                let decision = gateway.classify(request, &facts).await;
-                match decision {
+            let mut upstream_slot = None;
+            let (route, pending) = {
+                let (route, decision) = gateway.classify(request, &facts).await;
+                let pending = match decision {
                     Decision::Respond(response) => Either::Right(std::future::ready(Forwarded {
                         response,
                         upstream_time: None,
                     })),
                     Decision::Forward(mut request, forwarding) => {
                         let upstream = gateway.upstream_peer(&forwarding);
+                        upstream_slot = Some(upstream.metrics_slot());
                         gateway.prepare_upstream_request(
                             &mut request,
                             forwarding.caller.as_ref(),
@@ -241,12 +244,19 @@ impl Gateway {
                         };
                         Either::Left(upstream.forward(request, ctx))
                     }
-                }
+                };
+                (route, pending)
             };
             let Forwarded {
                 mut response,
                 upstream_time,
             } = pending.await;
+            if metrics::enabled() {
+                metrics::request(route, response.status(), started.elapsed());
+                if let Some(slot) = upstream_slot {
+                    metrics::upstream(slot, response.status(), upstream_time);
+                }
+            }
             let record = path.map(|path| AccessRecord {
                 request_id: request_id.clone(),
                 client: client.client_ip,
@@ -272,22 +282,26 @@ impl Gateway {
         }
     }
 
-    /// The decision steps, in order. The first that answers wins. (An `async
-    /// move` block rather than an `async fn`, for the reason given at `handle`.)
+    /// The decision steps, in order. The first that answers wins; the route
+    /// kind says which (for the metrics). (An `async move` block rather than an
+    /// `async fn`, for the reason given at `handle`.)
     #[allow(clippy::manual_async_fn)]
     fn classify<'a>(
         &'a self,
         request: Request<Body>,
         facts: &'a RequestFacts<'a>,
-    ) -> impl Future<Output = Decision> + Send + 'a {
+    ) -> impl Future<Output = (RouteKind, Decision)> + Send + 'a {
         async move {
             if routes::is_case_variant_of_standard_method(request.method()) {
-                return Decision::Respond(bad_method(request.method(), facts));
+                return (
+                    RouteKind::Refused,
+                    Decision::Respond(bad_method(request.method(), facts)),
+                );
             }
             let path = request.uri().path();
             let insider = facts.client.peer_trusted || facts.client.peer.ip().is_loopback();
             if let Some(answer) = health::answer(request.method(), path, &self.readiness, insider) {
-                return Decision::Respond(answer);
+                return (RouteKind::Health, Decision::Respond(answer));
             }
             // Forward-auth subrequests of a trusted proxy name the gateway's own
             // address; the host they judge is the original request's.
@@ -295,14 +309,17 @@ impl Gateway {
                 && path.strip_prefix(self.settings.config.gateway.prefix.as_str()) == Some("/auth");
             if let Some(public) = self.public_host.as_ref().filter(|_| !forward_auth) {
                 if let Err(why) = public.check(request.uri(), request.headers(), facts.client) {
-                    return Decision::Respond(misdirected(public, why, facts));
+                    return (
+                        RouteKind::Refused,
+                        Decision::Respond(misdirected(public, why, facts)),
+                    );
                 }
             }
             if path == self.auth.callback_path() {
                 // Box::pin: the login paths' futures are large (token request, JWKS);
                 // boxing them keeps every request's future small, and every request's
                 // future is copied into its stream (HTTP/2) or connection state.
-                return match Box::pin(self.auth.callback(request, facts)).await {
+                let decision = match Box::pin(self.auth.callback(request, facts)).await {
                     CallbackOutcome::Done(response) => Decision::Respond(response),
                     CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
                         tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
@@ -320,21 +337,21 @@ impl Gateway {
                         Decision::Respond(self.auth.foreign_callback(facts))
                     }
                 };
+                return (RouteKind::Callback, decision);
             }
             if let Some(endpoint) = path
                 .strip_prefix(self.settings.config.gateway.prefix.as_str())
                 .and_then(|rest| rest.strip_prefix('/'))
             {
-                return Decision::Respond(
-                    Box::pin(self.gateway_endpoint(
-                        endpoint,
-                        request.method(),
-                        request.uri(),
-                        request.headers(),
-                        facts,
-                    ))
-                    .await,
-                );
+                let answer = Box::pin(self.gateway_endpoint(
+                    endpoint,
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                    facts,
+                ))
+                .await;
+                return (RouteKind::Gateway, Decision::Respond(answer));
             }
             let authorization = self
                 .authorize(request.method(), path, request.headers(), facts)
@@ -343,29 +360,40 @@ impl Gateway {
                 Authorization::Public {
                     api_client,
                     upstream,
-                } => Decision::Forward(
-                    request,
-                    Forwarding {
-                        caller: None,
-                        api_client,
-                        upstream,
-                    },
+                } => (
+                    RouteKind::Public,
+                    Decision::Forward(
+                        request,
+                        Forwarding {
+                            caller: None,
+                            api_client,
+                            upstream,
+                        },
+                    ),
                 ),
-                Authorization::Allowed(caller, upstream) => Decision::Forward(
-                    request,
-                    Forwarding {
-                        caller: Some(caller),
-                        api_client: false,
-                        upstream,
-                    },
+                Authorization::Allowed(caller, upstream) => (
+                    RouteKind::Authenticated,
+                    Decision::Forward(
+                        request,
+                        Forwarding {
+                            caller: Some(caller),
+                            api_client: false,
+                            upstream,
+                        },
+                    ),
                 ),
-                Authorization::Refused(response) => Decision::Respond(response),
-                Authorization::Anonymous => Decision::Respond(self.auth.unauthenticated(
-                    request.method(),
-                    request.uri(),
-                    request.headers(),
-                    facts,
-                )),
+                Authorization::Refused(response) => {
+                    (RouteKind::Refused, Decision::Respond(response))
+                }
+                Authorization::Anonymous => (
+                    RouteKind::Anonymous,
+                    Decision::Respond(self.auth.unauthenticated(
+                        request.method(),
+                        request.uri(),
+                        request.headers(),
+                        facts,
+                    )),
+                ),
             }
         }
     }

@@ -22,6 +22,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod identity;
 pub mod jwt_ring;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;

@@ -76,6 +76,8 @@ pub struct Tunnels {
 pub struct Upstream {
     /// The upstream's name (`default`, `rustdesk_relay`, …) for log lines.
     name: String,
+    /// Its label in the metrics (see `metrics::upstream_slot`).
+    metrics_slot: usize,
     /// `scheme://host[:port]`: the `aud` of assertions sent to it.
     origin: String,
     pool: UpstreamPool,
@@ -159,6 +161,8 @@ impl Upstream {
             cfg.max_connections,
             cfg.connect_timeout,
         );
+        let metrics_slot = crate::metrics::upstream_slot(&upstream.name);
+        crate::metrics::watch_pool(metrics_slot, pool.gauge());
         let scheme = upstream.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = upstream
             .url
@@ -175,6 +179,7 @@ impl Upstream {
             .map_err(|e| TlsError::Pair(format!("{key}.url: {e}")))?;
         Ok(Upstream {
             name: upstream.name.clone(),
+            metrics_slot,
             origin: format!("{scheme}://{authority}"),
             pool,
             target,
@@ -191,6 +196,11 @@ impl Upstream {
     /// `scheme://host[:port]` of the upstream.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Its label in the metrics.
+    pub fn metrics_slot(&self) -> usize {
+        self.metrics_slot
     }
 
     /// Sends `request` upstream and streams the answer back. Never fails: upstream

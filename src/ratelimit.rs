@@ -19,6 +19,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::RateLimitConfig;
+use crate::metrics;
 
 /// Which limit refused a request (also the `reason` of logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,15 @@ pub enum LimitReason {
 }
 
 impl LimitReason {
+    /// The same reason as the metrics' label.
+    pub fn metric(self) -> metrics::Limit {
+        match self {
+            LimitReason::AddressSignIns => metrics::Limit::AddressSignIns,
+            LimitReason::AddressFailures => metrics::Limit::AddressFailures,
+            LimitReason::Global => metrics::Limit::Global,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitReason::AddressSignIns => "address_sign_ins",

@@ -30,6 +30,7 @@ use crate::config::{ConfigError, Settings};
 use crate::connection::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
+use crate::metrics::{self, Handshake};
 use crate::proxy::Tunnels;
 use crate::reload::ReloadSignal;
 use crate::session::SessionStore;
@@ -68,6 +69,8 @@ impl StartError {
 pub struct RunningServer {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served (`metrics.listen`), when it is.
+    pub metrics_addr: Option<SocketAddr>,
     pub readiness: Readiness,
     /// The certificate the listener serves (swapped on reload).
     pub certificate: Arc<ServedCertificate>,
@@ -161,6 +164,25 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         (Some(l), Some(addr)) => Some(local_addr("server.redirect_http", l, addr)?),
         _ => None,
     };
+    // Bound before anything that records: binding turns recording on.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key: "metrics.listen",
+                    addr,
+                    source,
+                })?;
+            Some(local_addr("metrics.listen", &listener, addr)?).map(|local| (listener, local))
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+    if let Some((listener, _)) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, stop.child_token()));
+    }
+    metrics::watch_certificate(&certificate);
 
     let readiness = Readiness::default();
     let tunnels = Tunnels::default();
@@ -183,6 +205,8 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     }
     let gateway = Arc::new(gateway);
     let sessions = gateway.sessions();
+    let counted = Arc::downgrade(&sessions);
+    metrics::count_sessions(move || counted.upgrade().map(|store| store.len()));
     gateway.spawn_background(stop.child_token());
     let admission = Admission::new(connection_cap(settings.config.server.max_connections));
 
@@ -225,6 +249,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     tracing::info!(
         listen = %https_addr,
         redirect_http = ?http_addr,
+        metrics = ?metrics_addr,
         upstream = %settings.upstream,
         workers,
         "oidc-gateway is serving"
@@ -232,6 +257,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     Ok(RunningServer {
         https_addr,
         http_addr,
+        metrics_addr,
         readiness,
         certificate,
         reload,
@@ -654,6 +680,7 @@ async fn serve_tls(
     stop: CancellationToken,
     _admitted: Admitted,
 ) {
+    let _open = metrics::connection_opened();
     let handshake_timeout = settings.config.server.tls_handshake_timeout;
     let _ = stream.set_nodelay(true);
     // A TLS connection starts with a handshake record (0x16). Anything else is
@@ -661,27 +688,36 @@ async fn serve_tls(
     let mut first = [0u8; 1];
     match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] != 0x16 => {
+            metrics::handshake(Handshake::PlainHttp);
             reject_plain_http(stream).await;
             return;
         }
         Ok(Ok(1)) => {}
-        _ => return,
+        Ok(_) => return,
+        Err(_) => {
+            metrics::handshake(Handshake::TimedOut);
+            return;
+        }
     }
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            metrics::handshake(Handshake::Failed);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            metrics::handshake(Handshake::TimedOut);
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
     if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
         // An ACME CA validating TLS-ALPN-01: the handshake was the whole answer.
+        metrics::handshake(Handshake::AcmeValidation);
         return;
     }
+    metrics::handshake(Handshake::Ok);
     // The protocol is the one ALPN agreed on (as nginx does): no sniffing of
     // the first bytes, whose wait would have no timer of its own.
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -826,6 +862,7 @@ async fn serve_redirect(
     stop: CancellationToken,
     _admitted: Admitted,
 ) {
+    let _open = metrics::connection_opened();
     // /readyz says why it is not ready only to loopback and trusted proxies.
     let insider = peer.ip().is_loopback()
         || settings

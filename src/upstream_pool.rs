@@ -76,6 +76,7 @@ struct Shared {
     reaping: AtomicBool,
     /// `max_connections` permits; a connection holds one while it lives.
     slots: Arc<Semaphore>,
+    max_connections: usize,
     /// How long a request waits for a connection when all are busy.
     slot_wait: Duration,
     /// Requests waiting for a connection, told when one is handed back.
@@ -102,13 +103,15 @@ impl UpstreamPool {
         max_connections: usize,
         slot_wait: Duration,
     ) -> Self {
+        let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
         UpstreamPool {
             shared: Arc::new(Shared {
                 idle: Mutex::new(VecDeque::new()),
                 max_idle,
                 idle_timeout,
                 reaping: AtomicBool::new(false),
-                slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+                slots: Arc::new(Semaphore::new(max_connections)),
+                max_connections,
                 slot_wait,
                 waiters: AtomicUsize::new(0),
                 returned: Notify::new(),
@@ -164,6 +167,12 @@ impl UpstreamPool {
                 }
             }
         }
+    }
+
+    /// The pool's connection counts, for the metrics (read at scrape time only).
+    pub fn gauge(&self) -> std::sync::Weak<dyn crate::metrics::PoolGauge> {
+        let shared: Arc<dyn crate::metrics::PoolGauge> = self.shared.clone();
+        Arc::downgrade(&shared)
     }
 
     /// The most recently used idle connection that is still open.
@@ -263,6 +272,13 @@ impl UpstreamPool {
                 }),
             })
         })
+    }
+}
+
+impl crate::metrics::PoolGauge for Shared {
+    fn connections(&self) -> (usize, usize) {
+        let open = self.max_connections - self.slots.available_permits();
+        (lock(&self.idle).len(), open)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::connection::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::crypto::{base64url, random_bytes};
 use crate::health::Readiness;
 use crate::identity::{Identity, IdentityHeaders};
+use crate::metrics::{self, SignIn as SignInOutcome};
 use crate::pages::{self, escape_html, ErrorPage};
 use crate::ratelimit::{LimitReason, LoginLimiter, Refusal};
 use crate::session::cookies::{CookieCodec, LoginFlow, SessionKeyMemo};
@@ -512,6 +513,7 @@ impl Auth {
             Ok(found) => found,
             Err(page) => {
                 self.limiter.record_failure(facts.client.client_ip);
+                metrics::sign_in(SignInOutcome::BadCallback);
                 return CallbackOutcome::Done(page.render(facts, self));
             }
         };
@@ -542,6 +544,7 @@ impl Auth {
     /// CSRF, a replayed or expired response, cookies blocked).
     pub fn foreign_callback(&self, facts: &RequestFacts<'_>) -> Response<Body> {
         self.limiter.record_failure(facts.client.client_ip);
+        metrics::sign_in(SignInOutcome::StateMismatch);
         tracing::warn!(
             request_id = %facts.request_id,
             client = %facts.client.client_ip,
@@ -571,9 +574,11 @@ impl Auth {
                 .map(String::as_str)
                 .unwrap_or("");
             tracing::warn!(request_id = %facts.request_id, idp_error = %error, description = %description, "the identity provider refused the sign-in");
+            metrics::sign_in(SignInOutcome::IdpError);
             return self.idp_error_page(error, description, flow, facts);
         }
         let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
+            metrics::sign_in(SignInOutcome::BadCallback);
             return self.login_error_page(
                 StatusCode::BAD_REQUEST,
                 "missing_code",
@@ -585,6 +590,7 @@ impl Auth {
             );
         };
         if let Err(refusal) = self.limiter.check_exchange(facts.client.client_ip) {
+            metrics::sign_in(SignInOutcome::RateLimited);
             return too_many_logins(refusal, &self.settings.config.rate_limit, facts);
         }
         let started = std::time::Instant::now();
@@ -594,7 +600,10 @@ impl Auth {
             .await
         {
             Ok(tokens) => tokens,
-            Err(failure) => return self.exchange_failure_page(failure, flow, facts),
+            Err(failure) => {
+                metrics::sign_in(SignInOutcome::TokenEndpoint);
+                return self.exchange_failure_page(failure, flow, facts);
+            }
         };
         let id_token = tokens.id_token.unwrap_or_default();
         let idp_time = started.elapsed();
@@ -605,6 +614,7 @@ impl Auth {
         {
             Ok(identity) => identity,
             Err(token::TokenError::UnsendableIdentity(value)) => {
+                metrics::sign_in(SignInOutcome::UnsendableIdentity);
                 tracing::warn!(request_id = %facts.request_id, reason = %value, "sign-in refused: an identity value cannot be sent unaltered");
                 let detail = format!(
                     "Your account cannot use this console through the gateway: its {value}. The gateway passes your identity to the console exactly as Microsoft sends it, or not at all. Ask the administrator to correct the account.",
@@ -635,6 +645,7 @@ impl Auth {
                 );
             }
             Err(e) => {
+                metrics::sign_in(SignInOutcome::InvalidIdToken);
                 tracing::warn!(request_id = %facts.request_id, reason = %e, reason_code = e.code(), "ID token rejected");
                 let detail = format!(
                     "The identity provider's answer did not pass the gateway's checks (reason: {}). Try again; if it keeps happening, tell the administrator (the gateway's log says more).",
@@ -693,6 +704,7 @@ impl Auth {
             .insert(SessionHandle::new(id.as_bytes()), session)
             .await
         {
+            metrics::sign_in(SignInOutcome::SessionStore);
             tracing::error!(request_id = %facts.request_id, error = %e, "cannot store the session");
             return self.login_error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -705,6 +717,7 @@ impl Auth {
                 facts,
             );
         }
+        metrics::sign_in(SignInOutcome::Success);
         let mut response = redirect(StatusCode::SEE_OTHER, &flow.return_to);
         response
             .headers_mut()
@@ -1219,6 +1232,7 @@ fn too_many_logins(
     facts: &RequestFacts<'_>,
 ) -> Response<Body> {
     let seconds = refusal.retry_after.as_secs().max(1);
+    metrics::rate_limited(refusal.reason.metric());
     tracing::warn!(request_id = %facts.request_id, client = %facts.client.client_ip,
         reason = refusal.reason.as_str(), retry_after = seconds, "sign-in limit reached");
     let (code, title, why) = match refusal.reason {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{is_secure_url, Settings};
 use crate::health::Readiness;
+use crate::metrics::IdpCall;
 
 /// Readiness component name.
 pub const READINESS: &str = "oidc";
@@ -154,9 +155,13 @@ impl Provider {
     /// Fetches discovery and JWKS; on success they replace the current ones.
     pub async fn load(&self) -> Result<Arc<Loaded>, ProviderError> {
         let url = self.discovery_url();
-        let metadata: Metadata = self.get_json("discovery document", &url).await?;
+        let metadata: Metadata = self
+            .get_json("discovery document", IdpCall::Discovery, &url)
+            .await?;
         self.check_metadata(&metadata)?;
-        let document: serde_json::Value = self.get_json("JWKS", &metadata.jwks_uri).await?;
+        let document: serde_json::Value = self
+            .get_json("JWKS", IdpCall::Jwks, &metadata.jwks_uri)
+            .await?;
         let jwks: JwkSet =
             serde_json::from_value(document.clone()).map_err(|e| ProviderError::Invalid {
                 what: "JWKS",
@@ -200,6 +205,18 @@ impl Provider {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        call: IdpCall,
+        url: &str,
+    ) -> Result<T, ProviderError> {
+        let started = Instant::now();
+        let result = self.fetch_json(what, url).await;
+        crate::metrics::idp_call(call, started.elapsed());
+        result
+    }
+
+    async fn fetch_json<T: serde::de::DeserializeOwned>(
         &self,
         what: &'static str,
         url: &str,

@@ -18,6 +18,7 @@ use dashmap::DashMap;
 
 use super::token_endpoint::TokenEndpointError;
 use super::{Auth, SessionLookup, SessionUnavailable};
+use crate::metrics;
 use crate::session::{unix_now, Session, SessionHandle, SessionKey, SessionRecord};
 
 /// Renew this long before the access token expires (less for short tokens).
@@ -122,6 +123,7 @@ impl Auth {
         let Some(refresh_token) = session.record.refresh_token.clone() else {
             if expired(&session, now) {
                 tracing::warn!(user = %session.identity().user, "the access token expired and the identity provider gave no refresh token (is offline_access granted?): the session ends");
+                metrics::refresh(metrics::Refresh::NoRefreshToken);
                 let _ = self.store.remove(&handle.key).await;
                 return SessionLookup::None;
             }
@@ -154,6 +156,7 @@ impl Auth {
         let answer = self.token_endpoint.refresh(&refresh_token, None).await;
         let outcome = match answer {
             Ok(tokens) => {
+                metrics::refresh(metrics::Refresh::Renewed);
                 let mut record = session.to_record();
                 apply_tokens(
                     &mut record,
@@ -175,12 +178,14 @@ impl Auth {
                 }
             }
             Err(TokenEndpointError::Refused { error, .. }) if error.error == "invalid_grant" => {
+                metrics::refresh(metrics::Refresh::InvalidGrant);
                 tracing::info!(user = %session.identity().user, description = %error.error_description,
                     "the identity provider refused the refresh token (invalid_grant): the session ends");
                 let _ = self.store.remove(&handle.key).await;
                 SessionLookup::None
             }
             Err(e) => {
+                metrics::refresh(metrics::Refresh::Failed);
                 *last_failure = Some(Instant::now());
                 tracing::warn!(user = %session.identity().user, error = %e, "access token renewal failed; the session is kept");
                 if expired(&session, unix_now()) {

@@ -194,7 +194,21 @@ impl TokenPolicy {
 
     /// Validates `token` and returns who it names. `nonce`: the login's nonce
     /// (required and compared), or None where the spec has none (refresh).
+    /// A rejection is counted in the metrics by its reason.
     pub async fn validate(
+        &self,
+        provider: &Provider,
+        token: &str,
+        nonce: Option<&str>,
+    ) -> Result<Identity, TokenError> {
+        let checked = self.check(provider, token, nonce).await;
+        if let Err(e) = &checked {
+            crate::metrics::id_token_rejected(e.code());
+        }
+        checked
+    }
+
+    async fn check(
         &self,
         provider: &Provider,
         token: &str,

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::client_auth::{ClientAuthError, ClientCredential};
 use super::provider::Provider;
+use crate::metrics::{self, IdpCall};
 
 /// What the token endpoint answered (the fields the gateway reads).
 #[derive(Deserialize)]
@@ -105,6 +106,7 @@ impl TokenEndpoint {
         redirect_uri: &str,
         code_verifier: &str,
     ) -> Result<TokenResponse, TokenEndpointError> {
+        let started = std::time::Instant::now();
         let tokens = self
             .post_grant(&[
                 ("grant_type", "authorization_code"),
@@ -112,7 +114,9 @@ impl TokenEndpoint {
                 ("redirect_uri", redirect_uri),
                 ("code_verifier", code_verifier),
             ])
-            .await?;
+            .await;
+        metrics::idp_call(IdpCall::Token, started.elapsed());
+        let tokens = tokens?;
         if tokens.id_token.as_deref().is_none_or(str::is_empty) {
             return Err(TokenEndpointError::Invalid(
                 "the answer to the code exchange carries no id_token".into(),
@@ -135,7 +139,10 @@ impl TokenEndpoint {
         if let Some(scope) = scope {
             params.push(("scope", scope));
         }
-        self.post_grant(&params).await
+        let started = std::time::Instant::now();
+        let tokens = self.post_grant(&params).await;
+        metrics::idp_call(IdpCall::Refresh, started.elapsed());
+        tokens
     }
 
     /// Any grant: `params` plus `client_id` and the client authentication,

@@ -225,6 +225,9 @@ impl SessionStore for MemoryStore {
                         Ok(count)
                     }
                     Err(reason) => {
+                        crate::metrics::session_store_error(
+                            crate::metrics::StoreFailure::StateFile,
+                        );
                         tracing::error!(file = %state.path.display(), "{reason}; sessions \
                             will end with this process");
                         Err(StoreError(reason))

@@ -29,6 +29,7 @@ use super::store::{SessionHandle, SessionKey, SessionStore, StoreError, StoreIni
 use super::{unix_now, Session, SessionRecord};
 use crate::config::Settings;
 use crate::health::Readiness;
+use crate::metrics::{self, StoreFailure};
 
 /// The readiness component this store reports under.
 const COMPONENT: &str = "session_store";
@@ -188,10 +189,16 @@ impl RedisStore {
                     return Ok(value);
                 }
                 Err(e) if is_connection_error(&e) && attempts < 2 => continue,
-                Err(e) if is_connection_error(&e) => break format!("Redis is unreachable: {e}"),
+                Err(e) if is_connection_error(&e) => {
+                    metrics::session_store_error(StoreFailure::Unreachable);
+                    break format!("Redis is unreachable: {e}");
+                }
                 // Redis answered with an error (out of memory, an ACL refusal, still
                 // loading): it is there but cannot serve sessions either.
-                Err(e) => break format!("Redis refused a command: {e}"),
+                Err(e) => {
+                    metrics::session_store_error(StoreFailure::Refused);
+                    break format!("Redis refused a command: {e}");
+                }
             }
         };
         self.mark_down(failure.clone());
