@@ -2208,6 +2208,42 @@ pub fn rustdesk_warnings(settings: &Settings) -> Vec<String> {
     warnings
 }
 
+/// What the identity settings mean for who can sign in and how users are
+/// named (for `oidc-gateway check`): the claims Entra only sends when asked.
+pub fn identity_warnings(settings: &Settings) -> Vec<String> {
+    let c = &settings.config;
+    let mut warnings = Vec::new();
+    if c.headers.user_claim == UserClaim::Email {
+        warnings.push(
+            "headers.user_claim = \"email\": only tokens whose email carries xms_edov: true can \
+             sign in (add the optional claims email and xms_edov in Azure → Token configuration); \
+             \"oid\" names users by what no admin can change"
+                .to_string(),
+        );
+    }
+    if c.headers.user_claim == UserClaim::Upn {
+        warnings.push(
+            "headers.user_claim = \"upn\": Entra sends upn only as an optional claim (Azure → \
+             Token configuration → Add optional claim → ID → upn); without it every sign-in is \
+             refused"
+                .to_string(),
+        );
+    }
+    let reads_addresses =
+        |a: &AccessConfig| !a.email_domains.is_empty() || a.users.iter().any(|u| u.contains('@'));
+    let address_rules =
+        reads_addresses(&c.access) || c.routes.iter().any(|r| reads_addresses(&r.allow));
+    if address_rules {
+        warnings.push(
+            "address rules (email_domains, users with '@') read the UPN of members of the token's \
+             tenant, and email only with xms_edov: true: guests, and users known only by an \
+             unverified email, are refused by them; list such users by object id (oid)"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
 /// Key → value summary for `oidc-gateway check` (secrets shown only as set/unset).
 pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
     let c = &settings.config;

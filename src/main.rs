@@ -293,7 +293,10 @@ fn print_routes(settings: &Settings) {
             line.methods, line.path, line.action, line.upstream
         );
     }
-    for warning in config::rustdesk_warnings(settings) {
+    for warning in config::rustdesk_warnings(settings)
+        .into_iter()
+        .chain(config::identity_warnings(settings))
+    {
         println!("\nWARNING: {warning}");
     }
     println!();

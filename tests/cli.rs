@@ -546,6 +546,37 @@ fn check_states_who_gets_in_default_every_user_of_the_tenant() {
 }
 
 #[test]
+fn check_warns_what_identity_settings_need_from_entra() {
+    let dir = TempDir::new().unwrap();
+    write(dir.path(), "config.toml", &config_for(8443));
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("headers.user_claim")
+            && text.contains("preferred_username fills X-Forwarded-User")
+            && !text.contains("WARNING: address rules"),
+        "{text}"
+    );
+    write(
+        dir.path(),
+        "config.toml",
+        &format!(
+            "{}[headers]\nuser_claim = \"email\"\n[access]\nemail_domains = [\"contoso.com\"]\n",
+            config_for(8443)
+        ),
+    );
+    let out = check(dir.path(), "config.toml");
+    assert_succeeded(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("WARNING: headers.user_claim = \"email\": only tokens whose email carries xms_edov: true")
+            && text.contains("WARNING: address rules (email_domains, users with '@') read the UPN"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_valid_config_prints_redirect_uri_and_creates_nothing() {
     let dir = TempDir::new().unwrap();
     write(dir.path(), "config.toml", &config_for(8443));
