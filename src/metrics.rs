@@ -107,7 +107,7 @@ labels!(
 
 /// Why an ID token (browser sign-in or bearer token) was rejected: the
 /// values of `TokenError::code()`; a code missing here counts as "other".
-const ID_TOKEN_REASONS: [&str; 25] = [
+pub const ID_TOKEN_REASONS: [&str; 25] = [
     "malformed",
     "algorithm_not_allowed",
     "unknown_key",

@@ -794,9 +794,19 @@ mod tests {
             },
             TokenError::ProviderNotLoaded,
             TokenError::Other(String::new()),
+            TokenError::UnsendableIdentity(crate::identity::UnsendableValue {
+                claim: "sub",
+                problem: "is empty",
+            }),
         ];
         let codes: HashSet<&str> = errors.iter().map(TokenError::code).collect();
         assert_eq!(codes.len(), errors.len());
+        for code in codes {
+            assert!(
+                crate::metrics::ID_TOKEN_REASONS.contains(&code),
+                "{code} is counted under its own label, not \"other\""
+            );
+        }
     }
 
     #[test]
