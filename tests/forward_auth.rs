@@ -572,7 +572,10 @@ async fn check_front(front: &Front, gw: &TestGateway) {
             .header("x-forwarded-user", "admin")
             .header("x-forwarded-groups", "admins")
             .header("x-forwarded-email", "admin@evil.example")
+            .header("x-forwarded-oid", "00000000-0000-0000-0000-000000000bad")
+            .header("x-forwarded-tid", "00000000-0000-0000-0000-000000000bad")
             .header("x-auth-request-user", "admin")
+            .header("x-auth-request-oid", "00000000-0000-0000-0000-000000000bad")
             .header("x-gateway-assertion", "forged")
             .header("x-original-uri", "/public/x"),
     )
@@ -587,6 +590,13 @@ async fn check_front(front: &Front, gw: &TestGateway) {
         "{who}"
     );
     assert_eq!(echoed(&echo, "x-forwarded-groups"), [GROUPS], "{who}");
+    let oid = gw.idp.object_id(USER);
+    assert_eq!(echoed(&echo, "x-forwarded-oid"), [oid.as_str()], "{who}");
+    assert_eq!(echoed(&echo, "x-forwarded-tid"), [TENANT], "{who}");
+    assert!(
+        echoed(&echo, "x-auth-request-oid").is_empty(),
+        "{who}: {echo}"
+    );
     assert!(
         echoed(&echo, "x-forwarded-email").is_empty(),
         "{who}: no email claim, no header, and not the client's: {echo}"
@@ -645,6 +655,8 @@ async fn check_front(front: &Front, gw: &TestGateway) {
         anonymous
             .get(front.url("/public/x"))
             .header("x-forwarded-user", "admin")
+            .header("x-forwarded-oid", "00000000-0000-0000-0000-000000000bad")
+            .header("x-forwarded-tid", "00000000-0000-0000-0000-000000000bad")
             .header("x-gateway-assertion", "forged")
             .header("x-auth-request-user", "admin"),
     )
@@ -653,6 +665,8 @@ async fn check_front(front: &Front, gw: &TestGateway) {
     let echo: serde_json::Value = response.json().await.expect("echo");
     for name in [
         "x-forwarded-user",
+        "x-forwarded-oid",
+        "x-forwarded-tid",
         "x-gateway-assertion",
         "x-auth-request-user",
     ] {
@@ -872,7 +886,10 @@ assert fa["address"] == "https://gateway:8443/.gateway/auth", fa
 assert fa["trustForwardHeader"] is True
 assert "X-Original-URI" not in fa["authRequestHeaders"]
 assert set(fa["authResponseHeaders"]) == {"X-Auth-Request-User", "X-Auth-Request-Email",
-    "X-Auth-Request-Preferred-Username", "X-Auth-Request-Groups", "X-Gateway-Assertion"}
+    "X-Auth-Request-Preferred-Username", "X-Auth-Request-Groups", "X-Auth-Request-Oid",
+    "X-Auth-Request-Tid", "X-Gateway-Assertion"}
+strip = http["middlewares"]["oidc-strip-identity"]["headers"]["customRequestHeaders"]
+assert strip["X-Forwarded-Oid"] == "" and strip["X-Forwarded-Tid"] == "", strip
 routers = http["routers"]
 assert routers["console"]["middlewares"] == ["oidc-strip-identity", "oidc-forward-auth"]
 assert routers["oidc-gateway"]["service"] == "oidc-gateway"
