@@ -495,6 +495,19 @@ pub struct OidcConfig {
     /// Where the IdP sends the browser after sign-out (must be registered at the IdP).
     #[serde(default)]
     pub post_logout_redirect_uri: Option<String>,
+    /// Microsoft Graph, where the groups of a user in too many groups for the
+    /// ID token (overage) are read. Validation fills in the cloud's Graph host.
+    #[serde(default)]
+    pub graph_url: Option<String>,
+    /// `prompt` of every authorization request (select_account, login, consent, none).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// `domain_hint` of every authorization request (skips home-realm discovery).
+    #[serde(default)]
+    pub domain_hint: Option<String>,
+    /// `max_age` of every authorization request; the ID token's `auth_time` is checked.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_age: Option<Duration>,
 }
 
 // Hand-written so that the client secret can never reach a log line through `{:?}`.
@@ -520,6 +533,10 @@ impl fmt::Debug for OidcConfig {
             .field("http_timeout", &self.http_timeout)
             .field("metadata_refresh", &self.metadata_refresh)
             .field("post_logout_redirect_uri", &self.post_logout_redirect_uri)
+            .field("graph_url", &self.graph_url)
+            .field("prompt", &self.prompt)
+            .field("domain_hint", &self.domain_hint)
+            .field("max_age", &self.max_age)
             .finish()
     }
 }
@@ -610,6 +627,11 @@ impl Default for HeadersConfig {
             pass_access_token: false,
         }
     }
+}
+
+/// Some access rule ([access] or a route's `allow`) names groups.
+fn has_group_rules(config: &Config) -> bool {
+    !config.access.groups.is_empty() || config.routes.iter().any(|r| !r.allow.groups.is_empty())
 }
 
 /// The gateway's own endpoints.
@@ -807,7 +829,19 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// The `prompt` values Entra accepts.
+pub const PROMPTS: &[&str] = &["select_account", "login", "consent", "none"];
+
 impl Settings {
+    /// Some access rule ([access] or a route's `allow`) names groups.
+    pub fn has_group_rules(&self) -> bool {
+        has_group_rules(&self.config)
+    }
+
     /// Access tokens are renewed (and a refresh token kept): `session.refresh`,
     /// or `headers.pass_access_token`, whose token must never reach the
     /// upstream expired.
@@ -1390,6 +1424,10 @@ impl Validator<'_> {
         self.routes_upstreams(&config, &upstreams)?;
         self.session(&mut config.session)?;
         self.acme(&mut config.acme)?;
+        // Groups beyond the token's limit come from Graph, which wants User.Read.
+        if has_group_rules(&config) && !config.oidc.scopes.iter().any(|s| s == "User.Read") {
+            config.oidc.scopes.push("User.Read".into());
+        }
         // Renewal needs a refresh token, which Entra gives only for offline_access.
         let refresh = config.session.refresh || config.headers.pass_access_token;
         if refresh && !config.oidc.scopes.iter().any(|s| s == "offline_access") {
@@ -1578,6 +1616,8 @@ impl Validator<'_> {
                 ));
             }
         }
+        self.sign_in_options(oidc)?;
+        oidc.graph_url = Some(self.graph_url(oidc, host)?);
         if !oidc.callback_path.starts_with('/') || oidc.callback_path.starts_with("//") {
             return Err(self.err(
                 "oidc.callback_path",
@@ -1609,6 +1649,93 @@ impl Validator<'_> {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// `oidc.prompt`, `oidc.domain_hint`, `oidc.max_age`.
+    fn sign_in_options(&self, oidc: &mut OidcConfig) -> Result<(), ConfigError> {
+        if let Some(prompt) = &oidc.prompt {
+            if !PROMPTS.contains(&prompt.as_str()) {
+                return Err(self.err(
+                    "oidc.prompt",
+                    format!("{prompt:?} is not a prompt Entra accepts"),
+                    format!("use one of {} or leave it out", PROMPTS.join(", ")),
+                ));
+            }
+        }
+        if let Some(hint) = &oidc.domain_hint {
+            let valid = !hint.is_empty()
+                && hint.len() <= 253
+                && hint
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !valid {
+                return Err(self.err(
+                    "oidc.domain_hint",
+                    format!("{hint:?} is not a domain"),
+                    "use the users' domain, e.g. \"contoso.com\" (or \"organizations\")",
+                ));
+            }
+        }
+        if oidc
+            .max_age
+            .is_some_and(|age| age.as_secs() > u32::MAX as u64)
+        {
+            return Err(self.err(
+                "oidc.max_age",
+                "is too long",
+                "use a duration like \"12h\", or leave it out",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `oidc.graph_url`: https:// on a Graph host of `oidc.cloud` (default: its
+    /// first), or loopback when the issuer is too (the development IdP). Never
+    /// the retired AAD Graph, never anything a token names.
+    fn graph_url(&self, oidc: &OidcConfig, issuer_host: &str) -> Result<String, ConfigError> {
+        let cloud = oidc.cloud;
+        let Some(raw) = oidc.graph_url.as_deref().map(str::trim) else {
+            return Ok(cloud.default_graph_url());
+        };
+        let fix = format!(
+            "use the Microsoft Graph of the {} cloud ({}), or leave it out",
+            cloud.name(),
+            cloud.graph_hosts().join(", ")
+        );
+        cloud
+            .check_graph_url(raw)
+            .map_err(|problem| self.err("oidc.graph_url", problem, &fix))?;
+        let url = url::Url::parse(raw).map_err(|e| {
+            self.err(
+                "oidc.graph_url",
+                format!("{raw:?} is not a URL ({e})"),
+                &fix,
+            )
+        })?;
+        let host = url.host_str().unwrap_or_default();
+        // The IdP itself is local (a development IdP, also one declaring a
+        // Microsoft issuer behind oidc.discovery_url): its Graph may be too.
+        let local_idp = is_loopback_host(issuer_host)
+            || oidc
+                .discovery_url
+                .as_deref()
+                .and_then(|d| url::Url::parse(d).ok())
+                .is_some_and(|d| d.host_str().is_some_and(is_loopback_host));
+        if is_loopback_host(host) && !local_idp {
+            return Err(self.err(
+                "oidc.graph_url",
+                format!("{raw:?} is a loopback address while the identity provider is Microsoft's"),
+                &fix,
+            ));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(self.err(
+                "oidc.graph_url",
+                format!("{raw:?} has a path or query"),
+                "give the origin only, e.g. \"https://graph.microsoft.com\" (the gateway adds /v1.0/…)",
+            ));
+        }
+        Ok(raw.trim_end_matches('/').to_string())
     }
 
     /// Exactly one credential kind: a secret (client_secret or client_secret_file),
@@ -2369,6 +2496,86 @@ url = "http://127.0.0.1:21114"
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn graph_url_must_be_a_graph_host_of_the_cloud() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        assert_eq!(
+            s.config.oidc.graph_url.as_deref(),
+            Some("https://graph.microsoft.com"),
+            "default: the global cloud's Graph"
+        );
+        for (url, problem) in [
+            ("https://graph.evil.example", "not a Microsoft Graph host"),
+            // The retired AAD Graph that overage tokens name: never.
+            ("https://graph.windows.net", "not a Microsoft Graph host"),
+            // Another cloud's Graph.
+            (
+                "https://microsoftgraph.chinacloudapi.cn",
+                "not a Microsoft Graph host",
+            ),
+            ("http://graph.microsoft.com", "not an https:// URL"),
+            // Loopback only with a loopback (development) issuer.
+            ("http://127.0.0.1:9", "is a loopback address"),
+            ("https://graph.microsoft.com/v1.0", "has a path"),
+        ] {
+            let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__OIDC__GRAPH_URL", url)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("oidc.graph_url")
+                    && e.contains(problem)
+                    && e.contains("graph.microsoft.com"),
+                "{url}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_rules_ask_for_user_read() {
+        let s = load_str(MINIMAL, &[]).unwrap();
+        assert!(!s.config.oidc.scopes.iter().any(|s| s == "User.Read"));
+        let text = format!("{MINIMAL}[access]\ngroups = [\"g1\"]\n");
+        let s = load_str(&text, &[]).unwrap();
+        assert!(s.config.oidc.scopes.iter().any(|s| s == "User.Read"));
+        let text =
+            format!("{MINIMAL}[[routes]]\npath = \"/admin/**\"\nallow = {{ groups = [\"g1\"] }}\n");
+        let s = load_str(&text, &[]).unwrap();
+        assert!(s.config.oidc.scopes.iter().any(|s| s == "User.Read"));
+    }
+
+    #[test]
+    fn sign_in_options_are_checked() {
+        let s = load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY__OIDC__PROMPT", "select_account"),
+                ("OIDC_GATEWAY__OIDC__DOMAIN_HINT", "contoso.com"),
+                ("OIDC_GATEWAY__OIDC__MAX_AGE", "8h"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.config.oidc.prompt.as_deref(), Some("select_account"));
+        assert_eq!(s.config.oidc.max_age, Some(Duration::from_secs(8 * 3600)));
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__OIDC__PROMPT", "always")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oidc.prompt") && e.contains("select_account, login, consent, none"),
+            "{e}"
+        );
+        let e = load_str(
+            MINIMAL,
+            &env(&[("OIDC_GATEWAY__OIDC__DOMAIN_HINT", "contoso.com&prompt=none")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("oidc.domain_hint"), "{e}");
+        let e = load_str(MINIMAL, &env(&[("OIDC_GATEWAY__OIDC__MAX_AGE", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_age"), "{e}");
     }
 
     #[test]

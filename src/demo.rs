@@ -61,12 +61,16 @@ client_secret = "{client_secret}"
 # The development IdP signs with ES256 (Entra uses RS256, the default).
 allowed_algs = ["ES256"]
 post_logout_redirect_uri = "https://localhost:{port}/"
+# The development IdP's stand-in for Microsoft Graph: where the groups of a user in more than
+# 200 groups (tick the box on its sign-in form) are read.
+graph_url = "{graph_url}"
 [upstream]
 url = "{upstream_url}"
 [log]
 format = "text"
 "#,
         issuer = idp.issuer(),
+        graph_url = idp.graph_url(),
         client_id = options.client_id,
         client_secret = options.client_secret,
     );

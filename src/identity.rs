@@ -28,7 +28,8 @@ pub struct Identity {
     pub tid: Option<String>,
     pub groups: Vec<String>,
     pub roles: Vec<String>,
-    /// Entra sent an overage marker instead of the group list (more than ~200 groups).
+    /// The group list is missing: Entra sent an overage marker instead (more
+    /// than ~200 groups) and it was not read from Microsoft Graph (bearer tokens).
     pub groups_overage: bool,
     pub issuer: String,
     /// The optional `upn` claim.

@@ -102,12 +102,14 @@ labels!(
         SessionStore => "session_store",
         /// A sign-in limit refused the code exchange.
         RateLimited => "rate_limited",
+        /// The groups of an overage user could not be read from Microsoft Graph.
+        GroupsUnavailable => "groups_unavailable",
     }
 );
 
 /// Why an ID token (browser sign-in or bearer token) was rejected: the
 /// values of `TokenError::code()`; a code missing here counts as "other".
-pub const ID_TOKEN_REASONS: [&str; 25] = [
+pub const ID_TOKEN_REASONS: [&str; 27] = [
     "malformed",
     "algorithm_not_allowed",
     "unknown_key",
@@ -126,10 +128,12 @@ pub const ID_TOKEN_REASONS: [&str; 25] = [
     "missing_sub",
     "missing_nonce",
     "missing_tid",
+    "missing_auth_time",
     "missing_claim",
     "invalid_claim_format",
     "nonce_mismatch",
     "user_claim_missing",
+    "authentication_too_old",
     "provider_not_loaded",
     "unsendable_identity",
     "other",

@@ -125,20 +125,116 @@ async fn email_domain_is_an_exact_match_on_a_single_at_address() {
     }
 }
 
+/// A group the ID token cannot carry: only Microsoft Graph lists it.
+const GRAPH_ONLY_GROUP: &str = "7a0e1d2c-0000-4000-8000-0000000a11ed";
+
+/// A gateway admitting [`GRAPH_ONLY_GROUP`] only, whose IdP puts the user in
+/// 250 more groups (over Entra's 200: the token carries the overage marker).
+async fn overage_gateway() -> TestGateway {
+    gateway(echo_upstream().await)
+        .section(&format!("[access]\ngroups = [\"{GRAPH_ONLY_GROUP}\"]"))
+        .idp(|o| {
+            o.groups = oidc_gateway::devidp::generated_groups(250);
+            o.groups.push(GRAPH_ONLY_GROUP.into());
+        })
+        .anonymous()
+        .start()
+        .await
+}
+
 #[tokio::test]
-async fn group_overage_fails_closed_with_a_clear_message() {
+async fn overage_user_is_admitted_by_a_group_known_only_to_graph() {
+    let gw = overage_gateway().await;
+    let browser = gw.fresh_browser();
+    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    let response = browser.get(gw.url("/console")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "admitted by the group from Graph");
+    let echo: serde_json::Value = response.json().await.unwrap();
+    let groups = echoed(&echo, "x-forwarded-groups");
+    assert_eq!(groups.len(), 1, "{echo}");
+    let groups: Vec<&str> = groups[0].split(',').collect();
+    assert_eq!(groups.len(), 251, "every group, over three Graph pages");
+    assert!(groups.contains(&GRAPH_ONLY_GROUP));
+    let me: serde_json::Value = browser
+        .get(gw.url("/.gateway/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["groups"].as_array().map(Vec::len),
+        Some(251),
+        "kept with the session"
+    );
+    // 251 ids in pages of 100: the nextLinks were followed.
+    assert_eq!(gw.idp.graph_requests(), 3);
+    assert_eq!(
+        gw.idp.claim_source_requests(),
+        0,
+        "the token's _claim_sources endpoint is never called"
+    );
+}
+
+#[tokio::test]
+async fn overage_user_is_refused_with_the_reason_when_graph_fails() {
+    use oidc_gateway::devidp::GraphMode;
+    let gw = overage_gateway().await;
+    for (mode, status, reason) in [
+        (GraphMode::Status(503), 502, "HTTP 503"),
+        (GraphMode::Status(403), 403, "Authorization_RequestDenied"),
+    ] {
+        gw.idp.set_graph_mode(mode);
+        let browser = gw.fresh_browser();
+        let refused = gw.sign_in(&browser, "/").await;
+        assert_eq!(refused.status(), status, "{mode:?}");
+        assert!(
+            set_cookies(&refused)
+                .iter()
+                .all(|c| !c.starts_with("__Host-oidc-gateway=")),
+            "no session: never 0 groups silently"
+        );
+        let json: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(json["error"], "groups_unavailable", "{json}");
+        let message = json["message"].as_str().unwrap_or_default();
+        for advice in [
+            "could not be read from Microsoft Graph",
+            reason,
+            "User.Read",
+            "GroupMember.Read.All",
+            "admin consent",
+            "app roles",
+        ] {
+            assert!(
+                message.contains(advice),
+                "{mode:?}: {advice:?} in {message}"
+            );
+        }
+        let after = browser.get(gw.url("/console")).send().await.unwrap();
+        assert_eq!(after.status(), 401, "still signed out");
+    }
+    assert_eq!(gw.idp.claim_source_requests(), 0);
+}
+
+#[tokio::test]
+async fn overage_in_a_bearer_token_fails_closed_with_a_clear_message() {
     let gw = gateway(echo_upstream().await)
-        .section("[access]\ngroups = [\"0b5e7a3c-admins\"]")
+        .section("[access]\ngroups = [\"0b5e7a3c-admins\"]\n[bearer]\nenabled = true")
         .anonymous()
         .start()
         .await;
-    let mut claims = serde_json::Map::new();
-    claims.insert("groups".into(), serde_json::Value::Null);
-    claims.insert("_claim_names".into(), serde_json::json!({"groups": "src1"}));
-    gw.idp.set_user_override(USER, Some(claims));
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    let mut extra = serde_json::Map::new();
+    extra.insert("groups".into(), serde_json::Value::Null);
+    extra.insert("_claim_names".into(), serde_json::json!({"groups": "src1"}));
+    let token = gw.idp.mint_id_token(USER, None, extra);
+    let denied = gw
+        .fresh_browser()
+        .get(gw.url("/api/data"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 403);
     let json: serde_json::Value = denied.json().await.unwrap();
     assert!(

@@ -213,9 +213,17 @@ async fn a_certificate_not_registered_at_the_idp_is_refused_with_entras_reason()
         .start()
         .await;
     let response = gw.sign_in(&gw.fresh_browser(), "/").await;
-    assert_eq!(response.status(), 400);
+    // Nobody can sign in until the operator fixes the credential: 503, not the user's fault.
+    assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client", "{body}");
+    assert_eq!(body["aadsts"], "AADSTS700027", "{body}");
+    assert!(
+        body["operator_action"]
+            .as_str()
+            .is_some_and(|m| m.contains("thumbprint")),
+        "{body}"
+    );
     assert!(
         body["message"]
             .as_str()
@@ -261,7 +269,7 @@ async fn federated_assertion_file_is_read_at_each_use() {
     )
     .unwrap();
     let refused = gw.sign_in(&gw.fresh_browser(), "/").await;
-    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.status(), 503);
     let body: Value = refused.json().await.unwrap();
     assert!(
         body["message"]

@@ -645,9 +645,16 @@ async fn authorize_error_knob_redirects_back_with_the_error() {
     assert_eq!(response.status(), StatusCode::FOUND);
     let query = query_of(&location(&response));
     assert_eq!(query["error"], "access_denied");
+    let description = &query["error_description"];
+    assert!(
+        description.starts_with("AADSTS65004: User declined to consent to access the app.")
+            && description.contains("Trace ID: ")
+            && description.contains("Correlation ID: "),
+        "Entra's description with its ids: {description}"
+    );
     assert_eq!(
-        query["error_description"],
-        "AADSTS65004: User declined to consent to access the app."
+        query["error_uri"],
+        "https://login.microsoftonline.com/error?code=65004"
     );
     assert_eq!(query["state"], "st-123");
     assert!(!query.contains_key("code"));

@@ -607,30 +607,303 @@ async fn token_of_the_global_cloud_is_rejected_by_a_china_cloud_gateway() {
 // ---------------------------------------------------------------- groups
 
 #[tokio::test]
-async fn group_overage_login_is_accepted_with_no_groups() {
+async fn group_overage_groups_come_from_graph_without_group_rules_too() {
     let (login, gw) = login_with_tweak(claims_tweak(|claims| {
         assert!(claims.remove("groups").is_some(), "the IdP sends groups");
         claims.insert("_claim_names".into(), json!({"groups": "src1"}));
         claims.insert(
             "_claim_sources".into(),
-            json!({"src1": {"endpoint": "https://graph.microsoft.com/v1.0/users/x/getMemberObjects"}}),
+            json!({"src1": {"endpoint": "https://graph.windows.net/x/users/y/getMemberObjects"}}),
         );
     }))
     .await;
     assert_signed_in(&gw, &login).await;
     let me = me(&gw, &login.client).await;
     assert_eq!(me["user"], USER);
-    assert_eq!(me["groups"], json!([]), "me: {me}");
+    assert_eq!(
+        me["groups"],
+        json!(gw.idp.options().groups),
+        "the groups Graph lists: {me}"
+    );
     let echo: Value = bounded("GET /", login.client.get(gw.url("/")).send())
         .await
         .expect("GET /")
         .json()
         .await
         .expect("echo");
-    assert!(
-        echoed(&echo, "x-forwarded-groups").is_empty(),
-        "no groups header without groups: {echo}"
+    assert_eq!(
+        echoed(&echo, "x-forwarded-groups"),
+        vec![gw.idp.options().groups.join(",").as_str()],
+        "{echo}"
     );
+    assert_eq!(gw.idp.graph_requests(), 1);
+}
+
+// ---------------------------------------------------------------- Entra's errors
+
+/// The value after `label` in an Entra error description.
+fn labelled<'a>(description: &'a str, label: &str) -> Option<&'a str> {
+    let at = description.find(label)? + label.len();
+    description[at..].split_whitespace().next()
+}
+
+#[tokio::test]
+async fn each_aadsts_error_page_says_what_to_do_with_microsofts_ids() {
+    let gw = anonymous_gateway().await;
+    // (code, the redirect (true) or the token endpoint, status, a phrase of the
+    // user's advice, a phrase of the operator's fix)
+    let cases: &[(u32, bool, u16, &str, &str)] = &[
+        (50011, true, 400, "nothing you can do", "Redirect URIs"),
+        (
+            50105,
+            true,
+            403,
+            "Ask the administrator for access",
+            "Assignment required",
+        ),
+        (50196, true, 400, "wait a minute", "sign-in loop"),
+        (53003, true, 403, "compliant device", "Conditional Access"),
+        (54005, true, 400, "already used", "redeemed twice"),
+        (
+            65001,
+            true,
+            403,
+            "cannot give yourself",
+            "Grant admin consent",
+        ),
+        (700016, true, 502, "nothing you can do", "oidc.client_id"),
+        (700016, false, 502, "nothing you can do", "oidc.client_id"),
+        (
+            7000215,
+            false,
+            503,
+            "cannot sign anyone in",
+            "Value (not its Secret ID)",
+        ),
+        (7000222, false, 503, "cannot sign anyone in", "has expired"),
+    ];
+    for &(code, redirect, status, user, operator) in cases {
+        let text = format!("AADSTS{code}: what Microsoft says about {code}.");
+        if redirect {
+            gw.idp
+                .set_authorize_error(Some(("invalid_request".into(), text.clone())));
+        } else {
+            gw.idp
+                .set_token_error(Some((401, "invalid_client".into(), text.clone())));
+        }
+        let client = gw.fresh_browser();
+        let response = bounded("login", gw.sign_in(&client, RETURN_TO)).await;
+        let callback = response.url().clone();
+        let login = read_login(response, client).await;
+        gw.idp.set_authorize_error(None);
+        gw.idp.set_token_error(None);
+
+        let case = format!(
+            "AADSTS{code} via the {}",
+            if redirect {
+                "redirect"
+            } else {
+                "token endpoint"
+            }
+        );
+        assert_eq!(login.status.as_u16(), status, "{case}: {}", login.body);
+        assert!(login.session_cookie.is_none(), "{case}");
+        let json = &login.json;
+        assert_eq!(json["aadsts"], format!("AADSTS{code}"), "{case}: {json}");
+        let message = json["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(user),
+            "{case}: user advice {user:?} in {message}"
+        );
+        assert!(
+            message.contains(&text),
+            "{case}: Microsoft's words in {message}"
+        );
+        let fix = json["operator_action"].as_str().unwrap_or_default();
+        assert!(
+            fix.contains(operator),
+            "{case}: operator fix {operator:?} in {fix}"
+        );
+        let guid = |v: &Value| {
+            v.as_str().is_some_and(|s| {
+                s.len() == 36 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+            })
+        };
+        assert!(
+            guid(&json["trace_id"]) && guid(&json["correlation_id"]),
+            "{case}: {json}"
+        );
+        assert!(
+            json["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{case}"
+        );
+        if redirect {
+            // The ids are Microsoft's, read from its error_description.
+            let description =
+                query_param(callback.as_str(), "error_description").unwrap_or_default();
+            assert_eq!(
+                json["trace_id"].as_str(),
+                labelled(&description, "Trace ID:"),
+                "{case}"
+            );
+            assert_eq!(
+                json["correlation_id"].as_str(),
+                labelled(&description, "Correlation ID:"),
+                "{case}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_aadsts_html_page_names_both_readers_and_every_id() {
+    let gw = anonymous_gateway().await;
+    gw.idp.set_authorize_error(Some((
+        "access_denied".into(),
+        "AADSTS50105: The signed in user is not assigned to a role for the application.".into(),
+    )));
+    let client = html_browser(&gw);
+    let start = format!(
+        "{}?rd={}",
+        gw.url("/.gateway/sign_in"),
+        urlencode(RETURN_TO)
+    );
+    let first = bounded("sign_in", client.get(start).send())
+        .await
+        .expect("sign_in");
+    let response = bounded("login", gw.follow_login(&client, first)).await;
+    let description = query_param(response.url().as_str(), "error_description").unwrap_or_default();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let login = read_login(response, client).await;
+    assert_eq!(login.status, 403);
+    let body = &login.body;
+    assert!(
+        body.contains("<h1>You don"),
+        "the title for AADSTS50105: {body}"
+    );
+    assert!(body.contains("Ask the administrator for access"), "{body}");
+    assert!(body.contains("Assignment required"), "{body}");
+    assert!(body.contains("For the administrator:"), "{body}");
+    assert!(body.contains("Error AADSTS50105"), "{body}");
+    let trace = labelled(&description, "Trace ID:").expect("Entra sends a trace id");
+    let correlation = labelled(&description, "Correlation ID:").expect("and a correlation id");
+    assert!(
+        body.contains(&format!("Microsoft trace id {trace}")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("correlation id {correlation}")),
+        "{body}"
+    );
+    let request_id = request_id.expect("the gateway names its request id");
+    assert!(body.contains(&format!("request id {request_id}")), "{body}");
+}
+
+// ---------------------------------------------------------------- sign-in options
+
+/// The authorization request the gateway redirects to for `path`.
+async fn authorize_query(
+    gw: &TestGateway,
+    path: &str,
+) -> std::collections::HashMap<String, String> {
+    let response = gw
+        .fresh_browser()
+        .get(gw.url(path))
+        .send()
+        .await
+        .expect("sign_in");
+    assert_eq!(response.status(), 302, "{path}");
+    let location = location(&response);
+    assert!(location.starts_with(&gw.idp.base_url()), "{location}");
+    url::Url::parse(&location)
+        .expect("URL")
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_in_options_appear_in_the_authorize_redirect() {
+    let gw = gateway(echo_upstream().await)
+        .oidc("prompt = \"login\"")
+        .oidc("domain_hint = \"contoso.example\"")
+        .oidc("max_age = \"1h\"")
+        .anonymous()
+        .start()
+        .await;
+    let query = authorize_query(
+        &gw,
+        "/.gateway/sign_in?login_hint=bob%40contoso.example&rd=%2Fx",
+    )
+    .await;
+    assert_eq!(query["prompt"], "login");
+    assert_eq!(query["domain_hint"], "contoso.example");
+    assert_eq!(query["max_age"], "3600");
+    assert_eq!(query["login_hint"], "bob@contoso.example");
+    let plain = authorize_query(&gw, "/.gateway/sign_in?rd=%2Fx").await;
+    assert!(!plain.contains_key("login_hint"));
+    assert_eq!(plain["prompt"], "login");
+
+    for bad in ["a%20b", "a%0Ab", &"x".repeat(513)] {
+        let response = gw
+            .fresh_browser()
+            .get(gw.url(&format!("/.gateway/sign_in?login_hint={bad}&rd=%2F")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["error"], "bad_login_hint", "{json}");
+    }
+}
+
+#[tokio::test]
+async fn select_account_gives_way_to_a_login_hint() {
+    let gw = gateway(echo_upstream().await)
+        .oidc("prompt = \"select_account\"")
+        .anonymous()
+        .start()
+        .await;
+    assert_eq!(
+        authorize_query(&gw, "/.gateway/sign_in").await["prompt"],
+        "select_account"
+    );
+    let hinted = authorize_query(&gw, "/.gateway/sign_in?login_hint=bob%40contoso.example").await;
+    assert!(
+        !hinted.contains_key("prompt"),
+        "Entra refuses both: {hinted:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_age_refuses_an_older_authentication() {
+    let gw = gateway(echo_upstream().await)
+        .oidc("max_age = \"10m\"")
+        .anonymous()
+        .start()
+        .await;
+    let fresh = login(&gw).await;
+    assert_signed_in(&gw, &fresh).await;
+    let stale = now() - 3600;
+    set_tweak(
+        &gw,
+        claims_tweak(move |claims| {
+            claims.insert("auth_time".into(), json!(stale));
+        }),
+    );
+    let old = login(&gw).await;
+    assert_rejected(&gw, &old, "authentication_too_old").await;
+    set_tweak(
+        &gw,
+        claims_tweak(|claims| {
+            claims.remove("auth_time");
+        }),
+    );
+    let missing = login(&gw).await;
+    assert_rejected(&gw, &missing, "missing_auth_time").await;
 }
 
 // ---------------------------------------------------------------- token endpoint

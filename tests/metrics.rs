@@ -397,3 +397,29 @@ fn metrics_listen_may_not_be_a_public_listener() {
     let off = oidc_gateway::config::load_str(&text(""), &[]).expect("valid");
     assert_eq!(off.metrics_listen, None, "off unless the key is set");
 }
+
+#[tokio::test]
+async fn graph_calls_are_timed_and_a_graph_failure_is_a_sign_in_outcome() {
+    let gw = gateway(echo_upstream().await)
+        .section("[metrics]\nlisten = \"127.0.0.1:0\"")
+        .idp(|o| o.groups = oidc_gateway::devidp::generated_groups(210))
+        .anonymous()
+        .start()
+        .await;
+    let before = scrape(&gw).await;
+    assert_eq!(gw.sign_in(&gw.fresh_browser(), "/").await.status(), 303);
+    gw.idp
+        .set_graph_mode(oidc_gateway::devidp::GraphMode::Status(503));
+    assert_eq!(gw.sign_in(&gw.fresh_browser(), "/").await.status(), 502);
+    let after = scrape(&gw).await;
+    assert!(
+        after.value(r#"oidc_gateway_idp_request_duration_seconds_count{call="graph"}"#)
+            - before.value(r#"oidc_gateway_idp_request_duration_seconds_count{call="graph"}"#)
+            >= 2.0,
+        "both overage sign-ins asked Graph"
+    );
+    after.moved_since(
+        &before,
+        r#"oidc_gateway_sign_ins_total{outcome="groups_unavailable"}"#,
+    );
+}

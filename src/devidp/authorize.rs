@@ -66,7 +66,7 @@ pub(super) fn authorize(
         Err(page) => return *page,
     };
     if let Some((error, description)) = lock(&shared.knobs).authorize_error.clone() {
-        return back.error(&error, &description);
+        return back.entra_error(&error, &description);
     }
     let request = match validate(params) {
         Ok(request) => request,
@@ -82,7 +82,10 @@ pub(super) fn authorize(
             if user.is_empty() {
                 return login_form(shared, path, params, Some("Enter a user name."));
             }
-            let groups = split_groups(params.get("groups").unwrap_or_default());
+            let mut groups = split_groups(params.get("groups").unwrap_or_default());
+            if params.get("many_groups") == Some("1") {
+                groups.extend(super::graph::generated_groups(super::OVERAGE_LIMIT + 50));
+            }
             return issue_code(shared, &back, &request, user.to_string(), groups);
         }
     }
@@ -253,6 +256,7 @@ fn issue_code(
             groups,
             scope: request.scope.clone(),
             sid: session_state.clone(),
+            auth_time: super::tokens::now_secs(),
         },
         issued_at: Instant::now(),
         used: false,
@@ -265,6 +269,32 @@ impl ReturnPath {
     /// Sends `error` + `error_description` (+ `state`) back to the client.
     fn error(&self, error: &str, description: &str) -> Response<Body> {
         self.deliver(&[("error", error), ("error_description", description)])
+    }
+
+    /// Like [`ReturnPath::error`], shaped as Entra sends it: trace and
+    /// correlation ids and a timestamp appended to the description, and an
+    /// `error_uri` naming the AADSTS code.
+    fn entra_error(&self, error: &str, description: &str) -> Response<Body> {
+        let code: String = description
+            .strip_prefix("AADSTS")
+            .unwrap_or_default()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let timestamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace('T', " ");
+        let description = format!(
+            "{description}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {timestamp}",
+            random_uuid(),
+            random_uuid()
+        );
+        let error_uri = format!("https://login.microsoftonline.com/error?code={code}");
+        self.deliver(&[
+            ("error", error),
+            ("error_description", &description),
+            ("error_uri", &error_uri),
+        ])
     }
 
     /// Sends `pairs` (+ `state`) back per the response mode.
@@ -322,6 +352,7 @@ fn login_form(shared: &Shared, path: &str, params: &Params, error: Option<&str>)
 <input type="text" id="username" name="username" value="{hint}" autocomplete="username" autofocus required>
 <label for="groups">Groups (comma-separated group object ids)</label>
 <input type="text" id="groups" name="groups" value="{groups}">
+<label><input type="checkbox" name="many_groups" value="1"> Also a member of 250 more groups (over Entra's limit of 200: the token carries no groups claim, the gateway reads them from Microsoft Graph)</label>
 <button type="submit">Sign in</button>
 </form>
 <p>Application <code>{client_id}</code> · tenant <code>{tenant}</code><br>

@@ -27,6 +27,7 @@
 
 mod authorize;
 mod client_assertion;
+mod graph;
 mod keys;
 mod token;
 mod tokens;
@@ -52,6 +53,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::graph::{generated_groups, GraphMode, OVERAGE_LIMIT};
 use self::keys::KeyRing;
 use self::tokens::Login;
 use self::web::Params;
@@ -247,6 +249,9 @@ struct Knobs {
     user_claims: HashMap<String, Map<String, Value>>,
     /// Published as every key's `issuer` instead of the IdP's own.
     key_issuer: Option<String>,
+    graph_mode: GraphMode,
+    /// `Some((error, description))`: the token endpoint refuses every grant so.
+    token_error: Option<(u16, String, String)>,
 }
 
 /// State shared by the handle and the server.
@@ -266,6 +271,10 @@ struct Shared {
     assertions: Mutex<Vec<String>>,
     /// The IdP session (`sid`) of each user's latest sign-in.
     sids: Mutex<HashMap<String, String>>,
+    /// Groups per user and the access tokens issued, for the Graph stand-in.
+    directory: Mutex<graph::Directory>,
+    graph_requests: AtomicUsize,
+    claim_source_requests: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -339,6 +348,9 @@ impl DevIdp {
             seen_assertions: Mutex::new(Default::default()),
             assertions: Mutex::new(Vec::new()),
             sids: Mutex::new(HashMap::new()),
+            directory: Mutex::new(Default::default()),
+            graph_requests: AtomicUsize::new(0),
+            claim_source_requests: AtomicUsize::new(0),
             stop,
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -449,6 +461,35 @@ impl DevIdp {
         )
     }
 
+    /// How the Graph stand-in (`getMemberObjects`) answers from now on.
+    pub fn set_graph_mode(&self, mode: GraphMode) {
+        lock(&self.shared.knobs).graph_mode = mode;
+    }
+
+    /// `Some((status, error, description))`: the token endpoint refuses every
+    /// grant with this Entra-shaped error (e.g. `(401, "invalid_client",
+    /// "AADSTS7000222: The provided client secret keys are expired.")`), with
+    /// trace and correlation ids like Entra's; `None`: normal again.
+    pub fn set_token_error(&self, error: Option<(u16, String, String)>) {
+        lock(&self.shared.knobs).token_error = error;
+    }
+
+    /// Microsoft Graph of this IdP (`oidc.graph_url`): `http://127.0.0.1:PORT`.
+    pub fn graph_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// How many requests reached the Graph stand-in.
+    pub fn graph_requests(&self) -> usize {
+        self.shared.graph_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many requests reached the `_claim_sources` endpoint of overage
+    /// tokens (a client must never call it).
+    pub fn claim_source_requests(&self) -> usize {
+        self.shared.claim_source_requests.load(Ordering::SeqCst)
+    }
+
     /// How many requests reached the token endpoint.
     pub fn token_requests(&self) -> usize {
         self.shared.token_requests.load(Ordering::SeqCst)
@@ -527,6 +568,7 @@ impl DevIdp {
             groups: self.shared.options.groups.clone(),
             scope: "openid profile".to_string(),
             sid: String::new(),
+            auth_time: tokens::now_secs(),
         };
         let mut claims = self.shared.id_token_claims(&login, nonce);
         tokens::merge_claims(&mut claims, &extra);
@@ -639,6 +681,12 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     if path == "/" {
         return home(shared);
     }
+    if graph::serves(&path) {
+        let post = request.method() == Method::POST;
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let headers = request.headers().clone();
+        return graph::handle(shared, &path, &query, post, &headers).await;
+    }
     let Some((tenant, endpoint)) = shared.route(&path) else {
         return web::text(StatusCode::NOT_FOUND, "not found (development IdP)\n");
     };
@@ -734,7 +782,7 @@ fn discovery(shared: &Shared, tenant: &str) -> Response<Body> {
         "claims_supported": [
             "sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name",
             "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username",
-            "name", "tid", "ver", "at_hash", "c_hash", "email"
+            "name", "tid", "ver", "at_hash", "c_hash", "email", "auth_time"
         ],
         "code_challenge_methods_supported": ["plain", "S256"],
         "tenant_region_scope": "EU",

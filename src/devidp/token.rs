@@ -26,6 +26,11 @@ pub(super) async fn token(
     headers: &HeaderMap,
     body: Option<Vec<u8>>,
 ) -> Response<Body> {
+    let refusal = lock(&shared.knobs).token_error.clone();
+    if let Some((status, error, description)) = refusal {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return entra_error(status, &error, &description);
+    }
     let mode = lock(&shared.knobs).token_mode;
     match mode {
         TokenEndpointMode::Normal => {}

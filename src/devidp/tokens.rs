@@ -26,6 +26,8 @@ pub(super) struct Login {
     /// The IdP's session of this sign-in (Entra's `sid` claim and the
     /// `session_state` of the authorization response); refresh keeps it.
     pub(super) sid: String,
+    /// When the user authenticated (Unix seconds): `auth_time`; refresh keeps it.
+    pub(super) auth_time: u64,
 }
 
 /// Seconds since the Unix epoch.
@@ -101,6 +103,7 @@ impl Shared {
         put("nbf", json!(iat));
         put("exp", json!(exp));
         put("aio", json!(b64url(random_token::<48>())));
+        put("auth_time", json!(login.auth_time));
         put("name", json!(display_name(&login.user)));
         if let Some(nonce) = nonce {
             put("nonce", json!(nonce));
@@ -127,13 +130,28 @@ impl Shared {
         if let Some(extra) = lock(&self.knobs).user_claims.get(&login.user) {
             merge_claims(&mut claims, extra);
         }
+        super::graph::apply_overage(self, &mut claims, &object_id(&login.user));
         claims
     }
 
-    /// A Graph-like access token (v1.0 shape, audience Microsoft Graph).
+    /// A Graph-like access token (v1.0 shape, audience Microsoft Graph). Its
+    /// `scp` holds `User.Read` like Entra's for an app registration with the
+    /// default (consented) permission, requested or not.
     pub(super) fn access_token(&self, login: &Login) -> String {
         let options = &self.options;
         let iat = now_secs();
+        let scp = login
+            .scope
+            .split_whitespace()
+            .filter(|s| {
+                !matches!(
+                    *s,
+                    "openid" | "profile" | "email" | "offline_access" | "User.Read"
+                )
+            })
+            .chain(["User.Read", "openid", "profile", "email"])
+            .collect::<Vec<_>>()
+            .join(" ");
         let claims = json!({
             "aud": GRAPH_APP_ID,
             "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
@@ -142,10 +160,7 @@ impl Shared {
             "appid": options.client_id,
             "name": display_name(&login.user),
             "oid": object_id(&login.user),
-            "scp": login.scope.split_whitespace()
-                .filter(|s| !matches!(*s, "openid" | "profile" | "email" | "offline_access"))
-                .chain(["openid", "profile", "email"])
-                .collect::<Vec<_>>().join(" "),
+            "scp": scp,
             "sub": subject(&login.user, GRAPH_APP_ID),
             "tid": options.tenant_id,
             "unique_name": preferred_username(&login.user),
@@ -157,7 +172,12 @@ impl Shared {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        self.sign(self.default_header(), claims, SignAs::ActiveKey)
+        let token = self.sign(self.default_header(), claims, SignAs::ActiveKey);
+        let mut directory = lock(&self.directory);
+        directory.issued(&token, object_id(&login.user), &scp, options.token_lifetime);
+        // The user's groups as Graph will list them (also those beyond the token's limit).
+        directory.set_groups(object_id(&login.user), login.groups.clone());
+        token
     }
 
     /// An ID token as the token endpoint issues it: the token tweak (if any)

@@ -7,7 +7,9 @@
 
 pub mod client_auth;
 pub mod client_certificate;
+pub mod entra_errors;
 mod frontchannel;
+pub mod graph;
 pub mod provider;
 pub mod refresh;
 pub mod return_to;
@@ -36,6 +38,7 @@ use crate::session::cookies::{CookieCodec, LoginFlow, SessionKeyMemo};
 use crate::session::{unix_now, Session, SessionHandle, SessionRecord, SessionStore, StoreError};
 use crate::{empty_body, full_body, Body};
 use client_auth::ClientCredential;
+use entra_errors::EntraError;
 use provider::Provider;
 use token::TokenPolicy;
 use token_endpoint::{TokenEndpoint, TokenEndpointError};
@@ -73,6 +76,9 @@ pub fn idp_http_client(settings: &Settings) -> Result<reqwest::Client, AuthInitE
         })
 }
 
+/// A sign-in refused after the token was accepted: status, code, title, detail.
+type LoginRefusal = (StatusCode, &'static str, &'static str, String);
+
 /// What the callback step decided.
 pub enum CallbackOutcome {
     Done(Response<Body>),
@@ -90,6 +96,8 @@ pub struct Auth {
     cookies: CookieCodec,
     store: Arc<dyn SessionStore>,
     pub token_endpoint: TokenEndpoint,
+    /// Where the groups of users beyond the token's group limit are read.
+    graph: graph::Graph,
     /// Renew access tokens (`session.refresh` or `headers.pass_access_token`).
     refresh: bool,
     refresh_flights: refresh::RefreshFlights,
@@ -150,7 +158,12 @@ impl Auth {
                 }
             }
         }
+        let graph_url = oidc
+            .graph_url
+            .clone()
+            .unwrap_or_else(|| oidc.cloud.default_graph_url());
         Ok(Auth {
+            graph: graph::Graph::new(http.clone(), &graph_url),
             token_endpoint: TokenEndpoint::new(
                 http,
                 provider.clone(),
@@ -343,7 +356,7 @@ impl Auth {
         let return_to =
             return_to::sanitize(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
         if is_browser_navigation(method, headers) {
-            return self.start_login(headers, &origin, &return_to, facts);
+            return self.start_login(headers, &origin, &return_to, None, facts);
         }
         let login_url = format!(
             "{origin}{}/sign_in?rd={}",
@@ -380,7 +393,26 @@ impl Auth {
             .query()
             .map(redirect_target)
             .unwrap_or_else(|| "/".into());
-        self.start_login(headers, &origin, &return_to::sanitize(&rd), facts)
+        let hint = match uri.query().map(login_hint).transpose() {
+            Ok(hint) => hint.flatten(),
+            Err(problem) => {
+                return ErrorPage {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "bad_login_hint",
+                    title: "Bad sign-in link",
+                    detail: problem,
+                    request_id: facts.request_id,
+                }
+                .render(facts.wants_html)
+            }
+        };
+        self.start_login(
+            headers,
+            &origin,
+            &return_to::sanitize(&rd),
+            hint.as_deref(),
+            facts,
+        )
     }
 
     /// 302 to the authorization endpoint, with a new flow cookie.
@@ -389,6 +421,7 @@ impl Auth {
         headers: &HeaderMap,
         origin: &str,
         return_to: &str,
+        login_hint: Option<&str>,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
         // A login that could not be saved at its end: do not send anyone to the IdP.
@@ -458,6 +491,7 @@ impl Auth {
             .append_pair("nonce", &flow.nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
+        sign_in_options(&mut url, oidc, login_hint);
 
         let mut response = redirect(StatusCode::FOUND, url.as_str());
         let headers_out = response.headers_mut();
@@ -573,9 +607,18 @@ impl Auth {
                 .get("error_description")
                 .map(String::as_str)
                 .unwrap_or("");
-            tracing::warn!(request_id = %facts.request_id, idp_error = %error, description = %description, "the identity provider refused the sign-in");
+            let entra = EntraError::from_redirect(
+                error,
+                description,
+                params.get("error_uri").map(String::as_str),
+            );
             metrics::sign_in(SignInOutcome::IdpError);
-            return self.idp_error_page(error, description, flow, facts);
+            return self.idp_error_page(
+                &entra,
+                "the identity provider refused the sign-in",
+                flow,
+                facts,
+            );
         }
         let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
             metrics::sign_in(SignInOutcome::BadCallback);
@@ -663,6 +706,30 @@ impl Auth {
             }
         };
 
+        let identity = match self
+            .complete_groups(identity, tokens.access_token.as_deref(), facts)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(page) => {
+                let (status, code, title, detail) = *page;
+                metrics::sign_in(if code == "groups_unavailable" {
+                    SignInOutcome::GroupsUnavailable
+                } else {
+                    SignInOutcome::UnsendableIdentity
+                });
+                return self.login_error_page(
+                    status,
+                    code,
+                    title,
+                    &detail,
+                    &flow.return_to,
+                    None,
+                    facts,
+                );
+            }
+        };
+
         // Sign-in replaces any previous session of this browser.
         if let Some(old) = CookieCodec::session_id(headers) {
             let _ = self.store.remove(&SessionHandle::new(old).key).await;
@@ -723,6 +790,68 @@ impl Auth {
             .headers_mut()
             .append(SET_COOKIE, self.cookies.set_session(&id));
         response
+    }
+
+    /// The identity with its groups: as the token has them, or — when Entra
+    /// sent the overage marker instead — as Microsoft Graph lists them. A
+    /// Graph failure refuses the sign-in (never 0 groups silently); the `Err`
+    /// is the page's status, code, title and detail.
+    async fn complete_groups(
+        &self,
+        mut identity: Identity,
+        access_token: Option<&str>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Identity, Box<LoginRefusal>> {
+        if !identity.groups_overage {
+            return Ok(identity);
+        }
+        let started = std::time::Instant::now();
+        let read = self
+            .graph
+            .member_objects(access_token.unwrap_or_default())
+            .await;
+        metrics::graph_call(started.elapsed());
+        let graph_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let groups = match read {
+            Ok(groups) => groups,
+            Err(e) => {
+                tracing::warn!(request_id = %facts.request_id, user = %identity.user, graph_ms, reason = %e,
+                    "sign-in refused: the groups of an overage user could not be read from Microsoft Graph");
+                let status = match &e {
+                    graph::GraphError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    e if e.is_permission() => StatusCode::FORBIDDEN,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return Err(Box::new((
+                    status,
+                    "groups_unavailable",
+                    "Your groups could not be read",
+                    format!(
+                        "You are a member of more groups than Microsoft puts in the sign-in token, \
+                         and your groups could not be read from Microsoft Graph ({e}), so access \
+                         cannot be decided. Tell the administrator, who can: grant the app the \
+                         delegated Microsoft Graph permission User.Read (or GroupMember.Read.All) \
+                         with admin consent in Azure (App registrations → API permissions); check \
+                         that Microsoft Graph is reachable from the gateway; or use app roles \
+                         instead of groups."
+                    ),
+                )));
+            }
+        };
+        tracing::info!(request_id = %facts.request_id, user = %identity.user, graph_ms, groups = groups.len(),
+            "groups read from Microsoft Graph (overage)");
+        identity.groups = groups;
+        identity.groups_overage = false;
+        if let Err(value) = crate::identity::check_identity(&identity) {
+            tracing::warn!(request_id = %facts.request_id, reason = %value, "sign-in refused: a group from Microsoft Graph cannot be sent unaltered");
+            return Err(Box::new((
+                StatusCode::FORBIDDEN,
+                "unsendable_identity",
+                "Your account's details cannot be passed on",
+                format!("Your account cannot use this console through the gateway: its {value}."),
+            )));
+        }
+        Ok(identity)
     }
 
     /// `/.gateway/sign_out`: forget the session here, clear the cookie, then end
@@ -955,17 +1084,19 @@ impl Auth {
     ) -> Response<Body> {
         let (status, code, title, detail) = match &failure {
             TokenEndpointError::Refused { status, error } => {
-                tracing::warn!(request_id = %facts.request_id, status, idp_error = %error.error,
-                    description = %error.error_description, "token endpoint refused the code");
                 if *status < 500 {
-                    // The IdP's own words (invalid_grant: code already redeemed, …).
-                    let code = if error.error.is_empty() {
-                        "invalid_grant"
-                    } else {
-                        &error.error
-                    };
-                    return self.idp_error_page(code, &error.error_description, flow, facts);
+                    // The IdP's own words (invalid_grant: code already redeemed,
+                    // invalid_client: AADSTS7000222 expired secret, …).
+                    let entra = EntraError::from_token_endpoint(error);
+                    return self.idp_error_page(
+                        &entra,
+                        "the token endpoint refused the code",
+                        flow,
+                        facts,
+                    );
                 }
+                tracing::warn!(request_id = %facts.request_id, status, idp_error = ?error.error,
+                    description = ?error.error_description, "token endpoint refused the code");
                 (
                     StatusCode::BAD_GATEWAY,
                     "token_endpoint_error",
@@ -1013,29 +1144,125 @@ impl Auth {
         self.login_error_page(status, code, title, detail, &flow.return_to, None, facts)
     }
 
+    /// The page for an error Entra answered, on the redirect or from the
+    /// token endpoint: what the user can do, what the operator must fix, and
+    /// the ids to find it by (Microsoft's trace and correlation ids, ours).
     fn idp_error_page(
         &self,
-        error: &str,
-        description: &str,
+        entra: &EntraError,
+        what: &str,
         flow: &LoginFlow,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
-        let (status, title) = match error {
-            "access_denied" => (StatusCode::FORBIDDEN, "Sign-in was cancelled or denied"),
-            "temporarily_unavailable" | "server_error" => (
-                StatusCode::BAD_GATEWAY,
-                "The identity provider had a problem",
-            ),
-            _ => (StatusCode::BAD_REQUEST, "Sign-in failed"),
-        };
-        let extra = redirect_uri_hint(description, &flow.redirect_uri);
-        let detail = if description.is_empty() {
-            format!("The identity provider answered: {error}.")
+        let advice = entra.advice();
+        let aadsts = entra.aadsts();
+        // Debug formatting: the IdP's text reaches the log escaped.
+        tracing::warn!(request_id = %facts.request_id, idp_error = ?entra.error, aadsts = ?aadsts,
+            trace_id = ?entra.trace_id, correlation_id = ?entra.correlation_id,
+            description = ?entra.description, "{what}");
+        let retry = self.sign_in_url(&flow.return_to);
+        let said = if entra.description.is_empty() {
+            entra.error.clone()
         } else {
-            format!("The identity provider answered: {error}: {description}")
+            entra.description.clone()
         };
-        self.login_error_page(status, error, title, &detail, &flow.return_to, extra, facts)
+        if !facts.wants_html {
+            return pages::json(
+                advice.status,
+                &serde_json::json!({
+                    "error": entra.error,
+                    "aadsts": aadsts,
+                    "message": format!("{} Microsoft answered: {said}", advice.user),
+                    "operator_action": advice.operator,
+                    "trace_id": entra.trace_id,
+                    "correlation_id": entra.correlation_id,
+                    "login_url": retry,
+                    "request_id": facts.request_id,
+                }),
+            );
+        }
+        let ids = [
+            aadsts.map(|code| format!("Error {code}")),
+            entra
+                .trace_id
+                .as_ref()
+                .map(|id| format!("Microsoft trace id {id}")),
+            entra
+                .correlation_id
+                .as_ref()
+                .map(|id| format!("correlation id {id}")),
+            Some(format!("request id {}", facts.request_id)),
+        ];
+        let ids: Vec<String> = ids.into_iter().flatten().collect();
+        let hint = if entra.code == Some(50011) || entra.code.is_none() {
+            redirect_uri_hint(&entra.description, &flow.redirect_uri).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let body = format!(
+            "<p>{user}</p><p><strong>For the administrator:</strong> {operator}</p>{hint}\
+             <p>Microsoft answered: <code>{said}</code></p><p><a href=\"{retry}\">Try again</a></p>\
+             <p class=\"meta\">{ids}</p>",
+            user = escape_html(advice.user),
+            operator = escape_html(advice.operator),
+            said = escape_html(&said),
+            retry = escape_html(&retry),
+            ids = escape_html(&ids.join(" · ")),
+        );
+        html(advice.status, &page(advice.title, &body))
     }
+}
+
+/// The configured sign-in options and the user's `login_hint` on an
+/// authorization request. Entra refuses `login_hint` together with
+/// `prompt=select_account` (the hint already chooses the account): the hint wins.
+fn sign_in_options(url: &mut url::Url, oidc: &crate::config::OidcConfig, hint: Option<&str>) {
+    let mut query = url.query_pairs_mut();
+    match oidc.prompt.as_deref() {
+        Some("select_account") if hint.is_some() => {}
+        Some(prompt) => {
+            query.append_pair("prompt", prompt);
+        }
+        None => {}
+    }
+    if let Some(hint) = hint {
+        query.append_pair("login_hint", hint);
+    }
+    if let Some(domain) = &oidc.domain_hint {
+        query.append_pair("domain_hint", domain);
+    }
+    if let Some(age) = oidc.max_age {
+        query.append_pair("max_age", &age.as_secs().to_string());
+    }
+}
+
+/// Longest `login_hint` passed on (a UPN is at most 113 characters; Entra's
+/// opaque `login_hint` claim is longer).
+const MAX_LOGIN_HINT: usize = 512;
+
+/// The `login_hint` of a sign_in query: `Ok(None)` without one, `Err(why)`
+/// when it cannot be passed on unaltered.
+fn login_hint(query: &str) -> Result<Option<String>, &'static str> {
+    // A leading rd= takes the rest of the query (see redirect_target).
+    if query.starts_with("rd=") {
+        return Ok(None);
+    }
+    let Some(hint) = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "login_hint")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return Ok(None);
+    };
+    if hint.is_empty() {
+        return Ok(None);
+    }
+    if hint.len() > MAX_LOGIN_HINT {
+        return Err("The login_hint is longer than 512 bytes. Pass the user's sign-in name (user@contoso.com) or the login_hint claim.");
+    }
+    if hint.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("The login_hint contains spaces or control characters. Pass the user's sign-in name (user@contoso.com) or the login_hint claim.");
+    }
+    Ok(Some(hint))
 }
 
 /// Entra's AADSTS50011 (and the generic redirect_uri errors): show the exact

@@ -59,6 +59,8 @@ pub enum TokenError {
         claim: &'static str,
         problem: &'static str,
     },
+    #[error("the user authenticated {age_secs}s ago, longer ago than oidc.max_age allows")]
+    AuthenticationTooOld { age_secs: i64 },
     #[error("the identity provider's metadata is not loaded")]
     ProviderNotLoaded,
     #[error("the token was rejected: {0}")]
@@ -91,10 +93,12 @@ impl TokenError {
             TokenError::MissingClaim("sub") => "missing_sub",
             TokenError::MissingClaim("nonce") => "missing_nonce",
             TokenError::MissingClaim("tid") => "missing_tid",
+            TokenError::MissingClaim("auth_time") => "missing_auth_time",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::InvalidClaimFormat(_) => "invalid_claim_format",
             TokenError::NonceMismatch => "nonce_mismatch",
             TokenError::UserClaimMissing { .. } => "user_claim_missing",
+            TokenError::AuthenticationTooOld { .. } => "authentication_too_old",
             TokenError::ProviderNotLoaded => "provider_not_loaded",
             TokenError::Other(_) => "other",
             TokenError::UnsendableIdentity(_) => "unsendable_identity",
@@ -116,6 +120,9 @@ struct Claims {
     nbf: Option<serde_json::Value>,
     #[serde(default)]
     nonce: Option<String>,
+    /// When the user authenticated (Entra: an optional claim; needed for oidc.max_age).
+    #[serde(default)]
+    auth_time: Option<i64>,
     #[serde(default)]
     tid: Option<String>,
     #[serde(default)]
@@ -158,6 +165,8 @@ pub struct TokenPolicy {
     skew_secs: u64,
     allowed_tenants: Vec<String>,
     user_claim: UserClaim,
+    /// oidc.max_age: `auth_time` must be at most this old (sign-in only).
+    max_age_secs: Option<u64>,
 }
 
 impl TokenPolicy {
@@ -175,6 +184,7 @@ impl TokenPolicy {
             skew_secs: oidc.clock_skew.as_secs(),
             allowed_tenants: oidc.allowed_tenants.clone(),
             user_claim: settings.config.headers.user_claim,
+            max_age_secs: oidc.max_age.map(|age| age.as_secs()),
         }
     }
 
@@ -182,6 +192,8 @@ impl TokenPolicy {
     /// checks, with `bearer.audiences` (default: the client id and `api://<client id>`).
     pub fn for_bearer(settings: &Settings) -> Self {
         let mut policy = TokenPolicy::new(settings);
+        // max_age is a sign-in request parameter; API tokens carry no auth_time.
+        policy.max_age_secs = None;
         let configured = &settings.config.bearer.audiences;
         policy.audiences = if configured.is_empty() {
             let id = &settings.config.oidc.client_id;
@@ -253,6 +265,15 @@ impl TokenPolicy {
         let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
         if iat > unix_now() as i64 + self.skew_secs as i64 {
             return Err(TokenError::IssuedInFuture);
+        }
+        if let Some(max_age) = self.max_age_secs {
+            let auth_time = claims
+                .auth_time
+                .ok_or(TokenError::MissingClaim("auth_time"))?;
+            let age_secs = unix_now() as i64 - auth_time;
+            if age_secs > max_age as i64 + self.skew_secs as i64 {
+                return Err(TokenError::AuthenticationTooOld { age_secs });
+            }
         }
         let subject = claims
             .sub
@@ -783,6 +804,8 @@ mod tests {
             TokenError::MissingClaim("exp"),
             TokenError::MissingClaim("aud"),
             TokenError::MissingClaim("iat"),
+            TokenError::MissingClaim("auth_time"),
+            TokenError::AuthenticationTooOld { age_secs: 0 },
             TokenError::MissingClaim("sub"),
             TokenError::MissingClaim("nonce"),
             TokenError::MissingClaim("tid"),

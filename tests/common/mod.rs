@@ -218,6 +218,13 @@ impl GatewayBuilder {
                 &format!("discovery_url = \"{}\"", idp.discovery_url()),
             );
         }
+        if !extra.oidc.contains("graph_url") {
+            // The IdP's Graph stand-in, where overage groups are read.
+            push_line(
+                &mut extra.oidc,
+                &format!("graph_url = \"{}\"", idp.graph_url()),
+            );
+        }
         let text = config_text(&dir, &self.upstream, &idp.issuer(), &extra);
         let settings = Arc::new(config::load_str(&text, &self.env).expect("test config is valid"));
         let server = server::start(settings.clone())
