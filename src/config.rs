@@ -2680,6 +2680,32 @@ url = "http://127.0.0.1:21114"
     }
 
     #[test]
+    fn discovery_url_must_be_https_or_loopback() {
+        let s = load_str(
+            MINIMAL,
+            &env(&[(
+                "OIDC_GATEWAY__OIDC__DISCOVERY_URL",
+                "http://127.0.0.1:9000/t/v2.0/.well-known/openid-configuration",
+            )]),
+        )
+        .unwrap();
+        assert!(s.config.oidc.discovery_url.is_some());
+        let e = load_str(
+            MINIMAL,
+            &env(&[(
+                "OIDC_GATEWAY__OIDC__DISCOVERY_URL",
+                "http://login.contoso.com/t/v2.0/.well-known/openid-configuration",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("oidc.discovery_url") && e.contains("https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn external_id_issuer_is_a_global_single_tenant_issuer() {
         let ciam = with_issuer(
             "https://11111111-2222-3333-4444-555555555555.ciamlogin.com/11111111-2222-3333-4444-555555555555/v2.0",

@@ -321,10 +321,72 @@ async fn multi_tenant_discovery_uses_the_issuer_template() {
         .await
         .unwrap();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    // Each key names its issuer as Entra's do: the template here, the tenant's own there.
+    assert_eq!(keys["keys"][0]["issuer"], doc["issuer"]);
+    assert_eq!(jwks(&idp).await[0]["issuer"], json!(idp.token_issuer()));
     let (_, claims) = decode(&idp.mint_id_token("bob", None, Map::new()));
     assert_eq!(claims["iss"], json!(format!("{base}/{TENANT}/v2.0")));
     assert_eq!(claims["iss"], json!(idp.token_issuer()));
     assert_eq!(claims["tid"], json!(TENANT));
+}
+
+#[tokio::test]
+async fn a_declared_issuer_is_the_one_of_discovery_tokens_and_keys() {
+    // An External ID tenant's issuer, served from the IdP's own address.
+    let ciam = format!("https://{TENANT}.ciamlogin.com/{TENANT}/v2.0");
+    let idp = start(DevIdpOptions {
+        issuer: Some(ciam.clone()),
+        ..options()
+    })
+    .await;
+    assert_eq!(idp.issuer(), ciam);
+    let doc: Value = client()
+        .get(idp.discovery_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["issuer"], json!(ciam));
+    assert!(
+        doc["token_endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with(&idp.base_url()),
+        "endpoints stay at the IdP's address: {doc}"
+    );
+    assert_eq!(jwks(&idp).await[0]["issuer"], json!(ciam));
+    let (_, claims) = decode(&idp.mint_id_token("bob", None, Map::new()));
+    assert_eq!(claims["iss"], json!(ciam));
+
+    // A foreign key issuer, for the multi-tenant rejection tests.
+    idp.set_key_issuer(Some("https://login.microsoftonline.com/other/v2.0".into()));
+    assert_eq!(
+        jwks(&idp).await[0]["issuer"],
+        "https://login.microsoftonline.com/other/v2.0"
+    );
+}
+
+#[tokio::test]
+async fn emails_are_verified_unless_forged() {
+    let idp = start(DevIdpOptions {
+        email_claim: true,
+        ..options()
+    })
+    .await;
+    let (_, claims) = decode(&idp.mint_id_token("bob@contoso.example", None, Map::new()));
+    assert_eq!(claims["email"], "bob@contoso.example");
+    assert_eq!(
+        claims["xms_edov"], true,
+        "the tenant's own address is verified"
+    );
+    // nOAuth: an address the user's tenant does not own, set by its admin.
+    idp.set_unverified_email("bob@contoso.example", "ceo@fabrikam.example");
+    let (_, claims) = decode(&idp.mint_id_token("bob@contoso.example", None, Map::new()));
+    assert_eq!(claims["email"], "ceo@fabrikam.example");
+    assert!(claims.get("xms_edov").is_none(), "{claims:?}");
+    assert_eq!(claims["preferred_username"], "bob@contoso.example");
 }
 
 #[tokio::test]
