@@ -837,6 +837,49 @@ async fn rotate_and_retire_keys() {
     assert_eq!(kids(&jwks(&idp).await), vec![first, third, second]);
 }
 
+/// The features `cargo` enables for this package, from `cargo tree` (no build):
+/// with dev-dependencies (what `cargo test` compiles) or without (`cargo build`).
+fn package_features(with_dev: bool) -> String {
+    let mut command = std::process::Command::new(env!("CARGO"));
+    command.args(["tree", "--offline", "--depth", "0", "--format", "{f}"]);
+    if !with_dev {
+        command.args(["--edges", "no-dev"]);
+    }
+    let output = command
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The first line is the package itself; dev-dependencies follow.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn forged_token_switches_are_compiled_for_the_tests_but_not_into_the_binary() {
+    // SignAs::Unsigned and SignAs::Hs256 exist only with `devidp-forgeries`
+    // (cfg on the variants): the tests here use them, so this file compiling
+    // shows `cargo test` has them; `cargo build` (release or not) resolves no
+    // dev-dependency and so leaves the feature, and the switches, out.
+    assert!(
+        package_features(true).contains("devidp-forgeries"),
+        "the self dev-dependency enables the switches for the tests"
+    );
+    assert_eq!(
+        package_features(false),
+        "",
+        "`cargo build --release` compiles the gateway without any feature"
+    );
+}
+
 #[tokio::test]
 async fn token_tweaks_rewrite_and_mis_sign_id_tokens() {
     let idp = start(options()).await;

@@ -141,9 +141,12 @@ impl Default for DevIdpOptions {
 pub enum SignAs {
     /// With the active key, header as the tweak left it.
     ActiveKey,
-    /// `alg: none` (and no `kid`), empty signature.
+    /// `alg: none` (and no `kid`), empty signature. Tests only (`devidp-forgeries`).
+    #[cfg(feature = "devidp-forgeries")]
     Unsigned,
     /// `alg: HS256`, HMAC-SHA256 with this secret (the algorithm-confusion attack).
+    /// Tests only (`devidp-forgeries`).
+    #[cfg(feature = "devidp-forgeries")]
     Hs256(Vec<u8>),
     /// With the active key, then one signature byte flipped.
     CorruptSignature,

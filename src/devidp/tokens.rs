@@ -4,7 +4,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::digest::{digest, SHA256};
-use ring::hmac;
 use serde_json::{json, Map, Value};
 
 use super::keys::{signing_input, SigningKey};
@@ -222,16 +221,18 @@ impl Shared {
                 }
                 (input, signature)
             }
+            #[cfg(feature = "devidp-forgeries")]
             SignAs::Unsigned => {
                 header.insert("alg".into(), json!("none"));
                 header.remove("kid");
                 (signing_input(&header, &claims), Vec::new())
             }
+            #[cfg(feature = "devidp-forgeries")]
             SignAs::Hs256(secret) => {
                 header.insert("alg".into(), json!("HS256"));
                 let input = signing_input(&header, &claims);
-                let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
-                let tag = hmac::sign(&key, input.as_bytes()).as_ref().to_vec();
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+                let tag = ring::hmac::sign(&key, input.as_bytes()).as_ref().to_vec();
                 (input, tag)
             }
             SignAs::UnpublishedKey => {
