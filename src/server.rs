@@ -733,14 +733,19 @@ async fn serve_tls(
     let io = TokioIo::new(ObservedIo::new(tls));
     let limits = Limits::from_config(&settings.config.server);
     let ended = if http2 {
-        let streams = StreamExecutor::default();
-        let mut conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
-        streams::drive(
-            &mut conn,
-            Some(streams),
-            ConnectionClock::new(limits),
-            &stop,
-        )
+        // Boxed, like HTTP/1's active phase below: the task then holds only
+        // what a parked HTTP/1 connection needs.
+        Box::pin(async {
+            let streams = StreamExecutor::default();
+            let mut conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
+            streams::drive(
+                &mut conn,
+                Some(streams),
+                ConnectionClock::new(limits),
+                &stop,
+            )
+            .await
+        })
         .await
     } else {
         serve_http1(io, service, &settings, limits, &stop).await
@@ -753,6 +758,11 @@ async fn serve_tls(
 /// request future, the header map it keeps for reuse) is taken apart and only
 /// the TLS stream waits for the client's next bytes, as nginx frees a
 /// keep-alive connection's buffers. The next request gets a fresh one.
+///
+/// The active phase (hyper's connection and its driver) lives in a box
+/// of its own for as long as it runs: a task's allocation has the size of its
+/// future's largest state, so with it inline every parked connection would
+/// keep that room too (bench: 30.0 -> 25.1 KB of RSS per idle connection).
 async fn serve_http1<S>(
     mut io: TokioIo<ObservedIo<TlsStream<TcpStream>>>,
     mut service: S,
@@ -768,15 +778,11 @@ where
 {
     let builder = http1_builder(settings);
     loop {
-        let mut conn = builder.serve_connection(io, service).with_upgrades();
-        let clock = ConnectionClock::new(limits).parking();
-        let idle_left = match streams::drive(&mut conn, None, clock, stop).await {
-            Ended::Quiet { idle_left } => idle_left,
-            ended => return ended,
-        };
-        let Some(parts) = conn.into_parts() else {
-            return Ended::Closed(Ok(()));
-        };
+        let (idle_left, parts) =
+            match Box::pin(serve_http1_until_quiet(&builder, io, service, limits, stop)).await {
+                Ok(quiet) => quiet,
+                Err(ended) => return ended,
+            };
         (io, service) = (parts.io, parts.service);
         io.inner_mut().unread(parts.read_buf);
         let socket = io.inner().get_ref().get_ref().0;
@@ -791,6 +797,39 @@ where
             _ = stop.cancelled() => return Ended::Closed(Ok(())),
         }
     }
+}
+
+/// Serves HTTP/1 requests until the connection ends (Err) or goes quiet:
+/// then hands back its parts (the TLS stream with any bytes read ahead, the
+/// service) and the idle time left.
+async fn serve_http1_until_quiet<S>(
+    builder: &http1::Builder,
+    io: TokioIo<ObservedIo<TlsStream<TcpStream>>>,
+    service: S,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Result<
+    (
+        Duration,
+        http1::Parts<TokioIo<ObservedIo<TlsStream<TcpStream>>>, S>,
+    ),
+    Ended,
+>
+where
+    S: hyper::service::HttpService<Incoming> + Unpin,
+    S::Error: Into<crate::BoxError>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<crate::BoxError>,
+{
+    let mut conn = builder.serve_connection(io, service).with_upgrades();
+    let clock = ConnectionClock::new(limits).parking();
+    let idle_left = match streams::drive(&mut conn, None, clock, stop).await {
+        Ended::Quiet { idle_left } => idle_left,
+        ended => return Err(ended),
+    };
+    conn.into_parts()
+        .map(|parts| (idle_left, parts))
+        .ok_or(Ended::Closed(Ok(())))
 }
 
 fn log_end(peer: SocketAddr, ended: &Ended) {
