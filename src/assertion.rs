@@ -187,3 +187,200 @@ impl AssertionSigner {
         .ok()
     }
 }
+
+/// Properties of identity values (`identity::check_identity`): whatever is
+/// admitted reaches the upstream byte for byte, in the headers and in the
+/// assertion alike; whatever a reader would see differently is refused.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::HeadersConfig;
+    use crate::identity::{check_identity, IdentityHeaders};
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// Characters a console or an HTTP reader may drop, show as nothing or
+    /// reorder: zero-width, bidi controls, BOM, soft hyphen, word joiner, tags.
+    const INVISIBLE: &[char] = &[
+        '\u{200B}',
+        '\u{200E}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{FEFF}',
+        '\u{00AD}',
+        '\u{2060}',
+        '\u{E0041}',
+        '\u{180E}',
+    ];
+
+    fn plain() -> impl Strategy<Value = char> {
+        prop::sample::select(vec![
+            'a', 'd', 'm', 'i', 'n', 'Z', '0', '7', '@', '.', '-', '_', 'é', 'ö', '中', ' ',
+            '\u{A0}',
+        ])
+    }
+
+    /// Any text, the characters of names and every troublesome one.
+    fn text() -> BoxedStrategy<String> {
+        let plain = plain();
+        let tricky = prop::sample::select(vec![
+            ',',
+            ' ',
+            '\t',
+            '\n',
+            '\r',
+            '\0',
+            '\x7f',
+            '\u{85}',
+            '\u{A0}',
+            '\u{3000}',
+            '\u{200B}',
+            '\u{200E}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{2060}',
+            '\u{E0041}',
+            '\u{180E}',
+        ]);
+        prop::collection::vec(prop_oneof![12 => plain, 1 => tricky], 0..10)
+            .prop_map(|chars| chars.into_iter().collect())
+            .boxed()
+    }
+
+    /// Text that passes: names' characters, spaces only inside.
+    fn admissible_text() -> BoxedStrategy<String> {
+        prop::collection::vec(plain(), 1..10)
+            .prop_map(|chars| chars.into_iter().collect::<String>())
+            .prop_filter("no outer whitespace", |t: &String| t.trim() == t)
+            .boxed()
+    }
+
+    /// The value as a reader that trims whitespace and drops controls and
+    /// invisible characters would see it.
+    fn as_read(value: &str) -> String {
+        value
+            .chars()
+            .filter(|c| !c.is_control() && !INVISIBLE.contains(c))
+            .collect::<String>()
+            .trim()
+            .to_string()
+    }
+
+    fn sendable(value: &str) -> bool {
+        !value.is_empty() && as_read(value) == value
+    }
+
+    /// A list item must also stay one item in a comma-separated header.
+    fn sendable_item(value: &str) -> bool {
+        sendable(value) && !value.contains(',')
+    }
+
+    fn identity(text: fn() -> BoxedStrategy<String>) -> impl Strategy<Value = Identity> {
+        let optional = || prop::option::of(text());
+        (
+            (text(), text(), optional(), optional()),
+            (optional(), optional(), optional()),
+            (
+                prop::collection::vec(text(), 0..3),
+                prop::collection::vec(text(), 0..3),
+            ),
+        )
+            .prop_map(
+                |((user, subject, email, preferred), (oid, tid, upn), (groups, roles))| {
+                    let mut identity = Identity::example("x");
+                    identity.user = user;
+                    identity.subject = subject;
+                    identity.email = email;
+                    identity.preferred_username = preferred;
+                    identity.oid = oid;
+                    identity.tid = tid;
+                    identity.upn = upn;
+                    identity.groups = groups;
+                    identity.roles = roles;
+                    identity
+                },
+            )
+    }
+
+    fn signer() -> &'static AssertionSigner {
+        static SIGNER: OnceLock<AssertionSigner> = OnceLock::new();
+        SIGNER.get_or_init(|| {
+            let settings = crate::config::load_str(
+                "[oidc]\nissuer = \"https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0\"\n\
+                 client_id = \"abc\"\nclient_secret = \"s3cret\"\n[upstream]\nurl = \"http://127.0.0.1:21114\"\n",
+                &[],
+            )
+            .expect("config");
+            AssertionSigner::new(&settings).expect("signer")
+        })
+    }
+
+    /// The assertion's claims, read back from the JWT's payload.
+    fn claims(assertion: &HeaderValue) -> serde_json::Value {
+        let token = assertion.to_str().expect("ASCII JWT");
+        let payload = token.split('.').nth(1).expect("three parts");
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&json).expect("JSON")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Refused exactly when some value would have to change to be sent:
+        /// empty, or read differently (controls, invisible characters, outer
+        /// whitespace), or a group/role that reads as two.
+        #[test]
+        fn identities_are_refused_exactly_when_a_value_would_need_altering(identity in identity(text)) {
+            let optional = [&identity.email, &identity.preferred_username, &identity.oid, &identity.tid, &identity.upn];
+            let expected = sendable(&identity.user)
+                && sendable(&identity.subject)
+                && optional.iter().all(|v| v.as_deref().is_none_or(sendable))
+                && identity.groups.iter().all(|g| sendable_item(g))
+                && identity.roles.iter().all(|r| sendable_item(r));
+            prop_assert_eq!(check_identity(&identity).is_ok(), expected, "{:?}", check_identity(&identity));
+        }
+
+        /// What is admitted goes upstream unaltered: each header carries the
+        /// value's exact bytes, the groups header splits back into the groups,
+        /// and the assertion's claims are the same strings.
+        #[test]
+        fn admitted_identities_are_sent_byte_for_byte_in_headers_and_assertion(identity in identity(admissible_text)) {
+            prop_assert!(check_identity(&identity).is_ok(), "{:?}", check_identity(&identity));
+            let names = IdentityHeaders::new(&HeadersConfig::default(), &[]);
+            let mut headers = http::HeaderMap::new();
+            names.insert(&mut headers, &identity);
+            let header = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
+            let bytes = |v: &Option<String>| v.as_ref().map(|v| v.as_bytes().to_vec());
+            prop_assert_eq!(header("x-forwarded-user"), Some(identity.user.as_bytes().to_vec()));
+            prop_assert_eq!(header("x-forwarded-email"), bytes(&identity.email));
+            prop_assert_eq!(header("x-forwarded-preferred-username"), bytes(&identity.preferred_username));
+            prop_assert_eq!(header("x-forwarded-oid"), bytes(&identity.oid));
+            prop_assert_eq!(header("x-forwarded-tid"), bytes(&identity.tid));
+            let groups = header("x-forwarded-groups")
+                .map(|v| String::from_utf8(v).unwrap().split(',').map(String::from).collect::<Vec<_>>())
+                .unwrap_or_default();
+            prop_assert_eq!(&groups, &identity.groups);
+
+            let assertion = signer()
+                .assertion(&identity, "http://console", 1_700_000_000, None)
+                .expect("signed");
+            let claims = claims(&assertion);
+            prop_assert_eq!(claims["name"].as_str(), Some(identity.user.as_str()));
+            prop_assert_eq!(claims["sub"].as_str(), Some(identity.subject.as_str()));
+            prop_assert_eq!(claims["email"].as_str(), identity.email.as_deref());
+            prop_assert_eq!(claims["preferred_username"].as_str(), identity.preferred_username.as_deref());
+            prop_assert_eq!(claims["oid"].as_str(), identity.oid.as_deref());
+            prop_assert_eq!(claims["tid"].as_str(), identity.tid.as_deref());
+            let list = |claim: &serde_json::Value| -> Vec<String> {
+                claim.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            };
+            prop_assert_eq!(list(&claims["groups"]), identity.groups.clone());
+            prop_assert_eq!(list(&claims["roles"]), identity.roles.clone());
+        }
+    }
+}

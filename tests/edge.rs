@@ -781,6 +781,49 @@ async fn identity_values_the_gateway_would_have_to_alter_are_refused_at_sign_in(
 }
 
 #[tokio::test]
+async fn a_bearer_caller_whose_identity_would_need_altering_is_refused_with_the_reason() {
+    let (upstream, log) = recording_upstream().await;
+    let gw = gateway(upstream)
+        .section("[bearer]\nenabled = true")
+        .anonymous()
+        .start()
+        .await;
+    for (claims, claim) in [
+        (
+            serde_json::json!({"preferred_username": "adm\u{200B}in@contoso.example"}),
+            "preferred_username",
+        ),
+        (serde_json::json!({"groups": ["staff,admins"]}), "groups"),
+        (serde_json::json!({"sub": " padded"}), "sub"),
+    ] {
+        let serde_json::Value::Object(extra) = claims else {
+            unreachable!()
+        };
+        let token = gw.idp.mint_id_token(USER, None, extra);
+        let response = gw
+            .fresh_http1()
+            .get(gw.url("/api/data"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [401, 403].contains(&response.status().as_u16()),
+            "{claim}: {}",
+            response.status()
+        );
+        let json: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(json["reason"], "unsendable_identity", "{claim}: {json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("claim `{claim}`")),
+            "{claim}: {message}"
+        );
+    }
+    assert!(received(&log).is_empty(), "{:?}", received(&log));
+}
+
+#[tokio::test]
 async fn headers_and_assertion_carry_the_same_identity_values() {
     let (upstream, log) = recording_upstream().await;
     let gw = gateway(upstream)

@@ -479,3 +479,142 @@ mod tests {
         assert_eq!(lookalike.get(COOKIE).unwrap(), "x__Host-oidc-gateway=1;a=2");
     }
 }
+
+/// Properties of the cookie scanner against an independent reader, the
+/// `cookie` crate (as a console's framework would read the same headers):
+/// the session id found is the session cookie's; what goes upstream is every
+/// other cookie, unchanged and in order, and none of the gateway's.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cookie names: the gateway's, look-alikes (case, prefix, suffix) and others.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                SESSION_COOKIE,
+                "__Host-oidc-gateway-flow-AbCd1234",
+                "__host-oidc-gateway",
+                "__HOST-OIDC-GATEWAY",
+                "x__Host-oidc-gateway",
+                "__Host-oidc-gatewayx",
+                "__Host-oidc-gatewa",
+                "__Host-other",
+            ])
+            .prop_map(String::from),
+            2 => "[A-Za-z0-9_.-]{1,8}",
+        ]
+    }
+
+    /// Values: base64url of the session id's length or not, empty included.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9_-]{43}",
+            "[A-Za-z0-9_-]{0,50}",
+            "[A-Za-z0-9%!#$&'()*+./:<=>?@]{0,12}"
+        ]
+    }
+
+    /// `name=value` pieces with optional spaces around them and empty pieces,
+    /// spread over one or more `Cookie` headers (HTTP/2 sends crumbs).
+    fn cookie_headers() -> impl Strategy<Value = HeaderMap> {
+        let piece = prop_oneof![
+            8 => (name(), value(), " {0,2}", " {0,2}", " ?")
+                .prop_map(|(n, v, before, after, gap)| format!("{before}{n}{gap}={v}{after}")),
+            1 => Just(String::new()),
+            1 => name(), // no `=`: not a cookie to any reader
+        ];
+        prop::collection::vec((piece, any::<bool>()), 0..8).prop_map(|pieces| {
+            let mut headers = HeaderMap::new();
+            let mut current = String::new();
+            for (piece, new_header) in pieces {
+                if new_header && !current.is_empty() {
+                    headers.append(COOKIE, HeaderValue::from_str(&current).unwrap());
+                    current.clear();
+                }
+                if !current.is_empty() {
+                    current.push(';');
+                }
+                current.push_str(&piece);
+            }
+            if !current.is_empty() {
+                headers.append(COOKIE, HeaderValue::from_str(&current).unwrap());
+            }
+            headers
+        })
+    }
+
+    /// (name, value) of every cookie the `cookie` crate reads, in order.
+    fn read(headers: &HeaderMap) -> Vec<(String, String)> {
+        request_cookies(headers)
+            .map(|c| (c.name().to_string(), c.value().to_string()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The scanner finds exactly the session id a full parser finds: the
+        /// first cookie named `__Host-oidc-gateway`, if 43 characters long.
+        #[test]
+        fn the_session_id_found_is_the_first_session_cookie(headers in cookie_headers()) {
+            let expected = read(&headers)
+                .into_iter()
+                .find(|(name, _)| name == SESSION_COOKIE)
+                .map(|(_, value)| value)
+                .filter(|value| value.len() == 43);
+            let found = CookieCodec::session_id(&headers)
+                .map(|id| String::from_utf8(id.to_vec()).unwrap());
+            prop_assert_eq!(found, expected);
+        }
+
+        /// Upstream gets every other cookie, unchanged and in order, and none
+        /// whose name starts with the gateway's (sessions and login flows).
+        #[test]
+        fn upstream_gets_every_other_cookie_and_none_of_the_gateways(headers in cookie_headers()) {
+            let ours = |name: &str| name.starts_with(GATEWAY_COOKIE_PREFIX);
+            let expected: Vec<_> = read(&headers).into_iter().filter(|(n, _)| !ours(n)).collect();
+            // Pieces, not just cookies: a bare `__Host-oidc-gateway…` goes too.
+            let had_ours = headers
+                .get_all(COOKIE)
+                .iter()
+                .flat_map(|v| v.to_str().unwrap().split(';'))
+                .any(|piece| ours(piece.trim()));
+            let mut forwarded = headers.clone();
+            strip_gateway_cookies(&mut forwarded);
+            prop_assert_eq!(read(&forwarded), expected);
+            if had_ours {
+                prop_assert!(forwarded.get_all(COOKIE).iter().count() <= 1);
+            } else {
+                prop_assert_eq!(&forwarded, &headers, "untouched when none is ours");
+            }
+        }
+
+        /// An upstream `Set-Cookie` naming a gateway cookie (in any case) is
+        /// dropped; every other one passes byte for byte, in order.
+        #[test]
+        fn upstream_set_cookies_for_gateway_names_are_dropped(
+            cookies in prop::collection::vec((name(), value(), " ?", prop::sample::select(vec!["", "; Path=/", "; Max-Age=0; Secure"])), 0..6)
+        ) {
+            let values: Vec<String> = cookies
+                .iter()
+                .map(|(n, v, gap, attributes)| format!("{n}{gap}={v}{attributes}"))
+                .collect();
+            let mut headers = HeaderMap::new();
+            for value in &values {
+                headers.append(SET_COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            let gateways = |value: &String| {
+                Cookie::parse(value.as_str()).is_ok_and(|c| {
+                    c.name().to_ascii_lowercase().starts_with(&GATEWAY_COOKIE_PREFIX.to_ascii_lowercase())
+                })
+            };
+            let expected: Vec<&String> = values.iter().filter(|v| !gateways(v)).collect();
+            let dropped = drop_gateway_set_cookies(&mut headers);
+            let kept: Vec<&str> = headers.get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+            prop_assert_eq!(kept, expected.iter().map(|v| v.as_str()).collect::<Vec<_>>());
+            prop_assert_eq!(dropped, values.len() - expected.len());
+        }
+    }
+}
