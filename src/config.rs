@@ -70,9 +70,10 @@ pub struct Config {
 pub struct AccessConfig {
     /// Tenant IDs (`tid`).
     pub tenants: Vec<String>,
-    /// Exact domains of the user's address (preferred_username, else email).
+    /// Exact domains of an address Entra vouches for (`access::vouched_addresses`:
+    /// a member's UPN, an `email` with `xms_edov: true`).
     pub email_domains: Vec<String>,
-    /// preferred_username, email or object id (oid), case-insensitive.
+    /// Object ids (`oid`, whole), or addresses (with `@`) Entra vouches for; case-insensitive.
     pub users: Vec<String>,
     /// Group object IDs (`groups` claim); any of them.
     pub groups: Vec<String>,
