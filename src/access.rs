@@ -42,7 +42,7 @@ impl Denial {
             Denial::EmailDomain => "Your account's domain is not allowed to use this console.",
             Denial::User => "Your account is not on the list of users allowed to use this console.",
             Denial::Groups => "You are not a member of a group that is allowed to use this console.",
-            Denial::GroupOverage => "You are a member of too many groups for Microsoft to list them in the sign-in token, so group membership cannot be checked. Ask the administrator to assign the app's groups or roles directly.",
+            Denial::GroupOverage => "You are a member of too many groups for Microsoft to list them in the token, and they could not be read from Microsoft Graph, so group membership cannot be checked. Ask the administrator to grant the app Microsoft Graph's User.Read permission with admin consent, or to use app roles instead of groups.",
             Denial::Roles => "You do not have an app role that is allowed to use this console.",
             Denial::Route => "This part of the console is not available through the gateway.",
             Denial::UnverifiedAddress => "Your account's email address is not one Microsoft vouches for (its domain's owner has not verified it, or it belongs to another organisation), so it cannot let you in. Ask the administrator to allow your account by its object ID instead.",

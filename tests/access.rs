@@ -128,11 +128,14 @@ async fn email_domain_is_an_exact_match_on_a_single_at_address() {
 /// A group the ID token cannot carry: only Microsoft Graph lists it.
 const GRAPH_ONLY_GROUP: &str = "7a0e1d2c-0000-4000-8000-0000000a11ed";
 
-/// A gateway admitting [`GRAPH_ONLY_GROUP`] only, whose IdP puts the user in
-/// 250 more groups (over Entra's 200: the token carries the overage marker).
-async fn overage_gateway() -> TestGateway {
+/// A gateway admitting [`GRAPH_ONLY_GROUP`] only (plus `more` config), whose
+/// IdP puts the user in 250 more groups (over Entra's 200: the token carries
+/// the overage marker).
+async fn overage_gateway_with(more: &str) -> TestGateway {
     gateway(echo_upstream().await)
-        .section(&format!("[access]\ngroups = [\"{GRAPH_ONLY_GROUP}\"]"))
+        .section(&format!(
+            "[access]\ngroups = [\"{GRAPH_ONLY_GROUP}\"]\n{more}"
+        ))
         .idp(|o| {
             o.groups = oidc_gateway::devidp::generated_groups(250);
             o.groups.push(GRAPH_ONLY_GROUP.into());
@@ -140,6 +143,15 @@ async fn overage_gateway() -> TestGateway {
         .anonymous()
         .start()
         .await
+}
+
+async fn overage_gateway() -> TestGateway {
+    overage_gateway_with("").await
+}
+
+/// [`overage_gateway`] accepting bearer tokens.
+async fn overage_bearer_gateway() -> TestGateway {
+    overage_gateway_with("[bearer]\nenabled = true").await
 }
 
 #[tokio::test]
@@ -217,33 +229,55 @@ async fn overage_user_is_refused_with_the_reason_when_graph_fails() {
     assert_eq!(gw.idp.claim_source_requests(), 0);
 }
 
-#[tokio::test]
-async fn overage_in_a_bearer_token_fails_closed_with_a_clear_message() {
-    let gw = gateway(echo_upstream().await)
-        .section("[access]\ngroups = [\"0b5e7a3c-admins\"]\n[bearer]\nenabled = true")
-        .anonymous()
-        .start()
-        .await;
-    let mut extra = serde_json::Map::new();
-    extra.insert("groups".into(), serde_json::Value::Null);
-    extra.insert("_claim_names".into(), serde_json::json!({"groups": "src1"}));
-    let token = gw.idp.mint_id_token(USER, None, extra);
-    let denied = gw
-        .fresh_browser()
+/// An API request with `token` as its bearer token.
+async fn bearer_request(gw: &TestGateway, token: &str) -> reqwest::Response {
+    gw.fresh_browser()
         .get(gw.url("/api/data"))
         .bearer_auth(token)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn overage_bearer_caller_gets_its_groups_from_graph_cached_per_user() {
+    let gw = overage_bearer_gateway().await;
+    // The IdP's token for this user carries the overage marker, not the groups.
+    let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    for round in 0..2 {
+        let response = bearer_request(&gw, &token).await;
+        assert_eq!(response.status(), 200, "round {round}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        let groups = echoed(&echo, "x-forwarded-groups");
+        assert!(
+            groups.len() == 1 && groups[0].split(',').any(|g| g == GRAPH_ONLY_GROUP),
+            "round {round}: {echo}"
+        );
+    }
+    assert_eq!(
+        gw.idp.on_behalf_of_grants(),
+        1,
+        "one Graph token for the user: the groups are kept"
+    );
+    assert_eq!(gw.idp.graph_requests(), 3, "three pages, once");
+    assert_eq!(gw.idp.claim_source_requests(), 0);
+}
+
+#[tokio::test]
+async fn overage_bearer_caller_is_refused_saying_graph_failed() {
+    use oidc_gateway::devidp::GraphMode;
+    let gw = overage_bearer_gateway().await;
+    gw.idp.set_graph_mode(GraphMode::Status(503));
+    let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
+    let denied = bearer_request(&gw, &token).await;
     assert_eq!(denied.status(), 403);
     let json: serde_json::Value = denied.json().await.unwrap();
+    let message = json["message"].as_str().unwrap_or_default();
     assert!(
-        json["message"]
-            .as_str()
-            .unwrap()
-            .contains("too many groups"),
+        message.contains("could not be read from Microsoft Graph") && message.contains("User.Read"),
         "{json}"
     );
+    assert_eq!(gw.idp.graph_requests(), 1, "Graph was asked");
 }
 
 const ROUTES: &str = r#"

@@ -1162,3 +1162,61 @@ async fn refuses_non_loopback_addresses_and_bad_options() {
         assert!(idp.issuer().starts_with("http://[::1]:"));
     }
 }
+
+/// An on-behalf-of request for a Graph token with `assertion`.
+async fn on_behalf_of(idp: &DevIdp, assertion: &str) -> (StatusCode, Value) {
+    token_request(
+        idp,
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("requested_token_use", "on_behalf_of"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("assertion", assertion),
+            ("scope", "https://graph.microsoft.com/User.Read"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn on_behalf_of_trades_a_users_token_for_a_graph_token_like_entra() {
+    let idp = start(options()).await;
+    let user_token = idp.mint_id_token("alice@contoso.example", None, Map::new());
+    let (status, body) = on_behalf_of(&idp, &user_token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, claims) = decode(body["access_token"].as_str().expect("an access token"));
+    assert_eq!(claims["aud"], "00000003-0000-0000-c000-000000000000");
+    assert_eq!(claims["upn"], "alice@contoso.example");
+    assert_eq!(idp.on_behalf_of_grants(), 1);
+
+    // Refused like Entra: a token for another app, a forged signature, an expired token.
+    let other_app = idp.mint_id_token(
+        "alice@contoso.example",
+        None,
+        serde_json::from_value(json!({"aud": "another-app"})).unwrap(),
+    );
+    let mut forged = user_token.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let expired = idp.mint_id_token(
+        "alice@contoso.example",
+        None,
+        serde_json::from_value(json!({"exp": 1_000_000})).unwrap(),
+    );
+    for (assertion, code) in [
+        (other_app, "AADSTS50013"),
+        (forged, "AADSTS50013"),
+        (expired, "AADSTS500133"),
+    ] {
+        let (status, body) = on_behalf_of(&idp, &assertion).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_grant");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(code)),
+            "{code}: {body}"
+        );
+    }
+    assert_eq!(idp.on_behalf_of_grants(), 1);
+}

@@ -14,7 +14,8 @@
 //! | `GET /T/v2.0/.well-known/openid-configuration` | discovery (Entra's fields) |
 //! | `GET /T/discovery/v2.0/keys` | JWKS (counted, see [`DevIdp::jwks_requests`]) |
 //! | `GET\|POST /T/oauth2/v2.0/authorize` | authorization request, login form |
-//! | `POST /T/oauth2/v2.0/token` | `authorization_code` (PKCE) and `refresh_token` grants |
+//! | `POST /T/oauth2/v2.0/token` | `authorization_code` (PKCE), `refresh_token` and on-behalf-of grants |
+//! | `POST /v1.0/me/getMemberObjects` | Microsoft Graph's group lookup (overage), see `graph` |
 //! | `GET\|POST /T/oauth2/v2.0/logout` | end session, back to `post_logout_redirect_uri` |
 //!
 //! Where it is stricter than Entra (on purpose, so the gateway cannot rely on
@@ -29,6 +30,7 @@ mod authorize;
 mod client_assertion;
 mod graph;
 mod keys;
+mod obo;
 mod token;
 mod tokens;
 mod web;
@@ -278,6 +280,7 @@ struct Shared {
     directory: Mutex<graph::Directory>,
     graph_requests: AtomicUsize,
     claim_source_requests: AtomicUsize,
+    obo_requests: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -354,6 +357,7 @@ impl DevIdp {
             directory: Mutex::new(Default::default()),
             graph_requests: AtomicUsize::new(0),
             claim_source_requests: AtomicUsize::new(0),
+            obo_requests: AtomicUsize::new(0),
             stop,
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -485,6 +489,11 @@ impl DevIdp {
     /// How many requests reached the Graph stand-in.
     pub fn graph_requests(&self) -> usize {
         self.shared.graph_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many on-behalf-of grants were answered (Graph tokens for bearer callers).
+    pub fn on_behalf_of_grants(&self) -> usize {
+        self.shared.obo_requests.load(Ordering::SeqCst)
     }
 
     /// How many requests reached the `_claim_sources` endpoint of overage

@@ -78,6 +78,7 @@ fn answer(shared: &Shared, headers: &HeaderMap, body: Option<Vec<u8>>) -> Answer
     match grant_type {
         "authorization_code" => redeem_code(shared, &client_id, &params),
         "refresh_token" => redeem_refresh_token(shared, &client_id, &params),
+        super::obo::JWT_BEARER_GRANT => on_behalf_of(shared, &client_id, &params),
         other => Err(bad_request(
             "unsupported_grant_type",
             &format!("AADSTS70003: The app requested an unsupported grant type '{other}'."),
@@ -330,6 +331,23 @@ fn redeem_refresh_token(shared: &Shared, client_id: &str, params: &Params) -> An
         login.scope = scope.to_string();
     }
     Ok(issue_tokens(shared, client_id, &login, None))
+}
+
+/// The on-behalf-of grant: a user's token to this app for a Graph token.
+fn on_behalf_of(shared: &Shared, client_id: &str, params: &Params) -> Answer {
+    if params.get("requested_token_use") != Some("on_behalf_of") {
+        return Err(bad_request(
+            "invalid_request",
+            "AADSTS70003: requested_token_use must be on_behalf_of.",
+        ));
+    }
+    let assertion = params
+        .non_empty("assertion")
+        .ok_or_else(|| missing("assertion"))?;
+    let scope = params.non_empty("scope").ok_or_else(|| missing("scope"))?;
+    let user = super::obo::assertion_user(shared, client_id, assertion)
+        .map_err(|(error, description)| bad_request(error, &description))?;
+    Ok(super::obo::answer(shared, user, scope))
 }
 
 /// The successful token response. `id_token` only with `openid` in scope,

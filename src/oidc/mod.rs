@@ -5,6 +5,7 @@
 //! Every function here answers with a complete response: the proxy never sees
 //! OIDC, and OIDC never touches sockets.
 
+mod bearer_groups;
 pub mod client_auth;
 pub mod client_certificate;
 pub mod entra_errors;
@@ -98,6 +99,9 @@ pub struct Auth {
     pub token_endpoint: TokenEndpoint,
     /// Where the groups of users beyond the token's group limit are read.
     graph: graph::Graph,
+    /// `{graph}/User.Read`: the scope of Graph tokens for bearer callers.
+    graph_scope: String,
+    bearer_groups: bearer_groups::BearerGroups,
     /// Renew access tokens (`session.refresh` or `headers.pass_access_token`).
     refresh: bool,
     refresh_flights: refresh::RefreshFlights,
@@ -164,6 +168,8 @@ impl Auth {
             .unwrap_or_else(|| oidc.cloud.default_graph_url());
         Ok(Auth {
             graph: graph::Graph::new(http.clone(), &graph_url),
+            graph_scope: format!("{}/User.Read", graph_url.trim_end_matches('/')),
+            bearer_groups: Default::default(),
             token_endpoint: TokenEndpoint::new(
                 http,
                 provider.clone(),
@@ -1009,7 +1015,64 @@ impl Auth {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
-        Some(policy.validate(&self.provider, token.trim(), None).await)
+        let token = token.trim();
+        Some(match policy.validate(&self.provider, token, None).await {
+            Ok(identity) if identity.groups_overage => {
+                Ok(self.bearer_groups(identity, token).await)
+            }
+            other => other,
+        })
+    }
+
+    /// A bearer caller's groups when its token carries the overage marker:
+    /// from the cache, else from Graph with a token the on-behalf-of grant
+    /// gives for the caller's. On failure the identity keeps the marker, so
+    /// that a group rule refuses it (fail closed) saying so.
+    async fn bearer_groups(&self, mut identity: Identity, token: &str) -> Identity {
+        let key = bearer_groups::user_key(&identity);
+        let groups = match self.bearer_groups.get(&key) {
+            Some(groups) => groups,
+            None => {
+                let started = std::time::Instant::now();
+                let read = async {
+                    let graph_token = self
+                        .token_endpoint
+                        .on_behalf_of(token, &self.graph_scope)
+                        .await
+                        .map_err(|e| {
+                            format!("the on-behalf-of grant for a Graph token failed: {e}")
+                        })?
+                        .access_token
+                        .unwrap_or_default();
+                    self.graph
+                        .member_objects(&graph_token)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                let read = read.await;
+                metrics::graph_call(started.elapsed());
+                match read {
+                    Ok(groups) => {
+                        let groups = Arc::new(groups);
+                        self.bearer_groups.insert(key, groups.clone());
+                        groups
+                    }
+                    Err(reason) => {
+                        tracing::warn!(user = %identity.user, reason = %reason,
+                            "the groups of an overage bearer caller could not be read from Microsoft Graph");
+                        return identity;
+                    }
+                }
+            }
+        };
+        identity.groups = groups.to_vec();
+        identity.groups_overage = false;
+        if let Err(value) = crate::identity::check_identity(&identity) {
+            tracing::warn!(user = %identity.user, reason = %value, "a group from Microsoft Graph cannot be sent unaltered");
+            identity.groups = Vec::new();
+            identity.groups_overage = true;
+        }
+        identity
     }
 
     /// `/.gateway/me`: the identity of the current session, 401 without one.

@@ -145,6 +145,22 @@ impl TokenEndpoint {
         tokens
     }
 
+    /// The on-behalf-of grant: the user's token to this app (`assertion`)
+    /// for a token of another resource (`scope`, e.g. Graph's `User.Read`).
+    pub async fn on_behalf_of(
+        &self,
+        assertion: &str,
+        scope: &str,
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        self.post_grant(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("requested_token_use", "on_behalf_of"),
+            ("assertion", assertion),
+            ("scope", scope),
+        ])
+        .await
+    }
+
     /// Any grant: `params` plus `client_id` and the client authentication,
     /// POSTed form-encoded to the token endpoint from discovery.
     pub async fn post_grant(
