@@ -868,6 +868,8 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSettings>,
     /// Where the config came from, for messages (`config.toml`, or "environment only").
     pub origin: String,
+    /// How to read it again (SIGHUP); None for an inline configuration.
+    pub source: Option<ConfigSource>,
 }
 
 /// One upstream, checked: its name, URL and settings.
@@ -917,7 +919,7 @@ impl ConfigError {
 }
 
 /// Where the configuration is read from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigSource {
     /// The TOML file. `explicit` is false when it is the default `./config.toml`,
     /// which may then be absent (all keys from the environment).
@@ -925,6 +927,17 @@ pub struct ConfigSource {
     pub explicit: bool,
     /// Environment variables; only those starting with [`ENV_PREFIX`] are used.
     pub env: Vec<(String, String)>,
+}
+
+/// The environment's values stay out of logs (they hold secrets).
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .field("explicit", &self.explicit)
+            .field("env", &format_args!("{} variables", self.env.len()))
+            .finish()
+    }
 }
 
 impl ConfigSource {
@@ -1173,11 +1186,107 @@ pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
     let config: Config = figment
         .extract_lossy()
         .map_err(|e| describe_figment_error(e, &origin, &env))?;
-    Validator {
+    let mut settings = Validator {
         figment: &figment,
         origin: &origin,
     }
-    .validate(config)
+    .validate(config)?;
+    settings.source = Some(source.clone());
+    Ok(settings)
+}
+
+/// Sections a configuration reload (SIGHUP) applies to new requests; every
+/// other section keeps its running values until a restart.
+pub const RELOADABLE_SECTIONS: [&str; 6] = [
+    "access",
+    "routes",
+    "upstream",
+    "upstreams",
+    "headers",
+    "rustdesk",
+];
+
+/// The settings to run with after a reload: `new`'s reloadable sections on
+/// top of `running`, and the keys that changed but need a restart (they keep
+/// their running values).
+pub fn reloaded(running: &Settings, new: Settings) -> (Settings, Vec<String>) {
+    let (was, now) = (&running.config, &new.config);
+    let mut restart = Vec::new();
+    let mut differs = |section: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+        restart.extend(changed_fields(section, a, b));
+    };
+    // Secrets are redacted in Debug: a changed secret alone is not seen here.
+    differs("server", &was.server, &now.server);
+    differs("tls", &was.tls, &now.tls);
+    differs("oidc", &was.oidc, &now.oidc);
+    differs("session", &was.session, &now.session);
+    differs("gateway", &was.gateway, &now.gateway);
+    differs("bearer", &was.bearer, &now.bearer);
+    differs("assertion", &was.assertion, &now.assertion);
+    differs("rate_limit", &was.rate_limit, &now.rate_limit);
+    differs("acme", &was.acme, &now.acme);
+    differs("metrics", &was.metrics, &now.metrics);
+    differs("log", &was.log, &now.log);
+    // Decided by the sign-in code when a session is created: whether it keeps
+    // the access token, and which claim names the user.
+    if was.headers.pass_access_token != now.headers.pass_access_token {
+        restart.push("headers.pass_access_token".into());
+    }
+    if was.headers.user_claim != now.headers.user_claim {
+        restart.push("headers.user_claim".into());
+    }
+    let mut config = was.clone();
+    config.access = new.config.access;
+    config.routes = new.config.routes;
+    config.upstream = new.config.upstream;
+    config.upstreams = new.config.upstreams;
+    config.rustdesk = new.config.rustdesk;
+    config.headers = HeadersConfig {
+        pass_access_token: was.headers.pass_access_token,
+        user_claim: was.headers.user_claim,
+        ..new.config.headers
+    };
+    let settings = Settings {
+        config,
+        upstream: new.upstream,
+        upstreams: new.upstreams,
+        ..running.clone()
+    };
+    (settings, restart)
+}
+
+/// `section.field` for each field whose value differs between `a` and `b` (two
+/// values of one config struct), read from their pretty Debug forms: a
+/// top-level field is a line indented by four spaces, with any lines under it.
+fn changed_fields(section: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug) -> Vec<String> {
+    fn fields(value: &dyn std::fmt::Debug) -> Vec<(String, String)> {
+        let text = format!("{value:#?}");
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            let top = line
+                .strip_prefix("    ")
+                .filter(|rest| !rest.starts_with(' '));
+            match (top.and_then(|rest| rest.split_once(':')), fields.last_mut()) {
+                (Some((name, _)), _) => fields.push((name.to_string(), line.to_string())),
+                (None, Some((_, body))) => {
+                    body.push('\n');
+                    body.push_str(line);
+                }
+                (None, None) => {}
+            }
+        }
+        fields
+    }
+    let (before, after) = (fields(a), fields(b));
+    let mut changed: Vec<String> = after
+        .iter()
+        .filter(|field| !before.contains(field))
+        .map(|(name, _)| format!("{section}.{name}"))
+        .collect();
+    if changed.is_empty() && format!("{a:?}") != format!("{b:?}") {
+        changed.push(section.to_string());
+    }
+    changed
 }
 
 /// The directory relative paths in the config are resolved against: the config
@@ -1452,6 +1561,7 @@ impl Validator<'_> {
             upstream,
             upstreams,
             origin: self.origin.to_string(),
+            source: None,
         })
     }
 
@@ -2577,6 +2687,37 @@ url = "http://127.0.0.1:21114"
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_age"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_applies_rules_and_upstreams_and_names_the_keys_that_need_a_restart() {
+        let running = load_str(MINIMAL, &[]).unwrap();
+        let edited = MINIMAL.replace("21114", "21115")
+            + "[server]\nlisten = \"0.0.0.0:9443\"\nworkers = 3\n\
+               [access]\nusers = [\"bob@example.com\"]\n\
+               [headers]\nuser = \"x-user\"\npass_access_token = true\n";
+        let (reloaded, restart) = reloaded(&running, load_str(&edited, &[]).unwrap());
+        // pass_access_token also adds offline_access to the scopes sign-in asks for.
+        assert_eq!(
+            restart,
+            [
+                "server.listen",
+                "server.workers",
+                "oidc.scopes",
+                "headers.pass_access_token"
+            ]
+        );
+        assert_eq!(reloaded.config.access.users, ["bob@example.com"]);
+        assert_eq!(reloaded.upstream.port_u16(), Some(21115));
+        assert_eq!(reloaded.upstreams[0].url.port_u16(), Some(21115));
+        assert_eq!(reloaded.config.headers.user, "x-user");
+        // Restart-only keys keep their running values.
+        assert_eq!(reloaded.listen, running.listen);
+        assert_eq!(
+            reloaded.config.server.workers,
+            running.config.server.workers
+        );
+        assert!(!reloaded.config.headers.pass_access_token);
     }
 
     #[test]

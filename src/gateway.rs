@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use futures_util::future::Either;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -35,7 +37,7 @@ use crate::assertion::{AssertionError, AssertionSigner};
 use crate::config::{Settings, UpstreamId};
 use crate::connection::{ClientAddress, ConnectionInfo, X_REQUEST_ID};
 use crate::health::{self, Readiness};
-use crate::identity::Identity;
+use crate::identity::{Identity, IdentityHeaders};
 use crate::metrics::{self, RouteKind};
 use crate::oidc::token::TokenError;
 use crate::oidc::{
@@ -92,12 +94,14 @@ pub enum GatewayInitError {
 /// One worker's gateway: its own upstream connection pools (one per upstream),
 /// and the state every worker shares (sessions, keys, rules, readiness) behind `Arc`s.
 pub struct Gateway {
+    /// The settings the gateway started with (what a reload leaves alone).
     settings: Arc<Settings>,
     readiness: Readiness,
-    /// By [`UpstreamId`]: the default upstream first (see `Settings::upstreams`).
-    upstreams: Vec<Upstream>,
+    /// What a configuration reload replaces; each request takes one snapshot.
+    routing: ArcSwap<Routing>,
+    /// For building this worker's upstreams again at a reload.
+    tunnels: Tunnels,
     auth: Arc<Auth>,
-    access: Arc<AccessPolicy>,
     assertion: Option<Arc<AssertionSigner>>,
     request_ids: Arc<RequestIds>,
     /// `Strict-Transport-Security` for the gateway's own answers (None: the
@@ -113,7 +117,7 @@ impl Gateway {
         readiness: Readiness,
         tunnels: Tunnels,
     ) -> Result<Self, GatewayInitError> {
-        let upstreams = Upstream::all(&settings, &tunnels)?;
+        let routing = Routing::new(settings.clone(), &tunnels)?;
         // The store is chosen by configuration and handed to the sign-in code.
         let store = crate::session::open_store(&settings, &readiness)?;
         let auth = Auth::new(settings.clone(), readiness.clone(), store)?;
@@ -128,12 +132,12 @@ impl Gateway {
             .and_then(PublicHost::new)
             .map(Arc::new);
         Ok(Gateway {
-            access: Arc::new(AccessPolicy::new(&settings)),
             hsts,
             public_host,
             settings,
             readiness,
-            upstreams,
+            routing: ArcSwap::from_pointee(routing),
+            tunnels,
             auth: Arc::new(auth),
             assertion: assertion.map(Arc::new),
             request_ids: Arc::new(RequestIds::new()),
@@ -143,17 +147,31 @@ impl Gateway {
     /// A gateway for another worker thread: the same shared state, its own
     /// upstream pool (whose connections then live on that worker's runtime).
     pub fn for_worker(&self, tunnels: Tunnels) -> Result<Self, GatewayInitError> {
+        let current = self.routing.load();
         Ok(Gateway {
             settings: self.settings.clone(),
             readiness: self.readiness.clone(),
-            upstreams: Upstream::all(&self.settings, &tunnels)?,
+            routing: ArcSwap::from_pointee(Routing::new(current.settings.clone(), &tunnels)?),
+            tunnels,
             auth: self.auth.clone(),
-            access: self.access.clone(),
             assertion: self.assertion.clone(),
             request_ids: self.request_ids.clone(),
             hsts: self.hsts.clone(),
             public_host: self.public_host.clone(),
         })
+    }
+
+    /// This worker's routing for reloaded `settings` (its own upstream pools),
+    /// ready to [`Gateway::install`]. Built for every worker before any is
+    /// installed, so that a reload applies everywhere or nowhere.
+    pub fn prepare(&self, settings: Arc<Settings>) -> Result<Routing, GatewayInitError> {
+        Ok(Routing::new(settings, &self.tunnels)?)
+    }
+
+    /// New requests are judged and forwarded by `routing`; requests in flight
+    /// finish with the snapshot they took.
+    pub fn install(&self, routing: Routing) {
+        self.routing.store(Arc::new(routing));
     }
 
     /// Starts background work (IdP metadata refresh, session sweeping) until `stop`.
@@ -201,8 +219,10 @@ impl Gateway {
         // Hop-by-hop removal comes before the gateway adds anything, so that a
         // client's `Connection` cannot name a header the gateway sets.
         crate::proxy::remove_connection_named(request.headers_mut());
+        // One configuration for the whole request, even if a reload lands meanwhile.
+        let routing = self.routing.load_full();
         // Every request, whatever happens next: no client may speak for the gateway.
-        let spoofed = self.auth.headers.strip(request.headers_mut());
+        let spoofed = routing.headers.strip(request.headers_mut());
         if spoofed > 0 {
             tracing::warn!(request_id = %request_id.to_str().unwrap_or_default(), client = %client.client_ip, headers = spoofed,
                 "removed identity headers sent by the client");
@@ -221,16 +241,17 @@ impl Gateway {
             // does not keep the decision (and a copy of the request) meanwhile.
             let mut upstream_slot = None;
             let (route, pending) = {
-                let (route, decision) = gateway.classify(request, &facts).await;
+                let (route, decision) = gateway.classify(&routing, request, &facts).await;
                 let pending = match decision {
                     Decision::Respond(response) => Either::Right(std::future::ready(Forwarded {
                         response,
                         upstream_time: None,
                     })),
                     Decision::Forward(mut request, forwarding) => {
-                        let upstream = gateway.upstream_peer(&forwarding);
+                        let upstream = routing.upstream_peer(&forwarding);
                         upstream_slot = Some(upstream.metrics_slot());
-                        gateway.prepare_upstream_request(
+                        routing.prepare_upstream_request(
+                            gateway.assertion.as_deref(),
                             &mut request,
                             forwarding.caller.as_ref(),
                             upstream,
@@ -288,6 +309,7 @@ impl Gateway {
     #[allow(clippy::manual_async_fn)]
     fn classify<'a>(
         &'a self,
+        routing: &'a Routing,
         request: Request<Body>,
         facts: &'a RequestFacts<'a>,
     ) -> impl Future<Output = (RouteKind, Decision)> + Send + 'a {
@@ -321,7 +343,7 @@ impl Gateway {
                 // future is copied into its stream (HTTP/2) or connection state.
                 let decision = match Box::pin(self.auth.callback(request, facts)).await {
                     CallbackOutcome::Done(response) => Decision::Respond(response),
-                    CallbackOutcome::NotOurs(request) if self.forwards_foreign_callbacks() => {
+                    CallbackOutcome::NotOurs(request) if routing.forwards_foreign_callbacks() => {
                         tracing::debug!(request_id = %facts.request_id, "callback with a foreign state: to the console");
                         Decision::Forward(
                             request,
@@ -344,6 +366,7 @@ impl Gateway {
                 .and_then(|rest| rest.strip_prefix('/'))
             {
                 let answer = Box::pin(self.gateway_endpoint(
+                    routing,
                     endpoint,
                     request.method(),
                     request.uri(),
@@ -354,7 +377,7 @@ impl Gateway {
                 return (RouteKind::Gateway, Decision::Respond(answer));
             }
             let authorization = self
-                .authorize(request.method(), path, request.headers(), facts)
+                .authorize(routing, request.method(), path, request.headers(), facts)
                 .await;
             match authorization {
                 Authorization::Public {
@@ -405,6 +428,7 @@ impl Gateway {
     /// the login URL), so that is left to the caller of this step.
     async fn authorize(
         &self,
+        routing: &Routing,
         method: &Method,
         path: &str,
         headers: &http::HeaderMap,
@@ -414,7 +438,7 @@ impl Gateway {
             Ok(normalized) => normalized,
             Err(e) => return Authorization::Refused(bad_path(&e, facts)),
         };
-        if self.access.has_method_rules_for(&normalized)
+        if routing.access.has_method_rules_for(&normalized)
             && routes::METHOD_OVERRIDE_HEADERS
                 .iter()
                 .any(|name| headers.contains_key(name))
@@ -422,7 +446,7 @@ impl Gateway {
             // The method judged must be the method the upstream runs.
             return Authorization::Refused(method_override_refused(facts));
         }
-        let (extra, upstream) = match self.access.requirement(method, &normalized) {
+        let (extra, upstream) = match routing.access.requirement(method, &normalized) {
             Requirement::Public {
                 api_client,
                 upstream,
@@ -439,7 +463,7 @@ impl Gateway {
         };
         match self.caller(headers, facts.session_keys).await {
             CallerLookup::Found(caller) => {
-                match self.access.check(&caller.identity, extra.as_deref()) {
+                match routing.access.check(&caller.identity, extra.as_deref()) {
                     Ok(()) => Authorization::Allowed(caller, upstream),
                     Err(denial) => {
                         tracing::info!(request_id = %facts.request_id, user = %caller.identity.user, reason = ?denial, "access denied");
@@ -457,11 +481,6 @@ impl Gateway {
             }
             CallerLookup::Anonymous => Authorization::Anonymous,
         }
-    }
-
-    fn forwards_foreign_callbacks(&self) -> bool {
-        let rustdesk = &self.settings.config.rustdesk;
-        rustdesk.enabled && rustdesk.forward_foreign_callbacks
     }
 
     /// The caller: a live session, else a bearer token (when enabled).
@@ -519,6 +538,7 @@ impl Gateway {
 
     async fn gateway_endpoint(
         &self,
+        routing: &Routing,
         endpoint: &str,
         method: &Method,
         uri: &http::Uri,
@@ -533,7 +553,7 @@ impl Gateway {
                 SessionLookup::None => self.auth.me(None, facts),
                 SessionLookup::Unavailable(e) => self.auth.session_unavailable(&e, facts),
             },
-            "auth" => self.forward_auth(headers, facts).await,
+            "auth" => self.forward_auth(routing, headers, facts).await,
             "frontchannel_logout" => self.auth.frontchannel_logout(method, uri, facts).await,
             "jwks.json" => match &self.assertion {
                 Some(signer) => {
@@ -562,6 +582,7 @@ impl Gateway {
     /// is a trusted proxy; otherwise the request is judged as `GET /`.
     async fn forward_auth(
         &self,
+        routing: &Routing,
         headers: &http::HeaderMap,
         facts: &RequestFacts<'_>,
     ) -> Response<Body> {
@@ -595,7 +616,7 @@ impl Gateway {
             (Method::GET, "/".to_string())
         };
         let path = target.split(['?', '#']).next().unwrap_or("/");
-        let caller = match self.authorize(&method, path, headers, facts).await {
+        let caller = match self.authorize(routing, &method, path, headers, facts).await {
             Authorization::Public { .. } => return status_only(StatusCode::ACCEPTED),
             Authorization::Allowed(caller, _) => caller,
             Authorization::Refused(response) => return response,
@@ -622,13 +643,42 @@ impl Gateway {
             .insert_into(out, AUTH_REQUEST_HEADERS.each_ref());
         if let Some(signer) = &self.assertion {
             // For the console: what forward-auth guards sits in front of it.
-            let audience = self.upstreams[0].origin();
+            let audience = routing.upstreams[0].origin();
             let cache = caller.session.as_ref().map(|s| &s.assertion);
             if let Some(value) = signer.assertion(identity, audience, unix_now(), cache) {
                 out.insert(signer.header_name().clone(), value);
             }
         }
         response
+    }
+}
+
+/// What a configuration reload replaces, as one unit: the settings it came
+/// from, the routes and access rules, this worker's upstreams (their pools) and
+/// the identity headers. A request takes one snapshot when it starts and is
+/// judged and forwarded by it to the end.
+pub struct Routing {
+    settings: Arc<Settings>,
+    /// By [`UpstreamId`]: the default upstream first (see `Settings::upstreams`).
+    upstreams: Vec<Upstream>,
+    access: AccessPolicy,
+    headers: IdentityHeaders,
+}
+
+impl Routing {
+    fn new(settings: Arc<Settings>, tunnels: &Tunnels) -> Result<Self, TlsError> {
+        let config = &settings.config;
+        Ok(Routing {
+            upstreams: Upstream::all(&settings, tunnels)?,
+            access: AccessPolicy::new(&settings),
+            headers: IdentityHeaders::new(&config.headers, &[config.assertion.header.as_str()]),
+            settings,
+        })
+    }
+
+    fn forwards_foreign_callbacks(&self) -> bool {
+        let rustdesk = &self.settings.config.rustdesk;
+        rustdesk.enabled && rustdesk.forward_foreign_callbacks
     }
 
     /// The upstream step: where a forwarded request goes (its route's upstream).
@@ -643,6 +693,7 @@ impl Gateway {
     /// of the gateway's cookies.
     fn prepare_upstream_request(
         &self,
+        assertion: Option<&AssertionSigner>,
         request: &mut Request<Body>,
         caller: Option<&Caller>,
         upstream: &Upstream,
@@ -653,8 +704,8 @@ impl Gateway {
         headers.reserve(12);
         strip_gateway_cookies(headers);
         let Some(caller) = caller else { return };
-        self.auth.headers.insert(headers, &caller.identity);
-        if let Some(signer) = &self.assertion {
+        self.headers.insert(headers, &caller.identity);
+        if let Some(signer) = assertion {
             let cache = caller.session.as_ref().map(|s| &s.assertion);
             if let Some(value) =
                 signer.assertion(&caller.identity, upstream.origin(), unix_now(), cache)

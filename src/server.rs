@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acme;
 use crate::certificate::{CertificateOrigin, CertificatePair, FileReloader, ServedCertificate};
-use crate::config::{ConfigError, Settings};
+use crate::config::{self, ConfigError, ConfigSource, Settings};
 use crate::connection::ConnectionInfo;
 use crate::gateway::Gateway;
 use crate::health::{self, Readiness};
@@ -197,13 +197,25 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
     )?;
     let mut worker_gateways = Vec::new();
     for _ in 1..workers {
-        worker_gateways.push(
+        worker_gateways.push(Arc::new(
             gateway
                 .for_worker(tunnels.clone())
                 .map_err(|e| StartError::Init(e.to_string()))?,
-        );
+        ));
     }
     let gateway = Arc::new(gateway);
+    if let Some(source) = settings.source.clone() {
+        let every_worker = std::iter::once(gateway.clone())
+            .chain(worker_gateways.iter().cloned())
+            .collect();
+        tokio::spawn(reload_configuration(
+            source,
+            settings.clone(),
+            every_worker,
+            reload.subscribe(),
+            stop.child_token(),
+        ));
+    }
     let sessions = gateway.sessions();
     let counted = Arc::downgrade(&sessions);
     metrics::count_sessions(move || counted.upgrade().map(|store| store.len()));
@@ -221,7 +233,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
             settings: settings.clone(),
             https_port: https_addr.port(),
             acceptor: acceptor.clone(),
-            gateway: Arc::new(worker_gateway),
+            gateway: worker_gateway,
             admission: admission.clone(),
             tunnels: tunnels.clone(),
             stop: stop.clone(),
@@ -266,6 +278,70 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         worker_exits,
         sessions,
     })
+}
+
+/// On each reload request, reads the configuration again the way the start did
+/// (file, environment, paths relative to the file) and installs its reloadable
+/// sections in every worker at once. A configuration with errors changes
+/// nothing; keys that need a restart keep their running values and are named.
+async fn reload_configuration(
+    source: ConfigSource,
+    mut running: Arc<Settings>,
+    gateways: Vec<Arc<Gateway>>,
+    mut requests: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = requests.changed() => if changed.is_err() { return },
+        }
+        match reconfigure(&source, &running, &gateways) {
+            Ok((settings, restart)) => {
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        keys = %restart.join(", "),
+                        "configuration reload: these keys changed but need a restart; their running values stay"
+                    );
+                }
+                tracing::info!(
+                    config = %source.path.display(),
+                    applied = %config::RELOADABLE_SECTIONS.join(", "),
+                    "configuration reloaded: new requests use it"
+                );
+                metrics::config_reload(metrics::ConfigReload::Applied);
+                running = settings;
+            }
+            Err(error) => {
+                tracing::error!(
+                    config = %source.path.display(),
+                    "configuration reload refused, the running configuration stays: {error}"
+                );
+                metrics::config_reload(metrics::ConfigReload::Rejected);
+            }
+        }
+    }
+}
+
+/// The reloaded settings, installed in every worker (all or none), and the
+/// sections that need a restart.
+fn reconfigure(
+    source: &ConfigSource,
+    running: &Settings,
+    gateways: &[Arc<Gateway>],
+) -> Result<(Arc<Settings>, Vec<String>), String> {
+    let loaded = config::load(source).map_err(|e| e.to_string())?;
+    let (settings, restart) = config::reloaded(running, loaded);
+    let settings = Arc::new(settings);
+    let prepared = gateways
+        .iter()
+        .map(|gateway| gateway.prepare(settings.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    for (gateway, routing) in gateways.iter().zip(prepared) {
+        gateway.install(routing);
+    }
+    Ok((settings, restart))
 }
 
 /// The listener's certificate resolver and acceptor, and the task that reloads

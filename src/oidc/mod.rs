@@ -31,7 +31,7 @@ use crate::config::{RateLimitConfig, ResponseMode, Settings};
 use crate::connection::{ClientAddress, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::crypto::{base64url, random_bytes};
 use crate::health::Readiness;
-use crate::identity::{Identity, IdentityHeaders};
+use crate::identity::Identity;
 use crate::metrics::{self, SignIn as SignInOutcome};
 use crate::pages::{self, escape_html, ErrorPage};
 use crate::ratelimit::{LimitReason, LoginLimiter, Refusal};
@@ -105,7 +105,6 @@ pub struct Auth {
     /// Renew access tokens (`session.refresh` or `headers.pass_access_token`).
     refresh: bool,
     refresh_flights: refresh::RefreshFlights,
-    pub headers: IdentityHeaders,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +187,6 @@ impl Auth {
             limiter: Arc::new(LoginLimiter::new(&settings.config.rate_limit)),
             cookies,
             store,
-            headers: IdentityHeaders::new(
-                &settings.config.headers,
-                &[settings.config.assertion.header.as_str()],
-            ),
             settings,
         })
     }

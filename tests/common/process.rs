@@ -90,6 +90,16 @@ impl GatewayProcess {
         .await;
     }
 
+    /// SIGHUP: reload (certificates and configuration).
+    pub fn hangup(&self) {
+        let sent = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    }
+
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         let killed = Command::new("kill")
