@@ -58,11 +58,15 @@ impl Site {
 
 impl Running {
     async fn start() -> Running {
+        // The in-process servers bind first: a port free_port() just released
+        // could otherwise be handed to one of them.
+        let idp = DevIdp::start(idp_options()).await.expect("IdP starts");
+        let upstream = echo_upstream().await;
         let site = Site {
             port: free_port(),
             metrics_port: free_port(),
-            idp: DevIdp::start(idp_options()).await.expect("IdP starts"),
-            upstream: echo_upstream().await,
+            idp,
+            upstream,
             dir: TempDir::new().expect("tempdir"),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], site.port));
