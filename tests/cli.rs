@@ -515,13 +515,18 @@ fn missing_client_secret_file_exits_2() {
 
 // ---------------------------------------------------------------- check
 
+/// `check` of the minimal configuration plus `extra`, which must succeed: its output.
+fn checked(dir: &Path, extra: &str) -> String {
+    write(dir, "config.toml", &format!("{}{extra}", config_for(8443)));
+    let out = check(dir, "config.toml");
+    assert_succeeded(&out);
+    stdout(&out)
+}
+
 #[test]
 fn check_states_who_gets_in_default_every_user_of_the_tenant() {
     let dir = TempDir::new().unwrap();
-    write(dir.path(), "config.toml", &config_for(8443));
-    let out = check(dir.path(), "config.toml");
-    assert_succeeded(&out);
-    let text = stdout(&out);
+    let text = checked(dir.path(), "");
     assert!(
         text.contains(
             "Who gets in ([access]): every user of the tenant in oidc.issuer who signs in"
@@ -530,14 +535,7 @@ fn check_states_who_gets_in_default_every_user_of_the_tenant() {
     );
 
     // With a rule, check names it instead of the default.
-    write(
-        dir.path(),
-        "config.toml",
-        &format!("{}[access]\ngroups = [\"g-admins\"]\n", config_for(8443)),
-    );
-    let out = check(dir.path(), "config.toml");
-    assert_succeeded(&out);
-    let text = stdout(&out);
+    let text = checked(dir.path(), "[access]\ngroups = [\"g-admins\"]\n");
     assert!(
         text.contains("Who gets in ([access]): signed-in users matching all of: groups g-admins")
             && !text.contains("every user of the tenant"),
@@ -548,27 +546,17 @@ fn check_states_who_gets_in_default_every_user_of_the_tenant() {
 #[test]
 fn check_warns_what_identity_settings_need_from_entra() {
     let dir = TempDir::new().unwrap();
-    write(dir.path(), "config.toml", &config_for(8443));
-    let out = check(dir.path(), "config.toml");
-    assert_succeeded(&out);
-    let text = stdout(&out);
+    let text = checked(dir.path(), "");
     assert!(
         text.contains("headers.user_claim")
             && text.contains("preferred_username fills X-Forwarded-User")
             && !text.contains("WARNING: address rules"),
         "{text}"
     );
-    write(
+    let text = checked(
         dir.path(),
-        "config.toml",
-        &format!(
-            "{}[headers]\nuser_claim = \"email\"\n[access]\nemail_domains = [\"contoso.com\"]\n",
-            config_for(8443)
-        ),
+        "[headers]\nuser_claim = \"email\"\n[access]\nemail_domains = [\"contoso.com\"]\n",
     );
-    let out = check(dir.path(), "config.toml");
-    assert_succeeded(&out);
-    let text = stdout(&out);
     assert!(
         text.contains("WARNING: headers.user_claim = \"email\": only tokens whose email carries xms_edov: true")
             && text.contains("WARNING: address rules (email_domains, users with '@') read the UPN"),

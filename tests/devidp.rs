@@ -160,6 +160,18 @@ fn decode(jwt: &str) -> (Map<String, Value>, Map<String, Value>) {
     (b64_json(parts[0]), b64_json(parts[1]))
 }
 
+/// A GET answered with JSON.
+async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 async fn jwks(idp: &DevIdp) -> Vec<Value> {
     let body: Value = client()
         .get(endpoint(idp, "discovery/v2.0/keys"))
@@ -298,28 +310,18 @@ async fn multi_tenant_discovery_uses_the_issuer_template() {
     .await;
     let base = idp.base_url();
     assert_eq!(idp.issuer(), format!("{base}/organizations/v2.0"));
-    let doc: Value = client()
-        .get(format!("{}/.well-known/openid-configuration", idp.issuer()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&format!(
+        "{}/.well-known/openid-configuration",
+        idp.issuer()
+    ))
+    .await;
     assert_eq!(doc["issuer"], json!(format!("{base}/{{tenantid}}/v2.0")));
     assert_eq!(
         doc["jwks_uri"],
         json!(format!("{base}/organizations/discovery/v2.0/keys"))
     );
     // The organizations endpoints work; tokens carry the tenant's own issuer.
-    let keys: Value = client()
-        .get(doc["jwks_uri"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(doc["jwks_uri"].as_str().unwrap()).await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
     // Each key names its issuer as Entra's do: the template here, the tenant's own there.
     assert_eq!(keys["keys"][0]["issuer"], doc["issuer"]);
@@ -340,14 +342,7 @@ async fn a_declared_issuer_is_the_one_of_discovery_tokens_and_keys() {
     })
     .await;
     assert_eq!(idp.issuer(), ciam);
-    let doc: Value = client()
-        .get(idp.discovery_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&idp.discovery_url()).await;
     assert_eq!(doc["issuer"], json!(ciam));
     assert!(
         doc["token_endpoint"]
