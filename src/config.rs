@@ -2537,6 +2537,37 @@ pub fn summary(settings: &Settings) -> BTreeMap<&'static str, String> {
     );
     m.insert("oidc.client_id", c.oidc.client_id.clone());
     m.insert(
+        "oidc.graph_url",
+        format!(
+            "{} (groups of users in more than 200 groups; needs User.Read{})",
+            c.oidc.graph_url.as_deref().unwrap_or_default(),
+            if settings.has_group_rules() {
+                ", requested"
+            } else {
+                ""
+            }
+        ),
+    );
+    let options: Vec<String> = [
+        c.oidc.prompt.as_ref().map(|p| format!("prompt={p}")),
+        c.oidc
+            .domain_hint
+            .as_ref()
+            .map(|d| format!("domain_hint={d}")),
+        c.oidc.max_age.map(|a| format!("max_age={}", a.as_secs())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    m.insert(
+        "oidc sign-in options",
+        if options.is_empty() {
+            "none".into()
+        } else {
+            options.join(" ")
+        },
+    );
+    m.insert(
         "oidc credential",
         if c.oidc.client_certificate.is_some() {
             format!(

@@ -541,6 +541,12 @@ fn check_states_who_gets_in_default_every_user_of_the_tenant() {
             && !text.contains("every user of the tenant"),
         "{text}"
     );
+    // Group rules: users beyond the token's 200 groups are read from Graph, with User.Read.
+    assert!(
+        text.contains("oidc.graph_url")
+            && text.contains("https://graph.microsoft.com (groups of users in more than 200 groups; needs User.Read, requested)"),
+        "{text}"
+    );
 }
 
 #[test]

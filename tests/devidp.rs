@@ -1077,15 +1077,8 @@ async fn login_form_signs_in_the_typed_user() {
     assert!(html.contains(&format!("value=\"{GROUP_A}, {GROUP_B}\"")));
 
     // Post the form back: the hidden fields plus user name and groups.
-    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    form.push(("username".into(), "  erin  ".into()));
-    form.push(("groups".into(), format!("{GROUP_B}, extra-group")));
-    let response = client()
-        .post(url.as_str().split('?').next().unwrap())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let groups = format!("{GROUP_B}, extra-group");
+    let response = submit_login_form(&url, &[("username", "  erin  "), ("groups", &groups)]).await;
     assert_eq!(response.status(), StatusCode::FOUND);
     let query = query_of(&location(&response));
     assert_eq!(query["state"], hostile);
@@ -1096,14 +1089,7 @@ async fn login_form_signs_in_the_typed_user() {
     assert_eq!(claims["groups"], json!([GROUP_B, "extra-group"]));
 
     // An empty user name shows the form again; prompt=none cannot sign in silently.
-    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    form.push(("username".into(), " ".into()));
-    let response = client()
-        .post(url.as_str().split('?').next().unwrap())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = submit_login_form(&url, &[("username", " ")]).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response
         .text()
@@ -1156,6 +1142,19 @@ async fn refuses_non_loopback_addresses_and_bad_options() {
     if let Ok(idp) = idp {
         assert!(idp.issuer().starts_with("http://[::1]:"));
     }
+}
+
+/// Posts the development login form of the authorization request `url` back
+/// with its hidden fields plus `fields`.
+async fn submit_login_form(url: &Url, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    client()
+        .post(url.as_str().split('?').next().unwrap())
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// An on-behalf-of request for a Graph token with `assertion`.
@@ -1214,4 +1213,63 @@ async fn on_behalf_of_trades_a_users_token_for_a_graph_token_like_entra() {
         );
     }
     assert_eq!(idp.on_behalf_of_grants(), 1);
+}
+
+#[tokio::test]
+async fn a_user_in_more_than_200_groups_gets_entras_overage_marker_and_graph_lists_them() {
+    let idp = start(DevIdpOptions {
+        auto_login: None,
+        ..options()
+    })
+    .await;
+    let url = authorize_url(&idp, &[]);
+    let response = submit_login_form(
+        &url,
+        &[
+            ("username", "frank"),
+            ("groups", GROUP_A),
+            ("many_groups", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let (_, body) = redeem(&idp, &query_of(&location(&response))["code"]).await;
+    let (_, claims) = decode(body["id_token"].as_str().unwrap());
+    assert!(claims.get("groups").is_none(), "{claims:?}");
+    assert_eq!(claims["_claim_names"], json!({"groups": "src1"}));
+    assert!(claims["_claim_sources"]["src1"]["endpoint"].is_string());
+
+    // Graph lists all 251 for the sign-in's access token, in pages.
+    let access_token = body["access_token"].as_str().unwrap();
+    let mut url = format!("{}/v1.0/me/getMemberObjects", idp.graph_url());
+    let mut listed = Vec::new();
+    loop {
+        let page: Value = client()
+            .post(&url)
+            .bearer_auth(access_token)
+            .json(&json!({"securityEnabledOnly": false}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed.extend(page["value"].as_array().unwrap().iter().cloned());
+        match page["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 251);
+    assert!(listed.contains(&json!(GROUP_A)));
+    // Without a token Graph refuses, as Graph does.
+    let refused = client()
+        .post(format!("{}/v1.0/me/getMemberObjects", idp.graph_url()))
+        .json(&json!({"securityEnabledOnly": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "InvalidAuthenticationToken");
 }

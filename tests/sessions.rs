@@ -137,8 +137,14 @@ struct Site {
 
 impl Site {
     async fn new() -> Site {
+        Site::with_groups(idp_options().groups).await
+    }
+
+    /// A site whose IdP puts the user in `groups`.
+    async fn with_groups(groups: Vec<String>) -> Site {
         let mut options = idp_options();
         options.sid_claim = true;
+        options.groups = groups;
         let idp = DevIdp::start(options).await.expect("IdP starts");
         Site {
             idp,
@@ -151,6 +157,7 @@ impl Site {
     fn config(&self, port: u16, session: &str) -> String {
         let extra = Extra {
             session: format!("secret = \"{SECRET}\"\n{session}"),
+            oidc: format!("graph_url = \"{}\"", self.idp.graph_url()),
             ..Default::default()
         };
         config_text(
@@ -378,6 +385,30 @@ async fn two_replicas(
     a.wait_ready(&browser).await;
     b.wait_ready(&browser).await;
     (a, b, browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_groups_of_an_overage_user_are_kept_in_redis_for_every_replica() {
+    let Some(redis) = RedisServer::start("graph_groups_in_redis").await else {
+        return;
+    };
+    let groups = oidc_gateway::devidp::generated_groups(250);
+    let site = Site::with_groups(groups.clone()).await;
+    let (a, b, browser) = two_replicas(&site, &redis, "1s").await;
+    browser.sign_in(&a).await;
+    let on_b = browser.get(&b, "/on-b").await;
+    assert_eq!(on_b.status(), 200);
+    let echo: serde_json::Value = on_b.json().await.unwrap();
+    assert_eq!(
+        echoed(&echo, "x-forwarded-groups"),
+        vec![groups.join(",").as_str()],
+        "replica B sends the groups A read from Graph"
+    );
+    assert_eq!(
+        site.idp.graph_requests(),
+        3,
+        "read once, at sign-in (three pages)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
