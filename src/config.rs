@@ -1534,8 +1534,18 @@ impl Validator<'_> {
         self.routes_upstreams(&config, &upstreams)?;
         self.session(&mut config.session)?;
         self.acme(&mut config.acme)?;
-        // Groups beyond the token's limit come from Graph, which wants User.Read.
-        if has_group_rules(&config) && !config.oidc.scopes.iter().any(|s| s == "User.Read") {
+        // Groups beyond the token's limit come from Graph, which wants User.Read —
+        // unless the scopes name another API: Entra issues an access token for one
+        // resource only, and mixing them fails the sign-in (AADSTS28000).
+        let other_api = config
+            .oidc
+            .scopes
+            .iter()
+            .any(|s| s.contains('/') && !s.to_ascii_lowercase().contains("graph.microsoft"));
+        if has_group_rules(&config)
+            && !other_api
+            && !config.oidc.scopes.iter().any(|s| s == "User.Read")
+        {
             config.oidc.scopes.push("User.Read".into());
         }
         // Renewal needs a refresh token, which Entra gives only for offline_access.
@@ -2685,6 +2695,16 @@ url = "http://127.0.0.1:21114"
             format!("{MINIMAL}[[routes]]\npath = \"/admin/**\"\nallow = {{ groups = [\"g1\"] }}\n");
         let s = load_str(&text, &[]).unwrap();
         assert!(s.config.oidc.scopes.iter().any(|s| s == "User.Read"));
+        // Not next to another API's scope: one access token is for one resource.
+        let s = load_str(
+            &text,
+            &env(&[(
+                "OIDC_GATEWAY__OIDC__SCOPES",
+                "[\"openid\", \"api://console/access\"]",
+            )]),
+        )
+        .unwrap();
+        assert!(!s.config.oidc.scopes.iter().any(|s| s == "User.Read"));
     }
 
     #[test]
