@@ -229,6 +229,34 @@ async fn overage_user_is_refused_with_the_reason_when_graph_fails() {
     assert_eq!(gw.idp.claim_source_requests(), 0);
 }
 
+#[tokio::test]
+async fn overage_user_is_refused_when_graph_does_not_answer_in_time() {
+    use oidc_gateway::devidp::GraphMode;
+    let gw = gateway(echo_upstream().await)
+        .section(&format!("[access]\ngroups = [\"{GRAPH_ONLY_GROUP}\"]"))
+        .oidc("http_timeout = \"1s\"")
+        .idp(|o| o.groups = oidc_gateway::devidp::generated_groups(250))
+        .anonymous()
+        .start()
+        .await;
+    gw.idp.set_graph_mode(GraphMode::Hang);
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gw.sign_in(&gw.fresh_browser(), "/"),
+    )
+    .await
+    .expect("answered within 10 s (http_timeout = 1s)");
+    assert_eq!(refused.status(), 504);
+    let json: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(json["error"], "groups_unavailable", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not answer in time")),
+        "{json}"
+    );
+}
+
 /// An API request with `token` as its bearer token.
 async fn bearer_request(gw: &TestGateway, token: &str) -> reqwest::Response {
     gw.fresh_browser()
