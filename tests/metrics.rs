@@ -104,16 +104,21 @@ impl Scrape {
     }
 }
 
-async fn scrape(gw: &TestGateway) -> Scrape {
-    let addr = gw.server.metrics_addr.expect("the metrics listener");
-    let response = reqwest::Client::builder()
+/// `GET http://addr{path}` on the metrics listener (plain HTTP, no proxy).
+async fn metrics_get(addr: std::net::SocketAddr, path: &str) -> reqwest::Response {
+    reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client")
-        .get(format!("http://{addr}/metrics"))
+        .get(format!("http://{addr}{path}"))
         .send()
         .await
-        .expect("scrape");
+        .expect("request to the metrics listener")
+}
+
+async fn scrape(gw: &TestGateway) -> Scrape {
+    let addr = gw.server.metrics_addr.expect("the metrics listener");
+    let response = metrics_get(addr, "/metrics").await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
@@ -357,15 +362,7 @@ async fn the_public_port_never_serves_metrics() {
     let echo: serde_json::Value = signed_in.json().await.expect("the echo upstream's JSON");
     assert_eq!(echo["uri"], "/metrics", "forwarded upstream: {echo}");
     // The metrics listener serves /metrics and nothing else.
-    let other = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(format!("http://{metrics_addr}/other"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(other.status(), 404);
+    assert_eq!(metrics_get(metrics_addr, "/other").await.status(), 404);
     gw.server.shutdown().await;
 }
 

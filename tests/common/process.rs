@@ -90,24 +90,24 @@ impl GatewayProcess {
         .await;
     }
 
-    /// SIGHUP: reload (certificates and configuration).
-    pub fn hangup(&self) {
+    /// Sends `signal` (`-HUP`, `-TERM`) to the process.
+    fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
-            .arg("-HUP")
+            .arg(signal)
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
-        assert!(sent.success());
+        assert!(sent.success(), "kill {signal}");
+    }
+
+    /// SIGHUP: reload (certificates and configuration).
+    pub fn hangup(&self) {
+        self.signal("-HUP");
     }
 
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let killed = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(killed.success());
+        self.signal("-TERM");
         let mut status = None;
         let dir = self.dir.clone();
         let child = &mut self.child;
