@@ -29,7 +29,7 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::certificate::{CertificateOrigin, CertificatePair, ServedCertificate};
-use crate::config::AcmeConfig;
+use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::tls;
 
 /// The first retry after a failed order; doubled up to [`MAX_RETRY`].
@@ -53,8 +53,8 @@ pub enum AcmeError {
         domains: Vec<String>,
         status: OrderStatus,
     },
-    #[error("the ACME CA offers no tls-alpn-01 challenge for {0}")]
-    NoTlsAlpnChallenge(String),
+    #[error("the ACME CA offers no {kind} challenge for {name} (key acme.challenge)")]
+    NoChallenge { kind: String, name: String },
     #[error("key `acme.cache_dir`: {path}: {reason}; the gateway must be able to create and write this directory")]
     Cache { path: PathBuf, reason: String },
     #[error("the certificate issued by the ACME CA does not load: {0}")]
@@ -240,11 +240,27 @@ async fn order_certificate(
             continue;
         }
         let name = authorization.identifier().to_string();
-        let mut challenge = authorization
-            .challenge(ChallengeType::TlsAlpn01)
-            .ok_or_else(|| AcmeError::NoTlsAlpnChallenge(name.clone()))?;
-        let key = validation_certificate(&name, challenge.key_authorization().digest().as_ref())?;
-        served.set_challenge(&name, key);
+        let kind = match config.challenge {
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+        };
+        let mut challenge =
+            authorization
+                .challenge(kind.clone())
+                .ok_or_else(|| AcmeError::NoChallenge {
+                    kind: format!("{kind:?}"),
+                    name: name.clone(),
+                })?;
+        let key_authorization = challenge.key_authorization();
+        match config.challenge {
+            AcmeChallenge::TlsAlpn01 => {
+                let key = validation_certificate(&name, key_authorization.digest().as_ref())?;
+                served.set_challenge(&name, key);
+            }
+            AcmeChallenge::Http01 => {
+                served.set_http_challenge(&challenge.token, key_authorization.as_str())
+            }
+        }
         challenge.set_ready().await.map_err(protocol)?;
     }
     let retries = RetryPolicy::new().timeout(ORDER_TIMEOUT);

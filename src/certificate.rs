@@ -173,6 +173,8 @@ pub struct ServedCertificate {
     info: watch::Sender<ServedInfo>,
     /// ACME validation certificates by lower-case server name (empty but while an order runs).
     challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01 key authorizations by token (empty but while an order runs).
+    http_challenges: Mutex<HashMap<String, String>>,
 }
 
 impl ServedCertificate {
@@ -189,6 +191,7 @@ impl ServedCertificate {
             current: ArcSwap::new(pair.key),
             info: watch::channel(info).0,
             challenges: Mutex::new(HashMap::new()),
+            http_challenges: Mutex::new(HashMap::new()),
         }
     }
 
@@ -233,8 +236,23 @@ impl ServedCertificate {
         }
     }
 
+    /// Answers HTTP-01 validation for `token` with `key_authorization` until removed.
+    pub fn set_http_challenge(&self, token: &str, key_authorization: &str) {
+        if let Ok(mut challenges) = self.http_challenges.lock() {
+            challenges.insert(token.to_string(), key_authorization.to_string());
+        }
+    }
+
+    /// The key authorization for an HTTP-01 `token` of an order in progress.
+    pub fn http_challenge(&self, token: &str) -> Option<String> {
+        self.http_challenges.lock().ok()?.get(token).cloned()
+    }
+
     pub fn clear_challenges(&self) {
         if let Ok(mut challenges) = self.challenges.lock() {
+            challenges.clear();
+        }
+        if let Ok(mut challenges) = self.http_challenges.lock() {
             challenges.clear();
         }
     }

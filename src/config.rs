@@ -307,6 +307,20 @@ pub struct AcmeConfig {
     /// Order a new certificate this long before the current one expires.
     #[serde(deserialize_with = "duration")]
     pub renew_before: Duration,
+    /// How the CA validates: TLS-ALPN-01 on server.listen, or HTTP-01 on server.redirect_http.
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge the gateway answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AcmeChallenge {
+    /// On the TLS listener (the CA connects to port 443).
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// On the plain-HTTP listener, `server.redirect_http` (the CA connects to port 80).
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// Let's Encrypt's production directory.
@@ -322,6 +336,7 @@ impl Default for AcmeConfig {
             directory_ca_file: None,
             cache_dir: "acme".into(),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            challenge: AcmeChallenge::TlsAlpn01,
         }
     }
 }
@@ -1438,6 +1453,17 @@ impl Validator<'_> {
                 "server.redirect_http",
                 "is the same address as server.listen",
                 "give the plain-HTTP listener its own port, e.g. \"0.0.0.0:8080\"",
+            ));
+        }
+        if config.acme.enabled
+            && config.acme.challenge == AcmeChallenge::Http01
+            && redirect_http.is_none()
+        {
+            return Err(self.err(
+                "acme.challenge",
+                "is \"http-01\" but server.redirect_http is not set",
+                "HTTP-01 is answered on the plain-HTTP listener: set server.redirect_http = \"0.0.0.0:80\" \
+                 (reachable on port 80 of each domain), or use challenge = \"tls-alpn-01\"",
             ));
         }
         let metrics_listen = match &config.metrics.listen {
@@ -3306,6 +3332,7 @@ url = "http://127.0.0.1:21114"
             "directory_ca_file",
             "cache_dir",
             "renew_before",
+            "challenge",
             "issuer",
             "client_id",
             "client_secret",

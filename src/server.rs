@@ -233,6 +233,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
             settings: settings.clone(),
             https_port: https_addr.port(),
             acceptor: acceptor.clone(),
+            certificate: certificate.clone(),
             gateway: worker_gateway,
             admission: admission.clone(),
             tunnels: tunnels.clone(),
@@ -252,6 +253,7 @@ pub async fn start(settings: Arc<Settings>) -> Result<RunningServer, StartError>
         settings: settings.clone(),
         https_port: https_addr.port(),
         acceptor,
+        certificate: certificate.clone(),
         gateway,
         admission,
         tunnels,
@@ -570,6 +572,8 @@ struct Serving {
     settings: Arc<Settings>,
     https_port: u16,
     acceptor: TlsAcceptor,
+    /// The served certificate (its HTTP-01 answers are given on the plain-HTTP listener).
+    certificate: Arc<ServedCertificate>,
     gateway: Arc<Gateway>,
     admission: Admission,
     tunnels: Tunnels,
@@ -633,13 +637,14 @@ async fn run(https: TcpListener, http: Option<TcpListener>, serving: Serving) {
         settings,
         https_port,
         acceptor,
+        certificate,
         gateway,
         admission,
         tunnels,
         stop,
     } = serving;
     let connections = TaskTracker::new();
-    let redirect = Arc::new(RedirectTarget::new(&settings, https_port));
+    let redirect = Arc::new(RedirectTarget::new(&settings, https_port, certificate));
     let mut spare = SpareDescriptor::new();
     let mut turned_away = TurnedAway {
         count: 0,
@@ -930,10 +935,15 @@ struct RedirectTarget {
     /// `https://host[:port]` from server.public_url, when set.
     fixed_origin: Option<String>,
     https_port: u16,
+    /// Where an ACME order's HTTP-01 answers are (acme.challenge = "http-01").
+    certificate: Arc<ServedCertificate>,
 }
 
+/// Where an ACME CA fetches HTTP-01 key authorizations (RFC 8555 §8.3).
+const ACME_HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
 impl RedirectTarget {
-    fn new(settings: &Settings, https_port: u16) -> Self {
+    fn new(settings: &Settings, https_port: u16, certificate: Arc<ServedCertificate>) -> Self {
         let fixed_origin = settings.public_url.as_ref().map(|u| {
             let s = u.to_string();
             s.trim_end_matches('/').to_string()
@@ -941,6 +951,7 @@ impl RedirectTarget {
         RedirectTarget {
             fixed_origin,
             https_port,
+            certificate,
         }
     }
 
@@ -1001,9 +1012,20 @@ fn redirect_answer(
     readiness: &Readiness,
     insider: bool,
 ) -> Response<Body> {
-    if let Some(answer) = health::answer(request.method(), request.uri().path(), readiness, insider)
-    {
+    let path = request.uri().path();
+    if let Some(answer) = health::answer(request.method(), path, readiness, insider) {
         return answer;
+    }
+    let key_authorization = path
+        .strip_prefix(ACME_HTTP01_PREFIX)
+        .and_then(|token| target.certificate.http_challenge(token));
+    if let Some(key_authorization) = key_authorization {
+        let mut response = Response::new(crate::full_body(key_authorization));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return response;
     }
     let mut response = Response::new(empty_body());
     match target

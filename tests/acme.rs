@@ -39,6 +39,8 @@ struct Pebble {
     ca_file: PathBuf,
     /// The port pebble validates TLS-ALPN-01 on: the gateway must listen there.
     validation_port: SocketAddr,
+    /// The port pebble validates HTTP-01 on (the gateway's server.redirect_http).
+    http_validation_port: SocketAddr,
     _dns: Process,
     _pebble: Process,
     _dir: TempDir,
@@ -75,6 +77,7 @@ async fn start_pebble() -> Pebble {
     // Ports handed to other programs: free a moment ago, bound by them.
     let listen = released_port().await;
     let validation_port = released_port().await;
+    let http_validation_port = released_port().await;
     let dns_port = released_udp_port();
     let dns_management = released_port().await;
 
@@ -95,7 +98,7 @@ async fn start_pebble() -> Pebble {
             "managementListenAddress": "",
             "certificate": pki.cert_file,
             "privateKey": pki.key_file,
-            "httpPort": 5002,
+            "httpPort": http_validation_port.port(),
             "tlsPort": validation_port.port(),
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
@@ -122,6 +125,7 @@ async fn start_pebble() -> Pebble {
         directory: format!("https://{listen}/dir"),
         ca_file,
         validation_port,
+        http_validation_port,
         _dns: dns,
         _pebble: pebble,
         _dir: dir,
@@ -146,16 +150,21 @@ async fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// The `[acme]` section for `pebble`, with the cache in `cache_dir`.
+fn acme_section(pebble: &Pebble, cache_dir: &Path) -> String {
+    format!(
+        "[acme]\nenabled = true\ndomains = [\"{DOMAIN}\"]\ncontact = \"ops@gateway.test\"\n\
+         directory = \"{}\"\ndirectory_ca_file = \"{}\"\ncache_dir = \"{}\"",
+        pebble.directory,
+        pebble.ca_file.display(),
+        cache_dir.display()
+    )
+}
+
 async fn acme_gateway(pebble: &Pebble, cache_dir: &Path) -> TestGateway {
     gateway(echo_upstream().await)
         .listen(pebble.validation_port)
-        .section(&format!(
-            "[acme]\nenabled = true\ndomains = [\"{DOMAIN}\"]\ncontact = \"ops@gateway.test\"\n\
-             directory = \"{}\"\ndirectory_ca_file = \"{}\"\ncache_dir = \"{}\"",
-            pebble.directory,
-            pebble.ca_file.display(),
-            cache_dir.display()
-        ))
+        .section(&acme_section(pebble, cache_dir))
         .anonymous()
         .start()
         .await
@@ -375,4 +384,65 @@ async fn a_cached_certificate_close_to_expiry_is_renewed_and_swapped_in() {
     let (issuer, _, _) = describe(&leaf);
     assert!(issuer.contains("Pebble Intermediate CA"), "{issuer}");
     assert_ne!(leaf.as_ref(), expiring.der().as_ref());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_obtained_with_http_01_on_the_plain_http_listener() {
+    if !programs_present() {
+        return;
+    }
+    let pebble = start_pebble().await;
+    let cache = TempDir::new().expect("tempdir");
+    // The TLS listener is NOT on pebble's TLS-ALPN-01 port: only an answer on
+    // the plain-HTTP listener (pebble's HTTP-01 port) can validate the order.
+    let gw = gateway(echo_upstream().await)
+        .server(&format!(
+            "redirect_http = \"{}\"",
+            pebble.http_validation_port
+        ))
+        .section(&format!(
+            "{}\nchallenge = \"http-01\"",
+            acme_section(&pebble, cache.path())
+        ))
+        .anonymous()
+        .start()
+        .await;
+    assert_ne!(gw.addr, pebble.validation_port);
+    let mut info = gw.server.certificate.subscribe();
+    let start = info.borrow().clone();
+    let installed = acme_installed(&mut info, start.generation).await;
+    assert_eq!(installed.names, vec![DOMAIN.to_string()]);
+    let (issuer, names, _) = describe(&served_leaf(&gw).await);
+    assert!(issuer.contains("Pebble Intermediate CA"), "{issuer}");
+    assert_eq!(names, vec![DOMAIN.to_string()]);
+    // The order is done: its token is no longer answered, the path redirects.
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(format!(
+            "http://{}/.well-known/acme-challenge/any-token",
+            pebble.http_validation_port
+        ))
+        .header("host", DOMAIN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(plain.status(), 308);
+}
+
+#[test]
+fn http_01_needs_the_plain_http_listener() {
+    let text = "[oidc]\nissuer = \"http://127.0.0.1:1/t/v2.0\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+                [upstream]\nurl = \"http://127.0.0.1:21114\"\n\
+                [acme]\nenabled = true\ndomains = [\"console.gateway.test\"]\nchallenge = \"http-01\"\n";
+    let Err(error) = oidc_gateway::config::load_str(text, &[]) else {
+        panic!("http-01 without server.redirect_http was accepted");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("acme.challenge") && error.contains("server.redirect_http"),
+        "{error}"
+    );
 }
