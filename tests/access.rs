@@ -306,6 +306,10 @@ async fn overage_bearer_caller_is_refused_saying_graph_failed() {
         "{json}"
     );
     assert_eq!(gw.idp.graph_requests(), 1, "Graph was asked");
+    // A failure is remembered briefly: the next request does not wait on Graph again.
+    assert_eq!(bearer_request(&gw, &token).await.status(), 403);
+    assert_eq!(gw.idp.graph_requests(), 1, "not asked again at once");
+    assert_eq!(gw.idp.on_behalf_of_grants(), 1);
 }
 
 const ROUTES: &str = r#"

@@ -1026,7 +1026,8 @@ impl Auth {
     async fn bearer_groups(&self, mut identity: Identity, token: &str) -> Identity {
         let key = bearer_groups::user_key(&identity);
         let groups = match self.bearer_groups.get(&key) {
-            Some(groups) => groups,
+            Some(bearer_groups::Known::Groups(groups)) => groups,
+            Some(bearer_groups::Known::RecentFailure) => return identity,
             None => {
                 let started = std::time::Instant::now();
                 let read = async {
@@ -1049,10 +1050,11 @@ impl Auth {
                 match read {
                     Ok(groups) => {
                         let groups = Arc::new(groups);
-                        self.bearer_groups.insert(key, groups.clone());
+                        self.bearer_groups.insert(key, Some(groups.clone()));
                         groups
                     }
                     Err(reason) => {
+                        self.bearer_groups.insert(key, None);
                         tracing::warn!(user = %identity.user, reason = %reason,
                             "the groups of an overage bearer caller could not be read from Microsoft Graph");
                         return identity;
