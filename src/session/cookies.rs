@@ -4,7 +4,7 @@
 //!   `Secure; HttpOnly; SameSite=Lax; Path=/`. The store keeps SHA-256(id).
 //! - Login flows: `__Host-oidc-gateway-flow-<state prefix>`, one per login in
 //!   progress (several tabs may log in at once), holding state, nonce and PKCE
-//!   verifier encrypted and authenticated (AES-256-GCM, `cookie`'s private jar,
+//!   verifier encrypted and authenticated (AES-256-GCM with ring, [`Sealer`],
 //!   the cookie name bound as associated data), valid 10 minutes. The number of
 //!   flow cookies is capped; the oldest are dropped.
 //!
@@ -13,11 +13,13 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use cookie::{Cookie, CookieJar, Key, SameSite};
+use base64::Engine;
+use cookie::{Cookie, SameSite};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::seal::Sealer;
 use super::SessionKey;
 use crate::crypto::{base64url, random_bytes};
 
@@ -46,7 +48,8 @@ pub struct LoginFlow {
 }
 
 pub struct CookieCodec {
-    key: Key,
+    /// Seals login-flow cookies (the binary's one crypto library, ring).
+    sealer: Sealer,
     session_ttl: Duration,
     /// form_post callbacks are cross-site POSTs: Lax cookies would not be sent.
     flow_same_site: SameSite,
@@ -55,12 +58,16 @@ pub struct CookieCodec {
 impl CookieCodec {
     /// `secret`: the configured session secret (≥ 32 bytes), or None for a random key.
     pub fn new(secret: Option<&[u8]>, session_ttl: Duration, form_post: bool) -> Self {
-        let key = match secret {
-            Some(bytes) if bytes.len() >= 32 => Key::derive_from(bytes),
-            _ => Key::generate(),
+        let random;
+        let secret = match secret {
+            Some(bytes) if bytes.len() >= 32 => bytes,
+            _ => {
+                random = random_bytes::<32>();
+                &random[..]
+            }
         };
         CookieCodec {
-            key,
+            sealer: Sealer::derive(secret, b"login flow cookie"),
             session_ttl,
             flow_same_site: if form_post {
                 SameSite::None
@@ -117,11 +124,8 @@ impl CookieCodec {
     /// The Set-Cookie value that stores `flow` in the browser.
     pub fn set_flow(&self, flow: &LoginFlow) -> Option<HeaderValue> {
         let name = Self::flow_cookie_name(&flow.state)?;
-        let json = serde_json::to_string(flow).ok()?;
-        let mut jar = CookieJar::new();
-        jar.private_mut(&self.key)
-            .add(Cookie::new(name.clone(), json));
-        let sealed = jar.get(&name)?.value().to_string();
+        let json = serde_json::to_vec(flow).ok()?;
+        let sealed = base64url(&self.sealer.seal(name.as_bytes(), &json));
         let cookie = Cookie::build((name, sealed))
             .path("/")
             .secure(true)
@@ -144,10 +148,11 @@ impl CookieCodec {
     }
 
     fn open_flow(&self, name: &str, sealed: &str) -> Option<LoginFlow> {
-        let mut jar = CookieJar::new();
-        jar.add_original(Cookie::new(name.to_string(), sealed.to_string()));
-        let opened = jar.private(&self.key).get(name)?;
-        serde_json::from_str(opened.value()).ok()
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sealed)
+            .ok()?;
+        let opened = self.sealer.open(name.as_bytes(), &sealed)?;
+        serde_json::from_slice(&opened).ok()
     }
 
     pub fn clear_flow(&self, state: &str) -> Option<HeaderValue> {

@@ -1,6 +1,7 @@
-//! Authenticated encryption of stored sessions (AES-256-GCM, ring) with keys
+//! Authenticated encryption (AES-256-GCM, ring) with keys
 //! derived by HKDF-SHA256: the memory store's state file (key from
-//! `session.secret`) and each Redis record (key from that session's cookie).
+//! `session.secret`), each Redis record (key from that session's cookie) and
+//! the login-flow cookies (key from `session.secret`, or random per start).
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf::{Salt, HKDF_SHA256};
