@@ -7,6 +7,7 @@ mod common;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -328,6 +329,86 @@ async fn a_zero_window_http2_client_cannot_hold_an_upstream_connection_past_the_
     let end = bounded("the stream's end", body.data()).await;
     let reason = end.and_then(|r| r.err()).and_then(|e| e.reason());
     assert_eq!(reason, Some(h2::Reason::CANCEL), "{reason:?}");
+}
+
+/// An upstream whose `/endless` responses never end; counts how many it is
+/// serving at once (each holds one HTTP/1.1 connection) and the most ever.
+async fn counting_endless_upstream() -> (SocketAddr, Arc<(AtomicUsize, AtomicUsize)>) {
+    struct Serving(Arc<(AtomicUsize, AtomicUsize)>);
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            self.0 .0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let counts: Arc<(AtomicUsize, AtomicUsize)> = Arc::default();
+    let seen = counts.clone();
+    let addr = upstream(move |_request: Request<Incoming>| {
+        let counts = seen.clone();
+        async move {
+            let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+            counts.1.fetch_max(now, Ordering::SeqCst);
+            let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+            let frames = futures_util::stream::unfold(Serving(counts), move |guard| {
+                let chunk = chunk.clone();
+                async move { Some((Ok::<_, oidc_gateway::BoxError>(Frame::data(chunk)), guard)) }
+            });
+            Response::new(StreamBody::new(frames).boxed_unsync())
+        }
+    })
+    .await;
+    (addr, counts)
+}
+
+#[tokio::test]
+async fn a_zero_window_http2_client_cannot_hold_more_upstream_connections_than_the_cap() {
+    let (upstream, counts) = counting_endless_upstream().await;
+    // One worker (one pool); send_timeout long enough not to free anything here.
+    let gw = gateway(upstream)
+        .server("workers = 1")
+        .server(r#"send_timeout = "60s""#)
+        .upstream_option("max_connections = 2")
+        .upstream_option(r#"connect_timeout = "300ms""#)
+        .start()
+        .await;
+    let tls = gw.tls_connect(&[b"h2"]).await;
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut pending = Vec::new();
+    for _ in 0..5 {
+        let request = Request::get(gw.url("/endless"))
+            .header("cookie", gw.session_cookie())
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).expect("request sent");
+        pending.push(response);
+    }
+    let mut statuses = Vec::new();
+    let mut held = Vec::new(); // the stalled responses stay open
+    for response in pending {
+        let response = bounded("response headers", response)
+            .await
+            .expect("response");
+        statuses.push(response.status().as_u16());
+        held.push(response);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503, 503, 503]);
+    assert_eq!(
+        counts.1.load(Ordering::SeqCst),
+        2,
+        "most upstream connections at once"
+    );
+    // Another client meanwhile: told why, and still no third upstream connection.
+    let busy = gw.http1().get(gw.url("/page")).send().await.unwrap();
+    assert_eq!(busy.status(), 503);
+    let body: serde_json::Value = busy.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_busy", "{body}");
+    assert_eq!(counts.1.load(Ordering::SeqCst), 2);
+    drop(held);
 }
 
 #[tokio::test]

@@ -516,6 +516,65 @@ async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_http2_extended_connect_for_another_protocol_is_refused_with_the_reason() {
+    use http_body_util::BodyExt;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let console = upstream(move |_req: Request<Incoming>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Response::new(full_body("console")) }
+    })
+    .await;
+    let gw = gateway(console).start().await;
+    let tls = gw.tls_connect(&[b"h2"]).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One ordinary request first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
+    let health = sender
+        .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    for protocol in ["webtransport", "connect-udp", "WebSocket2"] {
+        let mut request = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(gw.url("/ws/relay"))
+            .header("cookie", gw.cookie_header())
+            .header("accept", "application/json")
+            .body(empty_body())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from(protocol));
+        let response = bounded("extended CONNECT", sender.send_request(request))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{protocol}");
+        let body = bounded("the refusal", response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "upgrade_not_supported", "{protocol}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("Only WebSocket upgrades are tunnelled") && message.contains(protocol),
+            "{protocol}: {message}"
+        );
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        0,
+        "a refused tunnel reached the console"
+    );
+}
+
+#[tokio::test]
 async fn a_silent_tunnel_ends_after_the_tunnel_idle_timeout_while_a_busy_one_stays() {
     const IDLE: Duration = Duration::from_millis(600);
     let t = topology(|b| {
