@@ -4,7 +4,9 @@
 //! drain requests and tunnels).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -763,42 +765,10 @@ async fn serve_tls(
 ) {
     let _open = metrics::connection_opened();
     let handshake_timeout = settings.config.server.tls_handshake_timeout;
-    let _ = stream.set_nodelay(true);
-    // A TLS connection starts with a handshake record (0x16). Anything else is
-    // most likely plain HTTP sent to the HTTPS port: say so, in plain HTTP.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] != 0x16 => {
-            metrics::handshake(Handshake::PlainHttp);
-            reject_plain_http(stream).await;
-            return;
-        }
-        Ok(Ok(1)) => {}
-        Ok(_) => return,
-        Err(_) => {
-            metrics::handshake(Handshake::TimedOut);
-            return;
-        }
-    }
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            metrics::handshake(Handshake::Failed);
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics::handshake(Handshake::TimedOut);
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
-        // An ACME CA validating TLS-ALPN-01: the handshake was the whole answer.
-        metrics::handshake(Handshake::AcmeValidation);
+    let handshake = Box::pin(tls_handshake(stream, peer, &acceptor, handshake_timeout));
+    let Some(tls) = handshake.await else {
         return;
-    }
-    metrics::handshake(Handshake::Ok);
+    };
     // The protocol is the one ALPN agreed on (as nginx does): no sniffing of
     // the first bytes, whose wait would have no timer of its own.
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -814,24 +784,59 @@ async fn serve_tls(
     let io = TokioIo::new(ObservedIo::new(tls));
     let limits = Limits::from_config(&settings.config.server);
     let ended = if http2 {
-        // Boxed, like HTTP/1's active phase below: the task then holds only
-        // what a parked HTTP/1 connection needs.
-        Box::pin(async {
-            let streams = StreamExecutor::default();
-            let mut conn = http2_builder(&settings, streams.clone()).serve_connection(io, service);
-            streams::drive(
-                &mut conn,
-                Some(streams),
-                ConnectionClock::new(limits),
-                &stop,
-            )
-            .await
-        })
-        .await
+        serve_http2(io, service, &settings, limits, &stop).await
     } else {
         serve_http1(io, service, &settings, limits, &stop).await
     };
     log_end(peer, &ended);
+}
+
+/// The TLS handshake: the stream to serve, or None when there is nobody to
+/// serve (plain HTTP answered, the handshake failed or timed out, an ACME
+/// validation that the handshake itself answered).
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &TlsAcceptor,
+    handshake_timeout: Duration,
+) -> Option<ClientTls> {
+    let _ = stream.set_nodelay(true);
+    // A TLS connection starts with a handshake record (0x16). Anything else is
+    // most likely plain HTTP sent to the HTTPS port: say so, in plain HTTP.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            metrics::handshake(Handshake::PlainHttp);
+            reject_plain_http(stream).await;
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            metrics::handshake(Handshake::TimedOut);
+            return None;
+        }
+    }
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            metrics::handshake(Handshake::Failed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            metrics::handshake(Handshake::TimedOut);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+        // An ACME CA validating TLS-ALPN-01: the handshake was the whole answer.
+        metrics::handshake(Handshake::AcmeValidation);
+        return None;
+    }
+    metrics::handshake(Handshake::Ok);
+    Some(Box::new(tls))
 }
 
 /// An HTTP/1.1 connection over TLS. Kept-alive connections that go quiet are
@@ -843,9 +848,9 @@ async fn serve_tls(
 /// The active phase (hyper's connection and its driver) lives in a box
 /// of its own for as long as it runs: a task's allocation has the size of its
 /// future's largest state, so with it inline every parked connection would
-/// keep that room too (bench: 30.0 -> 25.1 KB of RSS per idle connection).
+/// keep that room too.
 async fn serve_http1<S>(
-    mut io: TokioIo<ObservedIo<TlsStream<TcpStream>>>,
+    mut io: ClientIo,
     mut service: S,
     settings: &Settings,
     limits: Limits,
@@ -859,13 +864,14 @@ where
 {
     let builder = http1_builder(settings);
     loop {
-        let (idle_left, parts) =
-            match Box::pin(serve_http1_until_quiet(&builder, io, service, limits, stop)).await {
-                Ok(quiet) => quiet,
-                Err(ended) => return ended,
-            };
-        (io, service) = (parts.io, parts.service);
-        io.inner_mut().unread(parts.read_buf);
+        let idle_left = match serve_http1_until_quiet(&builder, io, service, limits, stop).await {
+            Ok((idle_left, parts)) => {
+                (io, service) = (parts.io, parts.service);
+                io.inner_mut().unread(parts.read_buf);
+                idle_left
+            }
+            Err(ended) => return ended,
+        };
         let socket = io.inner().get_ref().get_ref().0;
         tokio::select! {
             readable = socket.readable() => {
@@ -880,38 +886,73 @@ where
     }
 }
 
+/// An HTTP/2 connection over TLS, its streams polled by its own task (boxed:
+/// see [`serve_http1_until_quiet`]).
+fn serve_http2<'a, S>(
+    io: ClientIo,
+    service: S,
+    settings: &'a Settings,
+    limits: Limits,
+    stop: &'a CancellationToken,
+) -> Pin<Box<impl Future<Output = Ended> + 'a>>
+where
+    S: hyper::service::HttpService<Incoming, Future: Send + 'static> + Clone + Send + 'static,
+    S::Error: Into<crate::BoxError>,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<crate::BoxError>,
+{
+    Box::pin(async move {
+        let streams = StreamExecutor::default();
+        let mut conn = http2_builder(settings, streams.clone()).serve_connection(io, service);
+        streams::drive(&mut conn, Some(streams), ConnectionClock::new(limits), stop).await
+    })
+}
+
 /// Serves HTTP/1 requests until the connection ends (Err) or goes quiet:
 /// then hands back its parts (the TLS stream with any bytes read ahead, the
 /// service) and the idle time left.
-async fn serve_http1_until_quiet<S>(
-    builder: &http1::Builder,
-    io: TokioIo<ObservedIo<TlsStream<TcpStream>>>,
+///
+/// Returns the future already boxed: the caller then never holds the large
+/// future as a value of its own, which would get a slot in the caller's
+/// (parked) state even when boxed before being awaited.
+fn serve_http1_until_quiet<'a, S>(
+    builder: &'a http1::Builder,
+    io: ClientIo,
     service: S,
     limits: Limits,
-    stop: &CancellationToken,
-) -> Result<
-    (
-        Duration,
-        http1::Parts<TokioIo<ObservedIo<TlsStream<TcpStream>>>, S>,
-    ),
-    Ended,
->
+    stop: &'a CancellationToken,
+) -> Pin<Box<impl Future<Output = QuietOrEnded<S>> + 'a>>
 where
-    S: hyper::service::HttpService<Incoming> + Unpin,
+    S: hyper::service::HttpService<Incoming> + Unpin + 'a,
     S::Error: Into<crate::BoxError>,
     S::ResBody: 'static,
     <S::ResBody as http_body::Body>::Error: Into<crate::BoxError>,
 {
-    let mut conn = builder.serve_connection(io, service).with_upgrades();
-    let clock = ConnectionClock::new(limits).parking();
-    let idle_left = match streams::drive(&mut conn, None, clock, stop).await {
-        Ended::Quiet { idle_left } => idle_left,
-        ended => return Err(ended),
-    };
-    conn.into_parts()
-        .map(|parts| (idle_left, parts))
-        .ok_or(Ended::Closed(Ok(())))
+    Box::pin(async move {
+        let mut conn = builder.serve_connection(io, service).with_upgrades();
+        let clock = ConnectionClock::new(limits).parking();
+        let idle_left = match streams::drive(&mut conn, None, clock, stop).await {
+            Ended::Quiet { idle_left } => idle_left,
+            ended => return Err(ended),
+        };
+        conn.into_parts()
+            .map(|parts| (idle_left, parts))
+            .ok_or(Ended::Closed(Ok(())))
+    })
 }
+
+/// A quiet HTTP/1 connection's idle time left and parts, or how it ended.
+type QuietOrEnded<S> = Result<(Duration, http1::Parts<ClientIo, S>), Ended>;
+
+/// The client's bytes: TLS over TCP, observed by the connection's clock.
+type ClientIo = TokioIo<ObservedIo<ClientTls>>;
+
+/// A client's TLS stream, boxed. A future keeps room for a value it moved on
+/// until that value's scope ends (rust-lang/rust#62958), so every future a
+/// ~1.2 KiB stream passes through would keep a copy's worth of room; a parked
+/// connection then pays for each. Boxed, the stream exists once.
+type ClientTls = Box<TlsStream<TcpStream>>;
 
 fn log_end(peer: SocketAddr, ended: &Ended) {
     match ended {
