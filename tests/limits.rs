@@ -257,6 +257,28 @@ async fn at_the_connection_cap_a_new_client_is_turned_away_while_open_ones_are_s
     served_connection(&gw).await;
 }
 
+/// An HTTP/2 client whose SETTINGS give every stream a receive window of 0 bytes.
+async fn zero_window_h2_client(gw: &TestGateway) -> h2::client::SendRequest<Bytes> {
+    let tls = gw.tls_connect(&[b"h2"]).await;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    client
+}
+
+/// A response whose body never ends (16 KiB chunks); `guard` is dropped with it.
+fn endless_response<G: Send + 'static>(guard: G) -> Response<oidc_gateway::Body> {
+    let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+    let frames = futures_util::stream::unfold(guard, move |guard| {
+        let chunk = chunk.clone();
+        async move { Some((Ok::<_, oidc_gateway::BoxError>(Frame::data(chunk)), guard)) }
+    });
+    Response::new(StreamBody::new(frames).boxed_unsync())
+}
+
 /// An upstream whose `/endless` response never ends, and which reports on the
 /// channel each time such a response is dropped (the gateway let go of it);
 /// `/hang` never answers; anything else is a short 200.
@@ -268,31 +290,17 @@ async fn endless_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
         }
     }
     let (released, releases) = mpsc::unbounded_channel();
-    let addr =
-        upstream(move |request: Request<Incoming>| {
-            let released = released.clone();
-            async move {
-                match request.uri().path() {
-                    "/endless" => {
-                        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
-                        let frames =
-                            futures_util::stream::unfold(Released(released), move |guard| {
-                                let chunk = chunk.clone();
-                                async move {
-                                    Some((
-                                        Ok::<_, oidc_gateway::BoxError>(Frame::data(chunk)),
-                                        guard,
-                                    ))
-                                }
-                            });
-                        Response::new(StreamBody::new(frames).boxed_unsync())
-                    }
-                    "/hang" => std::future::pending().await,
-                    _ => Response::new(full_body("ok")),
-                }
+    let addr = upstream(move |request: Request<Incoming>| {
+        let released = released.clone();
+        async move {
+            match request.uri().path() {
+                "/endless" => endless_response(Released(released)),
+                "/hang" => std::future::pending().await,
+                _ => Response::new(full_body("ok")),
             }
-        })
-        .await;
+        }
+    })
+    .await;
     (addr, releases)
 }
 
@@ -303,14 +311,7 @@ async fn a_zero_window_http2_client_cannot_hold_an_upstream_connection_past_the_
         .server(r#"send_timeout = "600ms""#)
         .start()
         .await;
-    let tls = gw.tls_connect(&[b"h2"]).await;
-    // The client's SETTINGS give every stream a receive window of 0 bytes.
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut client = zero_window_h2_client(&gw).await;
     let request = Request::get(gw.url("/endless"))
         .header("cookie", gw.session_cookie())
         .body(())
@@ -347,12 +348,7 @@ async fn counting_endless_upstream() -> (SocketAddr, Arc<(AtomicUsize, AtomicUsi
         async move {
             let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
             counts.1.fetch_max(now, Ordering::SeqCst);
-            let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
-            let frames = futures_util::stream::unfold(Serving(counts), move |guard| {
-                let chunk = chunk.clone();
-                async move { Some((Ok::<_, oidc_gateway::BoxError>(Frame::data(chunk)), guard)) }
-            });
-            Response::new(StreamBody::new(frames).boxed_unsync())
+            endless_response(Serving(counts))
         }
     })
     .await;
@@ -370,13 +366,7 @@ async fn a_zero_window_http2_client_cannot_hold_more_upstream_connections_than_t
         .upstream_option(r#"connect_timeout = "300ms""#)
         .start()
         .await;
-    let tls = gw.tls_connect(&[b"h2"]).await;
-    let (mut client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(connection);
+    let mut client = zero_window_h2_client(&gw).await;
     let mut pending = Vec::new();
     for _ in 0..5 {
         let request = Request::get(gw.url("/endless"))

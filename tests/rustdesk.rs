@@ -135,12 +135,11 @@ async fn ws_h1(
     ws
 }
 
-/// A WebSocket over HTTP/2 extended CONNECT (RFC 8441).
-async fn ws_h2(
+/// An HTTP/2 connection to the gateway whose SETTINGS (with
+/// ENABLE_CONNECT_PROTOCOL) have certainly arrived: one ordinary request was answered.
+async fn h2_ready_for_extended_connect(
     gw: &TestGateway,
-    path: &str,
-    cookie: Option<&str>,
-) -> Ws<TokioIo<hyper::upgrade::Upgraded>> {
+) -> hyper::client::conn::http2::SendRequest<oidc_gateway::Body> {
     let tls = gw.tls_connect(&[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -150,12 +149,21 @@ async fn ws_h2(
     .await
     .unwrap();
     tokio::spawn(conn);
-    // One ordinary request first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
     let health = sender
         .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    sender
+}
+
+/// A WebSocket over HTTP/2 extended CONNECT (RFC 8441).
+async fn ws_h2(
+    gw: &TestGateway,
+    path: &str,
+    cookie: Option<&str>,
+) -> Ws<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut sender = h2_ready_for_extended_connect(gw).await;
     let mut request = Request::builder()
         .method(http::Method::CONNECT)
         .uri(gw.url(path))
@@ -462,8 +470,8 @@ async fn an_open_tunnel_keeps_its_upstream_connection_under_the_cap() {
     assert_eq!(second["server"], "hbbr");
 }
 
-#[tokio::test]
-async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
+/// A console answering "console", counting the requests it gets.
+async fn counting_console() -> (SocketAddr, Arc<AtomicUsize>) {
     let requests = Arc::new(AtomicUsize::new(0));
     let seen = requests.clone();
     let console = upstream(move |_req: Request<Incoming>| {
@@ -471,6 +479,12 @@ async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
         async { Response::new(full_body("console")) }
     })
     .await;
+    (console, requests)
+}
+
+#[tokio::test]
+async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
+    let (console, requests) = counting_console().await;
     let gw = gateway(console).start().await;
     for upgrade in ["h2c", "websocket, h2c", "TLS/1.2"] {
         let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
@@ -518,28 +532,9 @@ async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
 #[tokio::test]
 async fn an_http2_extended_connect_for_another_protocol_is_refused_with_the_reason() {
     use http_body_util::BodyExt;
-    let requests = Arc::new(AtomicUsize::new(0));
-    let seen = requests.clone();
-    let console = upstream(move |_req: Request<Incoming>| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async { Response::new(full_body("console")) }
-    })
-    .await;
+    let (console, requests) = counting_console().await;
     let gw = gateway(console).start().await;
-    let tls = gw.tls_connect(&[b"h2"]).await;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    // One ordinary request first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
-    let health = sender
-        .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    let mut sender = h2_ready_for_extended_connect(&gw).await;
     for protocol in ["webtransport", "connect-udp", "WebSocket2"] {
         let mut request = Request::builder()
             .method(http::Method::CONNECT)
