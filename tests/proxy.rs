@@ -472,22 +472,7 @@ async fn websocket_over_http1_upgrade_is_tunneled() {
 #[tokio::test]
 async fn websocket_over_http2_extended_connect_is_tunneled() {
     let gw = gateway(websocket_echo_upstream().await).start().await;
-    let tls = gw.tls_connect(&[b"h2"]).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    // One ordinary request first, so the server's SETTINGS (with
-    // ENABLE_CONNECT_PROTOCOL) have certainly arrived.
-    let health = sender
-        .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    let mut sender = gw.h2_connection().await;
 
     let mut request = Request::builder()
         .method(http::Method::CONNECT)

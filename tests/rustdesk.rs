@@ -135,35 +135,13 @@ async fn ws_h1(
     ws
 }
 
-/// An HTTP/2 connection to the gateway whose SETTINGS (with
-/// ENABLE_CONNECT_PROTOCOL) have certainly arrived: one ordinary request was answered.
-async fn h2_ready_for_extended_connect(
-    gw: &TestGateway,
-) -> hyper::client::conn::http2::SendRequest<oidc_gateway::Body> {
-    let tls = gw.tls_connect(&[b"h2"]).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let health = sender
-        .send_request(Request::get(gw.url("/healthz")).body(empty_body()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    sender
-}
-
 /// A WebSocket over HTTP/2 extended CONNECT (RFC 8441).
 async fn ws_h2(
     gw: &TestGateway,
     path: &str,
     cookie: Option<&str>,
 ) -> Ws<TokioIo<hyper::upgrade::Upgraded>> {
-    let mut sender = h2_ready_for_extended_connect(gw).await;
+    let mut sender = gw.h2_connection().await;
     let mut request = Request::builder()
         .method(http::Method::CONNECT)
         .uri(gw.url(path))
@@ -534,7 +512,7 @@ async fn an_http2_extended_connect_for_another_protocol_is_refused_with_the_reas
     use http_body_util::BodyExt;
     let (console, requests) = counting_console().await;
     let gw = gateway(console).start().await;
-    let mut sender = h2_ready_for_extended_connect(&gw).await;
+    let mut sender = gw.h2_connection().await;
     for protocol in ["webtransport", "connect-udp", "WebSocket2"] {
         let mut request = Request::builder()
             .method(http::Method::CONNECT)

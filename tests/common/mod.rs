@@ -369,6 +369,29 @@ impl TestGateway {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         connector.connect(name, tcp).await.expect("tls handshake")
     }
+
+    /// An HTTP/2 connection (ALPN h2) ready for extended CONNECT: one
+    /// ordinary request has been answered first, so the gateway's SETTINGS
+    /// (ENABLE_CONNECT_PROTOCOL) have certainly arrived.
+    pub async fn h2_connection(&self) -> hyper::client::conn::http2::SendRequest<Body> {
+        let tls = self.tls_connect(&[b"h2"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let health = sender
+            .send_request(
+                Request::get(self.url("/healthz"))
+                    .body(empty_body())
+                    .expect("request"),
+            )
+            .await
+            .expect("GET /healthz over HTTP/2");
+        assert_eq!(health.status(), 200);
+        sender
+    }
 }
 
 /// Starts an upstream on 127.0.0.1:0 that answers every request with `handler`.
