@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -66,19 +67,24 @@ fn toml_path(path: &Path) -> String {
     path.display().to_string()
 }
 
-#[tokio::test]
-async fn certificate_sign_in_sends_an_rs256_assertion_with_x5t_that_the_idp_verifies() {
-    let cert_a = certificate(CLIENT_KEY_A, "oidc-gateway client A");
-    let files = write_pair(&cert_a, CLIENT_KEY_A);
-    let upstream = echo_upstream().await;
-    let registered = cert_a.clone();
-    let gw = gateway(upstream)
+/// A gateway whose only credential is the certificate pair in `files`.
+fn certificate_gateway(upstream: SocketAddr, files: &Files) -> GatewayBuilder {
+    gateway(upstream)
         .without_client_secret()
         .oidc(&format!(
             "client_certificate = \"{}\"",
             toml_path(&files.cert)
         ))
         .oidc(&format!("client_key = \"{}\"", toml_path(&files.key)))
+}
+
+#[tokio::test]
+async fn certificate_sign_in_sends_an_rs256_assertion_with_x5t_that_the_idp_verifies() {
+    let cert_a = certificate(CLIENT_KEY_A, "oidc-gateway client A");
+    let files = write_pair(&cert_a, CLIENT_KEY_A);
+    let upstream = echo_upstream().await;
+    let registered = cert_a.clone();
+    let gw = certificate_gateway(upstream, &files)
         .idp(move |o| o.client_certificates = vec![registered])
         .start()
         .await;
@@ -143,13 +149,7 @@ async fn ps256_assertions_name_the_certificate_by_x5t_s256() {
     let files = write_pair(&cert_a, CLIENT_KEY_A);
     let upstream = echo_upstream().await;
     let registered = cert_a.clone();
-    let gw = gateway(upstream)
-        .without_client_secret()
-        .oidc(&format!(
-            "client_certificate = \"{}\"",
-            toml_path(&files.cert)
-        ))
-        .oidc(&format!("client_key = \"{}\"", toml_path(&files.key)))
+    let gw = certificate_gateway(upstream, &files)
         .oidc("client_assertion_alg = \"PS256\"")
         .idp(move |o| o.client_certificates = vec![registered])
         .start()
@@ -167,13 +167,7 @@ async fn rotated_certificate_files_are_used_without_a_restart() {
     let files = write_pair(&cert_a, CLIENT_KEY_A);
     let upstream = echo_upstream().await;
     let registered = vec![cert_a.clone(), cert_b.clone()];
-    let gw = gateway(upstream)
-        .without_client_secret()
-        .oidc(&format!(
-            "client_certificate = \"{}\"",
-            toml_path(&files.cert)
-        ))
-        .oidc(&format!("client_key = \"{}\"", toml_path(&files.key)))
+    let gw = certificate_gateway(upstream, &files)
         .idp(move |o| o.client_certificates = registered)
         .start()
         .await;
@@ -201,13 +195,7 @@ async fn a_certificate_not_registered_at_the_idp_is_refused_with_entras_reason()
     let cert_b = certificate(CLIENT_KEY_B, "oidc-gateway client B");
     let files = write_pair(&cert_a, CLIENT_KEY_A);
     let upstream = echo_upstream().await;
-    let gw = gateway(upstream)
-        .without_client_secret()
-        .oidc(&format!(
-            "client_certificate = \"{}\"",
-            toml_path(&files.cert)
-        ))
-        .oidc(&format!("client_key = \"{}\"", toml_path(&files.key)))
+    let gw = certificate_gateway(upstream, &files)
         .idp(move |o| o.client_certificates = vec![cert_b])
         .anonymous()
         .start()
