@@ -410,34 +410,20 @@ async fn gateway_pages_and_redirects_carry_security_headers() {
 async fn hsts_is_sent_when_the_certificate_is_not_self_signed() {
     // A certificate issued by a (test) CA, written where the gateway looks.
     let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Test CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let leaf = params.signed_by(&key, &ca).unwrap();
-    let cert = dir.path().join("issued.crt");
-    let key_path = dir.path().join("issued.key");
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let pki = common::pki::issue(dir.path(), "issued", "Test CA", &["localhost"]);
     let (upstream, _log) = recording_upstream().await;
     let gw = gateway(upstream)
-        .env("OIDC_GATEWAY__TLS__CERT", cert.to_str().unwrap())
-        .env("OIDC_GATEWAY__TLS__KEY", key_path.to_str().unwrap())
+        .env("OIDC_GATEWAY__TLS__CERT", pki.cert_file.to_str().unwrap())
+        .env("OIDC_GATEWAY__TLS__KEY", pki.key_file.to_str().unwrap())
         .env("OIDC_GATEWAY__TLS__SELF_SIGNED", "false")
         .anonymous()
         .start()
         .await;
     let client = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap(),
+        )
         .resolve("localhost", gw.addr)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
