@@ -341,6 +341,30 @@ impl Default for AcmeConfig {
     }
 }
 
+/// A list, or one string of comma-separated items (how an environment
+/// override writes a list); items are trimmed, empty ones dropped.
+fn comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(one_or_many(d)?
+        .iter()
+        .flat_map(|item| item.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The lower-case scheme of a URL (empty without `://`).
+fn scheme_of(url: &str) -> String {
+    url.trim()
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_tls_scheme(scheme: &str) -> bool {
+    matches!(scheme, "rediss" | "valkeys")
+}
+
 /// A list, or a single string taken as a list of one.
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -746,6 +770,13 @@ pub struct SessionConfig {
     /// `rediss://`: the CA certificate(s) (PEM) that signed the Redis server's
     /// certificate, instead of the system's roots (a private CA).
     pub redis_ca_file: Option<PathBuf>,
+    /// Redis store behind Sentinel: the Sentinels' URLs
+    /// (`redis://[user:password@]host:26379`, `rediss://` for TLS); a list, or
+    /// one comma-separated string (the environment override).
+    #[serde(deserialize_with = "comma_separated")]
+    pub redis_sentinels: Vec<String>,
+    /// The name under which the Sentinels monitor the primary (`mymaster`).
+    pub redis_sentinel_master: String,
     /// Prefix of every Redis key the gateway writes.
     pub redis_prefix: String,
     /// Redis store: how long a replica serves a session it validated without
@@ -778,6 +809,8 @@ impl Default for SessionConfig {
             redis_url: String::new(),
             redis_url_file: None,
             redis_ca_file: None,
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: String::new(),
             redis_prefix: "oidc-gateway:".into(),
             cache_ttl: Duration::from_secs(5),
             refresh: false,
@@ -797,6 +830,9 @@ impl fmt::Debug for SessionConfig {
             .field("redis_url", &"<redacted>")
             .field("redis_url_file", &self.redis_url_file)
             .field("redis_ca_file", &self.redis_ca_file)
+            // Sentinel URLs may hold a password: only how many there are.
+            .field("redis_sentinels", &self.redis_sentinels.len())
+            .field("redis_sentinel_master", &self.redis_sentinel_master)
             .field("redis_prefix", &self.redis_prefix)
             .field("cache_ttl", &self.cache_ttl)
             .field("refresh", &self.refresh)
@@ -2357,41 +2393,18 @@ impl Validator<'_> {
             session.redis_url = self.read_secret_file("session.redis_url_file", path)?;
         }
         if session.store == SessionStoreKind::Redis {
-            if session.redis_url.trim().is_empty() {
-                return Err(self.err(
-                    "session.redis_url",
-                    "is required with session.store = \"redis\"",
-                    "set it to redis://host:6379 (rediss:// for TLS; redis://user:password@host/0 \
-                     with an ACL user), or put that URL in a file named by session.redis_url_file",
-                ));
-            }
-            let scheme = session
-                .redis_url
-                .split_once("://")
-                .map(|(scheme, _)| scheme.to_ascii_lowercase());
-            if !matches!(
-                scheme.as_deref(),
-                Some("redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix")
-            ) {
-                // The URL may hold a password: name the scheme only.
-                return Err(self.err(
-                    "session.redis_url",
-                    format!(
-                        "has scheme {:?}; expected redis://, rediss:// (TLS) or redis+unix://",
-                        scheme.unwrap_or_default()
-                    ),
-                    "write it as redis://[user:password@]host[:port][/db]",
-                ));
-            }
-            if session.redis_ca_file.is_some()
-                && !matches!(scheme.as_deref(), Some("rediss" | "valkeys"))
-            {
-                return Err(self.err(
-                    "session.redis_ca_file",
-                    "is set, but session.redis_url does not use TLS",
-                    "write the URL as rediss://host:port (TLS), or remove session.redis_ca_file",
-                ));
-            }
+            self.redis_endpoints(session)?;
+        } else if !session.redis_sentinels.is_empty() || !session.redis_sentinel_master.is_empty() {
+            let key = if session.redis_sentinels.is_empty() {
+                "session.redis_sentinel_master"
+            } else {
+                "session.redis_sentinels"
+            };
+            return Err(self.err(
+                key,
+                "is set, but session.store is not \"redis\"",
+                "set session.store = \"redis\" to keep sessions in Redis behind Sentinel, or remove it",
+            ));
         }
         let prefix = &session.redis_prefix;
         if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -2407,6 +2420,100 @@ impl Validator<'_> {
                 "must be shorter than session.idle_timeout",
                 "keep it to a few seconds: it bounds how long another replica still \
                  serves a session that was signed out",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `session.store = "redis"`: `redis_url`, or Sentinel (`redis_sentinels`
+    /// and `redis_sentinel_master`, with `redis_url` for the scheme, user,
+    /// password and db used with the primary), and `redis_ca_file`.
+    fn redis_endpoints(&self, session: &SessionConfig) -> Result<(), ConfigError> {
+        let sentinel = !session.redis_sentinels.is_empty();
+        let url = session.redis_url.trim();
+        if url.is_empty() && !sentinel {
+            return Err(self.err(
+                "session.redis_url",
+                "is required with session.store = \"redis\"",
+                "set it to redis://host:6379 (rediss:// for TLS; redis://user:password@host/0 \
+                 with an ACL user), or put that URL in a file named by session.redis_url_file; \
+                 behind Sentinel, set session.redis_sentinels and session.redis_sentinel_master",
+            ));
+        }
+        let url_scheme = (!url.is_empty()).then(|| scheme_of(url));
+        if let Some(scheme) = &url_scheme {
+            if !matches!(
+                scheme.as_str(),
+                "redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "unix"
+            ) {
+                // The URL may hold a password: name the scheme only.
+                return Err(self.err(
+                    "session.redis_url",
+                    format!(
+                        "has scheme {scheme:?}; expected redis://, rediss:// (TLS) or redis+unix://"
+                    ),
+                    "write it as redis://[user:password@]host[:port][/db]",
+                ));
+            }
+        }
+        let mut tls = url_scheme.as_deref().is_some_and(is_tls_scheme);
+        if sentinel {
+            if matches!(url_scheme.as_deref(), Some("redis+unix" | "unix")) {
+                return Err(self.err(
+                    "session.redis_url",
+                    "names a Unix socket, but with session.redis_sentinels the primary is the \
+                     TCP address Sentinel names",
+                    "write it as redis://[user:password@]host[/db] (rediss:// for TLS): with \
+                     Sentinel only its scheme, user, password and db are used",
+                ));
+            }
+            if session.redis_sentinel_master.trim().is_empty() {
+                return Err(self.err(
+                    "session.redis_sentinel_master",
+                    "is required with session.redis_sentinels",
+                    "set it to the name the Sentinels monitor the primary under \
+                     (`sentinel monitor <name> ...` in sentinel.conf), e.g. \"mymaster\"",
+                ));
+            }
+            let schemes: Vec<String> = session
+                .redis_sentinels
+                .iter()
+                .map(|u| scheme_of(u))
+                .collect();
+            for (i, scheme) in schemes.iter().enumerate() {
+                if !matches!(scheme.as_str(), "redis" | "rediss" | "valkey" | "valkeys") {
+                    return Err(self.err(
+                        "session.redis_sentinels",
+                        format!(
+                            "entry {} has scheme {scheme:?}; expected redis:// or rediss:// (TLS)",
+                            i + 1
+                        ),
+                        "write each Sentinel as redis://[user:password@]host:26379",
+                    ));
+                }
+            }
+            let sentinels_tls = schemes.iter().any(|s| is_tls_scheme(s));
+            if schemes.iter().any(|s| is_tls_scheme(s) != sentinels_tls) {
+                return Err(self.err(
+                    "session.redis_sentinels",
+                    "mixes redis:// and rediss:// Sentinels",
+                    "reach every Sentinel the same way: all with rediss:// (TLS) or all with redis://",
+                ));
+            }
+            tls |= sentinels_tls;
+        } else if !session.redis_sentinel_master.is_empty() {
+            return Err(self.err(
+                "session.redis_sentinel_master",
+                "is set, but session.redis_sentinels is empty",
+                "list the Sentinels in session.redis_sentinels, or remove \
+                 session.redis_sentinel_master to use session.redis_url directly",
+            ));
+        }
+        if session.redis_ca_file.is_some() && !tls {
+            return Err(self.err(
+                "session.redis_ca_file",
+                "is set, but neither session.redis_url nor session.redis_sentinels uses TLS",
+                "write the URL as rediss://host:port (TLS), or remove session.redis_ca_file",
             ));
         }
         Ok(())
@@ -3251,7 +3358,7 @@ url = "http://127.0.0.1:21114"
             (
                 "store = \"redis\"\nredis_url = \"redis://x\"\nredis_ca_file = \"/ca.pem\"",
                 "session.redis_ca_file",
-                "does not use TLS",
+                "uses TLS",
             ),
         ];
         for (lines, key, problem) in cases {
@@ -3260,6 +3367,118 @@ url = "http://127.0.0.1:21114"
             assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
             assert!(!e.contains(":pw@"), "no password in errors: {e}");
         }
+    }
+
+    #[test]
+    fn sentinels_are_a_list_or_a_comma_separated_override_and_redis_url_is_optional_with_them() {
+        let text = format!(
+            "{MINIMAL}[session]\nstore = \"redis\"\nredis_sentinels = [\"redis://:pw@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nredis_sentinel_master = \"mymaster\"\n"
+        );
+        let s = load_str(&text, &[]).unwrap();
+        assert_eq!(
+            s.config.session.redis_sentinels,
+            ["redis://:pw@10.0.0.1:26379", "redis://10.0.0.2:26379"]
+        );
+        assert_eq!(s.config.session.redis_url, "", "optional with Sentinel");
+        assert!(
+            !format!("{:?}", s.config).contains("pw@"),
+            "a Sentinel URL may hold a password: never printed"
+        );
+        let s = load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY__SESSION__STORE", "redis"),
+                (
+                    "OIDC_GATEWAY__SESSION__REDIS_SENTINELS",
+                    "redis://a:26379, rediss://b:26379",
+                ),
+                ("OIDC_GATEWAY__SESSION__REDIS_SENTINEL_MASTER", "gw"),
+                (
+                    "OIDC_GATEWAY__SESSION__REDIS_URL",
+                    "rediss://user:pw@redis/2",
+                ),
+            ]),
+        );
+        let e = s.unwrap_err().to_string();
+        assert!(
+            e.contains("session.redis_sentinels") && e.contains("mixes"),
+            "{e}"
+        );
+        let s = load_str(
+            MINIMAL,
+            &env(&[
+                ("OIDC_GATEWAY__SESSION__STORE", "redis"),
+                (
+                    "OIDC_GATEWAY__SESSION__REDIS_SENTINELS",
+                    "redis://a:26379,redis://b:26379",
+                ),
+                ("OIDC_GATEWAY__SESSION__REDIS_SENTINEL_MASTER", "gw"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.config.session.redis_sentinels,
+            ["redis://a:26379", "redis://b:26379"]
+        );
+        assert_eq!(s.config.session.redis_sentinel_master, "gw");
+    }
+
+    #[test]
+    fn bad_sentinel_settings_name_the_key() {
+        let sentinels = "redis_sentinels = [\"redis://:pw@127.0.0.1:26379\"]";
+        let cases = [
+            (
+                format!("store = \"redis\"\n{sentinels}"),
+                "session.redis_sentinel_master",
+                "is required with session.redis_sentinels",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://x\"\nredis_sentinel_master = \"m\"".into(),
+                "session.redis_sentinel_master",
+                "session.redis_sentinels is empty",
+            ),
+            (
+                format!("{sentinels}\nredis_sentinel_master = \"m\""),
+                "session.redis_sentinels",
+                "session.store is not \"redis\"",
+            ),
+            (
+                "redis_sentinel_master = \"m\"".into(),
+                "session.redis_sentinel_master",
+                "session.store is not \"redis\"",
+            ),
+            (
+                "store = \"redis\"\nredis_sentinels = [\"http://:pw@x:26379\"]\nredis_sentinel_master = \"m\"".into(),
+                "session.redis_sentinels",
+                "entry 1 has scheme \"http\"",
+            ),
+            (
+                "store = \"redis\"\nredis_sentinels = \"redis://:pw@a:26379,rediss://b:26379\"\nredis_sentinel_master = \"m\"".into(),
+                "session.redis_sentinels",
+                "mixes",
+            ),
+            (
+                format!("store = \"redis\"\n{sentinels}\nredis_sentinel_master = \"m\"\nredis_url = \"redis+unix:///tmp/r.sock\""),
+                "session.redis_url",
+                "Unix socket",
+            ),
+            (
+                format!("store = \"redis\"\n{sentinels}\nredis_sentinel_master = \"m\"\nredis_ca_file = \"/ca.pem\""),
+                "session.redis_ca_file",
+                "uses TLS",
+            ),
+        ];
+        for (lines, key, problem) in cases {
+            let text = format!("{MINIMAL}[session]\n{lines}\n");
+            let e = load_str(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
+            assert!(!e.contains(":pw@"), "no password in errors: {e}");
+        }
+        // TLS to the Sentinels alone is enough for a private CA.
+        let text = format!(
+            "{MINIMAL}[session]\nstore = \"redis\"\nredis_sentinels = \"rediss://a:26379\"\nredis_sentinel_master = \"m\"\nredis_ca_file = \"/ca.pem\"\n"
+        );
+        load_str(&text, &[]).unwrap();
     }
 
     #[test]

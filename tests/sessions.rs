@@ -1,8 +1,9 @@
 //! Sessions that outlive a process: the store conformance suite on Redis, the
 //! memory store's state file across a real restart (SIGTERM), two gateway
 //! processes sharing one real `redis-server` (sign-in on one, use and sign-out
-//! on the other, Redis stopped and restarted, start-up without Redis), and
-//! front-channel logout by Entra's `sid` on both stores.
+//! on the other, Redis stopped and restarted, start-up without Redis), Redis
+//! behind Sentinel across a failover, and front-channel logout by Entra's
+//! `sid` on both stores.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, GatewayProcess, RedisServer};
+use common::process::{free_port, info_field, GatewayProcess, RedisServer};
 use common::{config_text, echo_upstream, echoed, follow_login, gateway, idp_options, Extra, USER};
 use oidc_gateway::config;
 use oidc_gateway::devidp::DevIdp;
@@ -597,6 +598,265 @@ async fn rediss_with_a_private_ca_shares_sessions_and_an_untrusted_certificate_i
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ------------------------------------------------------------- Redis Sentinel
+
+/// A primary, its replica in sync, and a Sentinel that knows both.
+struct SentinelSetup {
+    primary: RedisServer,
+    replica: RedisServer,
+    sentinel: RedisServer,
+}
+
+impl SentinelSetup {
+    async fn start(test: &str) -> Option<SentinelSetup> {
+        let primary = RedisServer::start(test).await?;
+        let replica = RedisServer::start_replica(test, &primary).await?;
+        let sentinel = RedisServer::start_sentinel(test, &primary, &[&replica]).await?;
+        Some(SentinelSetup {
+            primary,
+            replica,
+            sentinel,
+        })
+    }
+
+    /// Waits (up to `deadline`: Sentinel's own timing) until the Sentinel
+    /// names `new` as the primary and `new` acts as one.
+    async fn wait_for_promotion(&self, new: &RedisServer, deadline: Duration) {
+        let port = new.port;
+        self.sentinel
+            .poll_within(
+                "Sentinel names the new primary",
+                deadline,
+                async |sentinel| sentinel.primary_port().await == Some(port),
+            )
+            .await;
+        new.poll_within("the new primary acts as one", deadline, async |new| {
+            new.info_field("replication", "role").await == Some("master".into())
+        })
+        .await;
+    }
+
+    /// `SENTINEL FAILOVER` from `old` to `new`; then what Sentinel does to
+    /// `old` some seconds later, done at once (so that the gateway's requests,
+    /// not its probe, find the change): `old` becomes a replica of `new` and
+    /// drops its clients.
+    async fn fail_over(&self, old: &RedisServer, new: &RedisServer) {
+        self.sentinel.failover().await;
+        self.wait_for_promotion(new, PATIENCE).await;
+        old.demote_to_replica_of(new).await;
+    }
+}
+
+/// The session records in `redis`.
+async fn session_keys(redis: &RedisServer) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("*session:*")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap()
+}
+
+/// Session lines for the Redis store behind `sentinel` (no redis_url: only
+/// Sentinel names where the primary is).
+fn sentinel_session(sentinel: &RedisServer, cache_ttl: &str) -> String {
+    format!(
+        "store = \"redis\"\nredis_sentinels = [\"redis://127.0.0.1:{}\"]\n\
+         redis_sentinel_master = \"{}\"\ncache_ttl = \"{cache_ttl}\"",
+        sentinel.port,
+        common::process::SENTINEL_MASTER
+    )
+}
+
+/// After a failover to `setup.replica`: `first`'s cookie still works and was
+/// checked on the new primary (cache_ttl 0s: every request asks Redis), and a
+/// new sign-in (a write only a primary accepts) works, with no new sign-in
+/// for `first`.
+async fn sessions_follow_the_new_primary(
+    site: &Site,
+    gateway: &Replica,
+    first: &Browser,
+    setup: &SentinelSetup,
+    token_requests: usize,
+) {
+    let checked_before = setup.replica.command_calls("getex").await;
+    assert_signed_in(
+        first.get(gateway, "/after-failover").await,
+        "the same cookie after the failover",
+    )
+    .await;
+    assert!(
+        setup.replica.command_calls("getex").await > checked_before,
+        "the session was looked up on the new primary"
+    );
+    assert_eq!(
+        site.idp.token_requests(),
+        token_requests,
+        "no new sign-in for the signed-in user"
+    );
+    let second = site.browser();
+    second.sign_in(gateway).await;
+    assert_signed_in(
+        second.get(gateway, "/new-user").await,
+        "a new sign-in after the failover",
+    )
+    .await;
+    let keys = session_keys(&setup.replica).await;
+    assert_eq!(keys.len(), 2, "both sessions on the new primary: {keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_every_cookie_and_new_sign_ins_reach_the_new_primary() {
+    let Some(setup) = SentinelSetup::start("sentinel_failover").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let gateway = Replica::start(&site, &sentinel_session(&setup.sentinel, "0s")).await;
+    let first = site.browser();
+    gateway.wait_ready(&first).await;
+    first.sign_in(&gateway).await;
+    assert_signed_in(first.get(&gateway, "/before").await, "signed in").await;
+    let token_requests = site.idp.token_requests();
+
+    // Primary -> replica. Reads of 20 requests at once find the demoted
+    // primary (READONLY, or the connection it dropped).
+    setup.fail_over(&setup.primary, &setup.replica).await;
+    // Only the gateway and this connection talk to the Sentinel: what it
+    // processed meanwhile, besides this INFO, are the gateway's lookups
+    // (SENTINEL MASTERS, one per lookup).
+    let mut watch = setup.sentinel.connection().await;
+    let processed = async |watch: &mut _| -> u64 {
+        info_field(watch, "stats", "total_commands_processed")
+            .await
+            .and_then(|n| n.parse().ok())
+            .expect("total_commands_processed")
+    };
+    let before = processed(&mut watch).await;
+    let checked_before = setup.replica.command_calls("getex").await;
+    let paths: Vec<String> = (0..20).map(|i| format!("/burst-{i}")).collect();
+    let burst = paths.iter().map(|path| first.get(&gateway, path));
+    for response in futures_util::future::join_all(burst).await {
+        assert_signed_in(response, "a request failing over with 19 others").await;
+    }
+    assert_eq!(
+        processed(&mut watch).await - before - 1,
+        1,
+        "requests failing together ask Sentinel once"
+    );
+    assert!(
+        setup.replica.command_calls("getex").await >= checked_before + 20,
+        "each request of the burst was answered by the new primary, none from the cache"
+    );
+    sessions_follow_the_new_primary(&site, &gateway, &first, &setup, token_requests).await;
+
+    // And back. Now a sign-in's write is the first command to find the demoted
+    // primary: refused (READONLY), it did not run, and is sent to the new one.
+    setup
+        .sentinel
+        .wait_until_replicas_known(&[&setup.primary])
+        .await;
+    let third = site.browser();
+    setup.fail_over(&setup.replica, &setup.primary).await;
+    third.sign_in(&gateway).await;
+    assert_signed_in(
+        third.get(&gateway, "/third").await,
+        "a sign-in whose write met the demoted primary",
+    )
+    .await;
+    let keys = session_keys(&setup.primary).await;
+    assert_eq!(keys.len(), 3, "every session on the primary: {keys:?}");
+    assert_signed_in(
+        first.get(&gateway, "/after-two-failovers").await,
+        "the first cookie after two failovers",
+    )
+    .await;
+    assert_eq!(
+        site.idp.token_requests(),
+        token_requests + 2,
+        "only the two new users signed in"
+    );
+    let (status, body) = gateway.readyz(&first).await;
+    assert_eq!(status, 200, "ready on the new primary: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_by_the_replica_sentinel_promotes_and_nobody_signs_in_again() {
+    let Some(mut setup) = SentinelSetup::start("sentinel_killed_primary").await else {
+        return;
+    };
+    let site = Site::new().await;
+    let gateway = Replica::start(&site, &sentinel_session(&setup.sentinel, "0s")).await;
+    let first = site.browser();
+    gateway.wait_ready(&first).await;
+    first.sign_in(&gateway).await;
+    assert_signed_in(first.get(&gateway, "/before").await, "signed in").await;
+    let token_requests = site.idp.token_requests();
+
+    setup.primary.stop();
+    // Until Sentinel promotes the replica the session is served from the cache,
+    // and no cookie is touched.
+    let response = first.get(&gateway, "/primary-down").await;
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no cookie is cleared while the primary is down"
+    );
+    assert_signed_in(response, "a cached session while the primary is down").await;
+    setup
+        .wait_for_promotion(&setup.replica, Duration::from_secs(60))
+        .await;
+    sessions_follow_the_new_primary(&site, &gateway, &first, &setup, token_requests).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_sentinel_is_unreachable_starts_not_ready_naming_sentinel_and_becomes_ready(
+) {
+    let Some(primary) = RedisServer::start("sentinel_unreachable").await else {
+        return;
+    };
+    let Some(mut sentinel) =
+        RedisServer::start_sentinel("sentinel_unreachable", &primary, &[]).await
+    else {
+        return;
+    };
+    sentinel.stop();
+    let site = Site::new().await;
+    let gateway = Replica::start(&site, &sentinel_session(&sentinel, "1s")).await;
+    let browser = site.browser();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = gateway.readyz(&browser).await;
+        assert_eq!(status, 503, "not ready without Sentinel: {body}");
+        if body.contains("Sentinel") {
+            assert!(
+                body.contains("session_store") && body.contains("mymaster"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness must name Sentinel: {body}\n{}",
+            gateway.process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthz = browser
+        .client
+        .get(gateway.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200, "alive while not ready");
+
+    sentinel.resume().await;
+    gateway.wait_ready(&browser).await;
+    browser.sign_in(&gateway).await;
+    assert_signed_in(
+        browser.get(&gateway, "/").await,
+        "signed in once Sentinel answers",
+    )
+    .await;
 }
 
 // ------------------------------------------------------- front-channel logout

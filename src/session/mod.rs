@@ -12,6 +12,7 @@ pub mod cookies;
 pub mod memory;
 pub mod redis;
 pub mod seal;
+mod sentinel;
 pub mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};

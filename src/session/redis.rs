@@ -15,6 +15,9 @@
 //!   gateway answers with 503 (never a cookie cleared, never a login redirect);
 //!   `/readyz` names the reason. A background probe notices when Redis is
 //!   back, and start-up does not wait for Redis.
+//! - **Behind Sentinel** (`session.redis_sentinels`) the primary is the one
+//!   Sentinel names ([`super::sentinel`]); a command refused or cut off the way
+//!   a failover does it makes the store ask again and move to the new primary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +28,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::seal::Sealer;
+use super::sentinel::{Current, SentinelPrimary};
 use super::store::{SessionHandle, SessionKey, SessionStore, StoreError, StoreInitError};
 use super::{unix_now, Session, SessionRecord};
 use crate::config::Settings;
@@ -62,10 +66,81 @@ struct Health {
     reason: Mutex<String>,
 }
 
+/// Where commands go.
+#[derive(Clone)]
+enum Primary {
+    /// `session.redis_url`'s one address. The manager connects on first use
+    /// and reconnects by itself after a failure.
+    Fixed(ConnectionManager),
+    /// The primary Sentinel names, followed across failovers.
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+impl Primary {
+    /// The connection for the next command and, behind Sentinel, the primary
+    /// it leads to (asking Sentinel when none is known yet).
+    async fn connection(&self) -> Result<(ConnectionManager, Option<Arc<Current>>), String> {
+        match self {
+            Primary::Fixed(connection) => Ok((connection.clone(), None)),
+            Primary::Sentinel(sentinel) => {
+                let current = match sentinel.current() {
+                    Some(current) => current,
+                    None => sentinel.follow(sentinel.lookups(), None).await?,
+                };
+                Ok((current.connection.clone(), Some(current)))
+            }
+        }
+    }
+
+    /// One probe: PING; behind Sentinel, `ROLE` on the current primary, and
+    /// Sentinel asked again when that is not (or no longer) the primary.
+    async fn probe(&self) -> Result<(), String> {
+        match self {
+            Primary::Fixed(connection) => {
+                let answer: redis::RedisResult<String> = redis::cmd("PING")
+                    .query_async(&mut connection.clone())
+                    .await;
+                answer
+                    .map(drop)
+                    .map_err(|e| format!("Redis is unreachable: {e}"))
+            }
+            Primary::Sentinel(sentinel) => {
+                let seen = sentinel.lookups();
+                let current = sentinel.current();
+                if let Some(current) = &current {
+                    if is_primary(current).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+                is_primary(&*sentinel.follow(seen, current.as_ref()).await?).await
+            }
+        }
+    }
+}
+
+/// Whether the Redis Sentinel named is (still) the primary.
+async fn is_primary(current: &Current) -> Result<(), String> {
+    let role: redis::Role = redis::cmd("ROLE")
+        .query_async(&mut current.connection.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "the Redis primary {} that Sentinel named is unreachable: {e}",
+                current.address
+            )
+        })?;
+    match role {
+        redis::Role::Primary { .. } => Ok(()),
+        _ => Err(format!(
+            "the Redis {} that Sentinel named is no longer the primary",
+            current.address
+        )),
+    }
+}
+
 /// Sessions in Redis, with a short-lived local cache.
 pub struct RedisStore {
-    /// Connects on first use and reconnects by itself after a failure.
-    connection: ConnectionManager,
+    primary: Primary,
     prefix: String,
     cache: DashMap<SessionKey, Cached>,
     cache_ttl: Duration,
@@ -77,42 +152,33 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `session.redis_url`; connects in the background (the
-    /// gateway starts not ready while Redis is unreachable, and retries).
+    /// A store for `session.redis_url`, or for the primary Sentinel names;
+    /// connects in the background (the gateway starts not ready while Redis
+    /// is unreachable, and retries).
     pub fn start(settings: &Settings, readiness: Readiness) -> Result<Self, StoreInitError> {
         let session = &settings.config.session;
-        let url = session.redis_url.trim();
-        let client = match &session.redis_ca_file {
-            None => redis::Client::open(url),
-            Some(path) => {
-                let root_cert = Some(private_ca(path)?);
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert,
-                };
-                redis::Client::build_with_tls(url, certificates)
-            }
-        }
-        .map_err(|e| StoreInitError {
-            key: "session.redis_url",
-            // The URL may hold a password: only the parser's words.
-            reason: format!(
-                "is not a usable Redis URL ({}); write it as redis://[user:password@]host[:port][/db] or rediss:// for TLS",
-                e.detail().unwrap_or(e.category())
-            ),
-        })?;
+        let ca = session
+            .redis_ca_file
+            .as_deref()
+            .map(private_ca)
+            .transpose()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            StoreInitError {
-                key: "session.redis_url",
-                reason: format!("cannot set up the Redis client: {e}"),
-            }
-        })?;
+        let primary = if session.redis_sentinels.is_empty() {
+            Primary::Fixed(fixed_primary(&session.redis_url, ca, config)?)
+        } else {
+            Primary::Sentinel(Arc::new(SentinelPrimary::new(
+                &session.redis_sentinels,
+                &session.redis_sentinel_master,
+                &session.redis_url,
+                ca.as_deref(),
+                config,
+            )?))
+        };
         let store = RedisStore {
-            connection,
+            primary,
             prefix: session.redis_prefix.clone(),
             cache: DashMap::new(),
             cache_ttl: session.cache_ttl,
@@ -129,7 +195,7 @@ impl RedisStore {
     /// Probes Redis (connecting the first time) so that readiness follows it
     /// even when no request arrives: every second while it is down.
     fn spawn_probe(&self) {
-        let mut manager = self.connection.clone();
+        let primary = self.primary.clone();
         let health = Arc::downgrade(&self.health);
         let readiness = self.readiness.clone();
         tokio::spawn(async move {
@@ -139,15 +205,13 @@ impl RedisStore {
                     health,
                     readiness: readiness.clone(),
                 };
-                let answer: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut manager).await;
-                let wait = match answer {
-                    Ok(_) => {
+                let wait = match primary.probe().await {
+                    Ok(()) => {
                         probe.up();
                         PROBE_UP
                     }
-                    Err(e) => {
-                        probe.down(format!("Redis is unreachable: {e}"));
+                    Err(reason) => {
+                        probe.down(reason);
                         PROBE_DOWN
                     }
                 };
@@ -168,38 +232,71 @@ impl RedisStore {
     /// Runs one command (or pipeline), keeping the health state current. A
     /// command that finds the connection broken (Redis restarted since the last
     /// one) is sent once more: the connection manager has reconnected by then.
+    /// Behind Sentinel, a failure a failover explains makes the store ask
+    /// Sentinel (once for all the commands failing together); on a new primary
+    /// the command is sent again if it was refused (it did not run) or is
+    /// [`RedisCommand::repeatable`].
     async fn query<T: redis::FromRedisValue>(
         &self,
         command: impl FnOnce() -> RedisCommand,
     ) -> Result<T, StoreError> {
         let command = command();
-        let mut connection = self.connection.clone();
-        let mut attempts = 0;
+        let mut reconnected = false;
+        let mut followed = false;
         let failure = loop {
-            attempts += 1;
+            let (mut connection, used) = match self.primary.connection().await {
+                Ok(found) => found,
+                Err(reason) => {
+                    metrics::session_store_error(StoreFailure::Unreachable);
+                    break reason;
+                }
+            };
             let answer = match &command {
-                RedisCommand::One(cmd) => cmd.query_async(&mut connection).await,
+                RedisCommand::One(cmd) | RedisCommand::OneShot(cmd) => {
+                    cmd.query_async(&mut connection).await
+                }
                 RedisCommand::Pipeline(pipe) => pipe.query_async(&mut connection).await,
             };
-            match answer {
+            let e = match answer {
                 Ok(value) => {
                     if self.health.down.load(Ordering::Relaxed) {
                         self.mark_up();
                     }
                     return Ok(value);
                 }
-                Err(e) if is_connection_error(&e) && attempts < 2 => continue,
-                Err(e) if is_connection_error(&e) => {
-                    metrics::session_store_error(StoreFailure::Unreachable);
-                    break format!("Redis is unreachable: {e}");
-                }
-                // Redis answered with an error (out of memory, an ACL refusal, still
-                // loading): it is there but cannot serve sessions either.
-                Err(e) => {
-                    metrics::session_store_error(StoreFailure::Refused);
-                    break format!("Redis refused a command: {e}");
+                Err(e) => e,
+            };
+            let kind = FailureKind::of(&e);
+            if kind == FailureKind::Connection && !reconnected {
+                reconnected = true;
+                continue;
+            }
+            if let (Primary::Sentinel(sentinel), false) = (&self.primary, followed) {
+                if kind != FailureKind::Other {
+                    followed = true;
+                    let seen = sentinel.lookups();
+                    match sentinel.follow(seen, used.as_ref()).await {
+                        Ok(next) => {
+                            let moved = used.is_none_or(|used| !Arc::ptr_eq(&used, &next));
+                            if moved && (kind == FailureKind::Refused || command.repeatable()) {
+                                continue;
+                            }
+                        }
+                        Err(reason) => {
+                            metrics::session_store_error(StoreFailure::Unreachable);
+                            break reason;
+                        }
+                    }
                 }
             }
+            if kind == FailureKind::Connection {
+                metrics::session_store_error(StoreFailure::Unreachable);
+                break format!("Redis is unreachable: {e}");
+            }
+            // Redis answered with an error (out of memory, an ACL refusal, still
+            // loading, a replica's READONLY): it is there but cannot serve sessions either.
+            metrics::session_store_error(StoreFailure::Refused);
+            break format!("Redis refused a command: {e}");
         };
         self.mark_down(failure.clone());
         Err(StoreError(failure))
@@ -280,8 +377,97 @@ impl RedisStore {
 
 /// What [`RedisStore::query`] sends.
 enum RedisCommand {
+    /// A read, or a write whose repetition changes nothing.
     One(redis::Cmd),
+    /// A write not to send again after it may have run (a claim).
+    OneShot(redis::Cmd),
+    /// Writes whose repetition changes nothing.
     Pipeline(redis::Pipeline),
+}
+
+impl RedisCommand {
+    /// Whether it may be sent again to a new primary after the old one failed
+    /// mid-command (it may have run there).
+    fn repeatable(&self) -> bool {
+        !matches!(self, RedisCommand::OneShot(_))
+    }
+}
+
+/// How a command failed, as far as following a failover goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// No answer: the connection broke, was refused or timed out.
+    Connection,
+    /// Refused without running by a Redis that is not (or not yet) a usable
+    /// primary: a demoted one (READONLY), one without its primary (MASTERDOWN),
+    /// one loading its data (LOADING).
+    Refused,
+    /// Any other error.
+    Other,
+}
+
+impl FailureKind {
+    fn of(e: &redis::RedisError) -> FailureKind {
+        use redis::{ErrorKind, ServerErrorKind};
+        let failover = |kind: Option<ServerErrorKind>| {
+            matches!(
+                kind,
+                Some(
+                    ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                )
+            )
+        };
+        if is_connection_error(e) {
+            return FailureKind::Connection;
+        }
+        let refused = match e.kind() {
+            ErrorKind::Server(ServerErrorKind::ExecAbort) => e
+                .clone()
+                .into_server_errors()
+                .is_some_and(|errors| errors.iter().any(|(_, error)| failover(error.kind()))),
+            ErrorKind::Server(kind) => failover(Some(kind)),
+            _ => false,
+        };
+        if refused {
+            FailureKind::Refused
+        } else {
+            FailureKind::Other
+        }
+    }
+}
+
+/// A manager for `session.redis_url` (trusting `session.redis_ca_file`).
+fn fixed_primary(
+    url: &str,
+    ca: Option<Vec<u8>>,
+    config: ConnectionManagerConfig,
+) -> Result<ConnectionManager, StoreInitError> {
+    let url = url.trim();
+    let client = match ca {
+        None => redis::Client::open(url),
+        Some(root_cert) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            redis::Client::build_with_tls(url, certificates)
+        }
+    }
+    .map_err(|e| StoreInitError {
+        key: "session.redis_url",
+        // The URL may hold a password: only the parser's words.
+        reason: format!(
+            "is not a usable Redis URL ({}); write it as redis://[user:password@]host[:port][/db] or rediss:// for TLS",
+            e.detail().unwrap_or(e.category())
+        ),
+    })?;
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreInitError {
+        key: "session.redis_url",
+        reason: format!("cannot set up the Redis client: {e}"),
+    })
 }
 
 /// Updates the health flag and readiness together.
@@ -478,7 +664,7 @@ impl SessionStore for RedisStore {
                         .arg("NX")
                         .arg("PX")
                         .arg(REFRESH_CLAIM.as_millis() as u64);
-                    RedisCommand::One(cmd)
+                    RedisCommand::OneShot(cmd)
                 })
                 .await?;
             let claimed = answer.is_some();

@@ -141,19 +141,170 @@ impl Drop for GatewayProcess {
 }
 
 /// A `redis-server` of its own on a free loopback port, its data kept in an
-/// append-only file synced on every write (a restart keeps the sessions).
+/// append-only file synced on every write (a restart keeps the sessions);
+/// or a replica of one, or a Sentinel monitoring one.
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
     /// Serving TLS only (`rediss://`), with a certificate from this private CA.
     tls: Option<super::pki::PrivateCa>,
+    role: RedisRole,
+}
+
+/// The name a test Sentinel monitors its primary under.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+#[derive(Clone, Copy)]
+enum RedisRole {
+    Primary,
+    /// `--replicaof 127.0.0.1 <port>`.
+    ReplicaOf(u16),
+    /// `redis-server sentinel.conf --sentinel` monitoring [`SENTINEL_MASTER`]
+    /// at this port, with a quorum of one and short timeouts.
+    SentinelOf(u16),
 }
 
 impl RedisServer {
     /// Starts one; None (after saying SKIPPED) only where `redis-server` is
     /// not installed — `.ci/run` installs it, so CI never skips.
     pub async fn start(test: &str) -> Option<RedisServer> {
+        RedisServer::launch(test, RedisRole::Primary).await
+    }
+
+    /// A replica of `primary`, once it has copied the primary's data.
+    pub async fn start_replica(test: &str, primary: &RedisServer) -> Option<RedisServer> {
+        let replica = RedisServer::launch(test, RedisRole::ReplicaOf(primary.port)).await?;
+        replica
+            .poll("the replica is in sync with its primary", async |server| {
+                server.info_field("replication", "master_link_status").await == Some("up".into())
+            })
+            .await;
+        Some(replica)
+    }
+
+    /// A Sentinel monitoring `primary` as [`SENTINEL_MASTER`], once it knows
+    /// each of `replicas` as a healthy replica (a failover needs one).
+    pub async fn start_sentinel(
+        test: &str,
+        primary: &RedisServer,
+        replicas: &[&RedisServer],
+    ) -> Option<RedisServer> {
+        let sentinel = RedisServer::launch(test, RedisRole::SentinelOf(primary.port)).await?;
+        sentinel.wait_until_replicas_known(replicas).await;
+        Some(sentinel)
+    }
+
+    /// A Sentinel: waits until it knows each of `replicas` as a healthy
+    /// replica (one it may promote).
+    pub async fn wait_until_replicas_known(&self, replicas: &[&RedisServer]) {
+        let ports: Vec<String> = replicas.iter().map(|r| r.port.to_string()).collect();
+        self.poll("the Sentinel knows the replicas", async |sentinel| {
+            let known: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(SENTINEL_MASTER)
+                .query_async(&mut sentinel.connection().await)
+                .await
+                .unwrap_or_default();
+            ports.iter().all(|port| {
+                known.iter().any(|r| {
+                    r.get("port") == Some(port)
+                        && r.get("flags").map(String::as_str) == Some("slave")
+                        && r.get("master-link-status").map(String::as_str) == Some("ok")
+                })
+            })
+        })
+        .await;
+    }
+
+    /// A Sentinel: the port of the primary it names now, once no failover is
+    /// in progress (`SENTINEL MASTER`, what clients read: during a failover it
+    /// still names the old primary).
+    pub async fn primary_port(&self) -> Option<u16> {
+        let master: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(SENTINEL_MASTER)
+            .query_async(&mut self.connection().await)
+            .await
+            .ok()?;
+        if master.get("flags")?.contains("failover_in_progress") {
+            return None;
+        }
+        master.get("port")?.parse().ok()
+    }
+
+    /// A Sentinel: `SENTINEL FAILOVER` (promote a replica now).
+    pub async fn failover(&self) {
+        let () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER)
+            .query_async(&mut self.connection().await)
+            .await
+            .expect("SENTINEL FAILOVER");
+    }
+
+    /// `REPLICAOF primary`, then drops its clients: what Sentinel does to a
+    /// demoted primary.
+    pub async fn demote_to_replica_of(&self, primary: &RedisServer) {
+        let mut connection = self.connection().await;
+        let () = redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(primary.port)
+            .query_async(&mut connection)
+            .await
+            .expect("REPLICAOF");
+        let _killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut connection)
+            .await
+            .expect("CLIENT KILL");
+    }
+
+    /// `field` of `INFO section`, e.g. ("replication", "role").
+    pub async fn info_field(&self, section: &str, field: &str) -> Option<String> {
+        info_field(&mut self.connection().await, section, field).await
+    }
+
+    /// How many times `command` ran on this server (`INFO commandstats`).
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        self.info_field("commandstats", &format!("cmdstat_{command}"))
+            .await
+            .and_then(|stats| {
+                stats
+                    .split(',')
+                    .find_map(|s| s.strip_prefix("calls="))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Polls `holds` on this server until it is true; panics with `what` and
+    /// the server's log after `deadline`.
+    pub async fn poll_within(
+        &self,
+        what: &str,
+        deadline: Duration,
+        holds: impl AsyncFn(&RedisServer) -> bool,
+    ) {
+        let end = Instant::now() + deadline;
+        while !holds(self).await {
+            assert!(
+                Instant::now() < end,
+                "{what} within {deadline:?}\n{}",
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn poll(&self, what: &str, holds: impl AsyncFn(&RedisServer) -> bool) {
+        self.poll_within(what, DEADLINE, holds).await;
+    }
+
+    async fn launch(test: &str, role: RedisRole) -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -170,6 +321,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             tls: None,
+            role,
         };
         server.resume().await;
         Some(server)
@@ -214,31 +366,12 @@ impl RedisServer {
             .open(self.dir.path().join("redis.log"))
             .expect("redis log");
         let mut command = Command::new("redis-server");
-        command.args(["--bind", "127.0.0.1"]);
-        match &self.tls {
-            None => command.arg("--port").arg(self.port.to_string()),
-            Some(pki) => command
-                .args(["--port", "0", "--tls-port"])
-                .arg(self.port.to_string())
-                .arg("--tls-cert-file")
-                .arg(&pki.cert_file)
-                .arg("--tls-key-file")
-                .arg(&pki.key_file)
-                .arg("--tls-ca-cert-file")
-                .arg(&pki.ca_file)
-                .args(["--tls-auth-clients", "no"]),
-        };
+        if let RedisRole::SentinelOf(primary) = self.role {
+            command.arg(self.sentinel_conf(primary)).arg("--sentinel");
+        } else {
+            self.server_args(&mut command);
+        }
         let child = command
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -253,6 +386,57 @@ impl RedisServer {
             || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
         )
         .await;
+    }
+
+    /// A Sentinel's configuration file (written once: Sentinel rewrites it
+    /// with what it learnt, kept across a restart).
+    fn sentinel_conf(&self, primary: u16) -> PathBuf {
+        let conf = self.dir.path().join("sentinel.conf");
+        if !conf.exists() {
+            let text = format!(
+                "bind 127.0.0.1\nport {}\ndir {}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 3000\n",
+                self.port,
+                self.dir.path().display()
+            );
+            std::fs::write(&conf, text).expect("write sentinel.conf");
+        }
+        conf
+    }
+
+    fn server_args(&self, command: &mut Command) {
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(pki) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&pki.cert_file)
+                .arg("--tls-key-file")
+                .arg(&pki.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca_file)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        if let RedisRole::ReplicaOf(primary) = self.role {
+            command
+                .args(["--replicaof", "127.0.0.1"])
+                .arg(primary.to_string());
+        }
+        command
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path());
     }
 
     /// Stops it at once (SIGKILL: like a crash); what it acknowledged is on disk.
@@ -281,6 +465,23 @@ impl RedisServer {
             .await
             .expect("connect to the test redis-server")
     }
+}
+
+/// `field` of `INFO section` asked on `connection` (a connection kept across
+/// two questions counts as one client in `total_commands_processed`).
+pub async fn info_field(
+    connection: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> Option<String> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(connection)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::to_string)
 }
 
 impl Drop for RedisServer {
