@@ -3334,6 +3334,18 @@ url = "http://127.0.0.1:21114"
         );
     }
 
+    /// Each `[session]` text fails with an error naming the key and the problem,
+    /// and no password.
+    fn assert_session_errors(cases: &[(impl AsRef<str>, &str, &str)]) {
+        for (lines, key, problem) in cases {
+            let lines = lines.as_ref();
+            let text = format!("{MINIMAL}[session]\n{lines}\n");
+            let e = load_str(&text, &[]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
+            assert!(!e.contains(":pw@"), "no password in errors: {e}");
+        }
+    }
+
     #[test]
     fn bad_session_store_settings_name_the_key() {
         let cases = [
@@ -3361,12 +3373,7 @@ url = "http://127.0.0.1:21114"
                 "uses TLS",
             ),
         ];
-        for (lines, key, problem) in cases {
-            let text = format!("{MINIMAL}[session]\n{lines}\n");
-            let e = load_str(&text, &[]).unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
-            assert!(!e.contains(":pw@"), "no password in errors: {e}");
-        }
+        assert_session_errors(&cases);
     }
 
     #[test]
@@ -3468,12 +3475,7 @@ url = "http://127.0.0.1:21114"
                 "uses TLS",
             ),
         ];
-        for (lines, key, problem) in cases {
-            let text = format!("{MINIMAL}[session]\n{lines}\n");
-            let e = load_str(&text, &[]).unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains(problem), "{lines}: {e}");
-            assert!(!e.contains(":pw@"), "no password in errors: {e}");
-        }
+        assert_session_errors(&cases);
         // TLS to the Sentinels alone is enough for a private CA.
         let text = format!(
             "{MINIMAL}[session]\nstore = \"redis\"\nredis_sentinels = \"rediss://a:26379\"\nredis_sentinel_master = \"m\"\nredis_ca_file = \"/ca.pem\"\n"

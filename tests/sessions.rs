@@ -250,6 +250,30 @@ impl Replica {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Polls `/readyz`, always 503, until its body `says` what it must name
+    /// (`what`); returns that body.
+    async fn wait_not_ready_saying(
+        &self,
+        browser: &Browser,
+        what: &str,
+        says: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.readyz(browser).await;
+            assert_eq!(status, 503, "must not be ready: {body}");
+            if says(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readiness must name {what}: {body}\n{}",
+                self.process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 struct Browser {
@@ -581,23 +605,11 @@ async fn rediss_with_a_private_ca_shares_sessions_and_an_untrusted_certificate_i
     // Without redis_ca_file the system's roots are used: they do not know the
     // private CA, so the replica stays not ready and says why.
     let untrusted = Replica::start(&site, &redis_session(&redis, "1s")).await;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = untrusted.readyz(&browser).await;
-        assert_eq!(
-            status, 503,
-            "an untrusted Redis certificate must not be ready: {body}"
-        );
-        if body.to_ascii_lowercase().contains("certificate") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness must name the certificate problem: {body}\n{}",
-            untrusted.process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    untrusted
+        .wait_not_ready_saying(&browser, "the certificate problem", |body| {
+            body.to_ascii_lowercase().contains("certificate")
+        })
+        .await;
 }
 
 // ------------------------------------------------------------- Redis Sentinel
@@ -619,6 +631,17 @@ impl SentinelSetup {
             replica,
             sentinel,
         })
+    }
+
+    /// A gateway behind the Sentinel (cache_ttl 0s: every request asks
+    /// Redis), ready, and a browser signed in through it.
+    async fn signed_in_gateway(&self, site: &Site) -> (Replica, Browser) {
+        let gateway = Replica::start(site, &sentinel_session(&self.sentinel, "0s")).await;
+        let first = site.browser();
+        gateway.wait_ready(&first).await;
+        first.sign_in(&gateway).await;
+        assert_signed_in(first.get(&gateway, "/before").await, "signed in").await;
+        (gateway, first)
     }
 
     /// Waits (up to `deadline`: Sentinel's own timing) until the Sentinel
@@ -712,11 +735,7 @@ async fn a_sentinel_failover_keeps_every_cookie_and_new_sign_ins_reach_the_new_p
         return;
     };
     let site = Site::new().await;
-    let gateway = Replica::start(&site, &sentinel_session(&setup.sentinel, "0s")).await;
-    let first = site.browser();
-    gateway.wait_ready(&first).await;
-    first.sign_in(&gateway).await;
-    assert_signed_in(first.get(&gateway, "/before").await, "signed in").await;
+    let (gateway, first) = setup.signed_in_gateway(&site).await;
     let token_requests = site.idp.token_requests();
 
     // Primary -> replica. Reads of 20 requests at once find the demoted
@@ -786,11 +805,7 @@ async fn a_killed_primary_is_replaced_by_the_replica_sentinel_promotes_and_nobod
         return;
     };
     let site = Site::new().await;
-    let gateway = Replica::start(&site, &sentinel_session(&setup.sentinel, "0s")).await;
-    let first = site.browser();
-    gateway.wait_ready(&first).await;
-    first.sign_in(&gateway).await;
-    assert_signed_in(first.get(&gateway, "/before").await, "signed in").await;
+    let (gateway, first) = setup.signed_in_gateway(&site).await;
     let token_requests = site.idp.token_requests();
 
     setup.primary.stop();
@@ -823,24 +838,13 @@ async fn a_gateway_whose_sentinel_is_unreachable_starts_not_ready_naming_sentine
     let site = Site::new().await;
     let gateway = Replica::start(&site, &sentinel_session(&sentinel, "1s")).await;
     let browser = site.browser();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = gateway.readyz(&browser).await;
-        assert_eq!(status, 503, "not ready without Sentinel: {body}");
-        if body.contains("Sentinel") {
-            assert!(
-                body.contains("session_store") && body.contains("mymaster"),
-                "{body}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness must name Sentinel: {body}\n{}",
-            gateway.process.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = gateway
+        .wait_not_ready_saying(&browser, "Sentinel", |body| body.contains("Sentinel"))
+        .await;
+    assert!(
+        body.contains("session_store") && body.contains("mymaster"),
+        "{body}"
+    );
     let healthz = browser
         .client
         .get(gateway.url("/healthz"))
