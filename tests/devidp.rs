@@ -130,19 +130,78 @@ async fn token_request(idp: &DevIdp, form: &[(&str, &str)]) -> (StatusCode, Valu
     (status, response.json().await.expect("JSON body"))
 }
 
+/// A token request's form fields, built from a grant's usual fields
+/// (client_secret_post) and changed one field at a time.
+struct TokenForm(Vec<(&'static str, String)>);
+
+impl TokenForm {
+    /// Redeeming `code` as the gateway does: secret, redirect URI and PKCE verifier.
+    fn code_grant(code: &str) -> Self {
+        Self::grant("authorization_code")
+            .with("code", code)
+            .with("redirect_uri", REDIRECT)
+            .with("code_verifier", VERIFIER)
+    }
+
+    /// Trading `refresh_token` for new tokens.
+    fn refresh_grant(refresh_token: &str) -> Self {
+        Self::grant("refresh_token").with("refresh_token", refresh_token)
+    }
+
+    fn grant(grant_type: &str) -> Self {
+        TokenForm(Vec::new())
+            .with("grant_type", grant_type)
+            .with("client_id", CLIENT_ID)
+            .with("client_secret", SECRET)
+    }
+
+    /// `name` set to `value` (replaced where it was, else added).
+    fn with(mut self, name: &'static str, value: &str) -> Self {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(field) => field.1 = value.to_string(),
+            None => self.0.push((name, value.to_string())),
+        }
+        self
+    }
+
+    /// `name` left out of the form.
+    fn without(mut self, name: &str) -> Self {
+        self.0.retain(|(n, _)| *n != name);
+        self
+    }
+
+    async fn send(&self, idp: &DevIdp) -> (StatusCode, Value) {
+        let form: Vec<(&str, &str)> = self.0.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        token_request(idp, &form).await
+    }
+}
+
 async fn redeem(idp: &DevIdp, code: &str) -> (StatusCode, Value) {
-    token_request(
-        idp,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await
+    TokenForm::code_grant(code).send(idp).await
+}
+
+/// Asserts that a token endpoint refused with `status` and OAuth `error`, and
+/// that Entra's `error_description` starts with `aadsts` (its AADSTS code,
+/// perhaps followed by the start of its message): the reason of the refusal.
+#[track_caller]
+fn assert_refused(answer: &(StatusCode, Value), status: StatusCode, error: &str, aadsts: &str) {
+    let (actual, body) = answer;
+    assert_eq!(*actual, status, "expected {status} for {aadsts}: {body}");
+    assert_eq!(
+        body["error"], error,
+        "expected {error} for {aadsts}: {body}"
+    );
+    assert_aadsts(body, aadsts);
+}
+
+/// Asserts that Entra's `error_description` in `body` starts with `aadsts`.
+#[track_caller]
+fn assert_aadsts(body: &Value, aadsts: &str) {
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(
+        description.starts_with(aadsts),
+        "expected an error_description starting with {aadsts:?}: {body}"
+    );
 }
 
 fn b64_json(part: &str) -> Map<String, Value> {
@@ -173,14 +232,7 @@ async fn get_json(url: &str) -> Value {
 }
 
 async fn jwks(idp: &DevIdp) -> Vec<Value> {
-    let body: Value = client()
-        .get(endpoint(idp, "discovery/v2.0/keys"))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("JSON");
+    let body = get_json(&endpoint(idp, "discovery/v2.0/keys")).await;
     body["keys"].as_array().expect("keys array").clone()
 }
 
@@ -232,15 +284,11 @@ async fn verify_with_jwks(idp: &DevIdp, jwt: &str) -> bool {
 #[tokio::test]
 async fn discovery_has_entra_fields() {
     let idp = start(options()).await;
-    let url = format!("{}/.well-known/openid-configuration", idp.issuer());
-    let doc: Value = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(&format!(
+        "{}/.well-known/openid-configuration",
+        idp.issuer()
+    ))
+    .await;
     let base = format!("{}/{TENANT}", idp.base_url());
     assert_eq!(idp.issuer(), format!("{base}/v2.0"));
     assert_eq!(doc["issuer"], json!(idp.issuer()));
@@ -425,17 +473,11 @@ async fn default_options_sign_es256_with_generated_keys() {
     assert!(idp
         .issuer()
         .ends_with("/00000000-0000-0000-0000-00000000d3e0/v2.0"));
-    let keys: Value = client()
-        .get(format!(
-            "{}/00000000-0000-0000-0000-00000000d3e0/discovery/v2.0/keys",
-            idp.base_url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(&format!(
+        "{}/00000000-0000-0000-0000-00000000d3e0/discovery/v2.0/keys",
+        idp.base_url()
+    ))
+    .await;
     let key = &keys["keys"][0];
     assert_eq!(key["kty"], "EC");
     assert_eq!(key["crv"], "P-256");
@@ -546,36 +588,26 @@ fn url_form(value: &str) -> String {
 async fn wrong_or_missing_secret_is_invalid_client() {
     let idp = start(options()).await;
     let code = get_code(&idp, &[]).await;
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", "wrong"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["error"], "invalid_client");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS7000215: Invalid client secret provided"));
+    let answer = TokenForm::code_grant(&code)
+        .with("client_secret", "wrong")
+        .send(&idp)
+        .await;
+    assert_refused(
+        &answer,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "AADSTS7000215: Invalid client secret provided",
+    );
+    let (_, body) = answer;
     assert_eq!(body["error_codes"], json!([7000215]));
     assert!(body["trace_id"].is_string() && body["correlation_id"].is_string());
 
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("code", &code),
-        ],
-    )
-    .await;
+    let (status, body) = TokenForm::code_grant(&code)
+        .without("client_secret")
+        .without("redirect_uri")
+        .without("code_verifier")
+        .send(&idp)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "invalid_client");
 
@@ -588,32 +620,21 @@ async fn wrong_or_missing_secret_is_invalid_client() {
 async fn wrong_verifier_is_invalid_grant_and_burns_the_code() {
     let idp = start(options()).await;
     let code = get_code(&idp, &[]).await;
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            (
-                "code_verifier",
-                "a-different-verifier-that-is-long-enough-0123456789",
-            ),
-        ],
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS501481: The Code_Verifier does not match"));
+    let answer = TokenForm::code_grant(&code)
+        .with(
+            "code_verifier",
+            "a-different-verifier-that-is-long-enough-0123456789",
+        )
+        .send(&idp)
+        .await;
+    assert_refused(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "AADSTS501481: The Code_Verifier does not match",
+    );
     let (_, body) = redeem(&idp, &code).await;
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS54005"));
+    assert_aadsts(&body, "AADSTS54005");
 }
 
 #[tokio::test]
@@ -621,13 +642,12 @@ async fn code_replay_is_refused() {
     let idp = start(options()).await;
     let code = get_code(&idp, &[]).await;
     assert_eq!(redeem(&idp, &code).await.0, StatusCode::OK);
-    let (status, body) = redeem(&idp, &code).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS54005: OAuth2 Authorization code was already redeemed"));
+    assert_refused(
+        &redeem(&idp, &code).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "AADSTS54005: OAuth2 Authorization code was already redeemed",
+    );
     assert_eq!(idp.token_requests(), 2);
 
     let (status, body) = redeem(&idp, "never-issued").await;
@@ -639,24 +659,16 @@ async fn code_replay_is_refused() {
 async fn redirect_uri_mismatch_is_invalid_grant() {
     let idp = start(options()).await;
     let code = get_code(&idp, &[]).await;
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "authorization_code"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("code", &code),
-            ("redirect_uri", "https://gateway.example:8443/other"),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "invalid_grant");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS500112"));
+    let answer = TokenForm::code_grant(&code)
+        .with("redirect_uri", "https://gateway.example:8443/other")
+        .send(&idp)
+        .await;
+    assert_refused(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "AADSTS500112",
+    );
 }
 
 #[tokio::test]
@@ -940,13 +952,12 @@ async fn token_endpoint_status_and_hang_modes() {
     let idp = start(options()).await;
     idp.set_token_endpoint(TokenEndpointMode::Status(500));
     let code = get_code(&idp, &[]).await;
-    let (status, body) = redeem(&idp, &code).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(body["error"], "server_error");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .starts_with("AADSTS50000: There was an error issuing a token."));
+    assert_refused(
+        &redeem(&idp, &code).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "AADSTS50000: There was an error issuing a token.",
+    );
 
     idp.set_token_endpoint(TokenEndpointMode::Hang);
     let hung = tokio::time::timeout(Duration::from_millis(300), redeem(&idp, &code)).await;
@@ -988,16 +999,7 @@ async fn refresh_token_grant_issues_an_id_token_without_nonce() {
     let code = get_code(&idp, &[]).await;
     let (_, first) = redeem(&idp, &code).await;
     let refresh_token = first["refresh_token"].as_str().unwrap();
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("refresh_token", refresh_token),
-        ],
-    )
-    .await;
+    let (status, body) = TokenForm::refresh_grant(refresh_token).send(&idp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, claims) = decode(body["id_token"].as_str().unwrap());
     assert!(claims.get("nonce").is_none());
@@ -1006,16 +1008,7 @@ async fn refresh_token_grant_issues_an_id_token_without_nonce() {
     assert_eq!(claims["groups"], original["groups"]);
     assert!(body["refresh_token"].is_string());
 
-    let (status, body) = token_request(
-        &idp,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("refresh_token", "bogus"),
-        ],
-    )
-    .await;
+    let (status, body) = TokenForm::refresh_grant("bogus").send(&idp).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_grant");
 
@@ -1159,18 +1152,12 @@ async fn submit_login_form(url: &Url, fields: &[(&str, &str)]) -> reqwest::Respo
 
 /// An on-behalf-of request for a Graph token with `assertion`.
 async fn on_behalf_of(idp: &DevIdp, assertion: &str) -> (StatusCode, Value) {
-    token_request(
-        idp,
-        &[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("requested_token_use", "on_behalf_of"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("assertion", assertion),
-            ("scope", "https://graph.microsoft.com/User.Read"),
-        ],
-    )
-    .await
+    TokenForm::grant("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        .with("requested_token_use", "on_behalf_of")
+        .with("assertion", assertion)
+        .with("scope", "https://graph.microsoft.com/User.Read")
+        .send(idp)
+        .await
 }
 
 #[tokio::test]
@@ -1202,14 +1189,11 @@ async fn on_behalf_of_trades_a_users_token_for_a_graph_token_like_entra() {
         (forged, "AADSTS50013"),
         (expired, "AADSTS500133"),
     ] {
-        let (status, body) = on_behalf_of(&idp, &assertion).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(body["error"], "invalid_grant");
-        assert!(
-            body["error_description"]
-                .as_str()
-                .is_some_and(|d| d.starts_with(code)),
-            "{code}: {body}"
+        assert_refused(
+            &on_behalf_of(&idp, &assertion).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            code,
         );
     }
     assert_eq!(idp.on_behalf_of_grants(), 1);
