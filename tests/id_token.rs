@@ -128,6 +128,25 @@ where
     }
 }
 
+/// A tweak that sets the claims of `claims` (a JSON object), each replacing the IdP's.
+fn set_claims(
+    claims: Value,
+) -> impl Fn(&mut Map<String, Value>, &mut Map<String, Value>) -> SignAs + Send + Sync + 'static {
+    let Value::Object(claims) = claims else {
+        panic!("set_claims takes a JSON object, not {claims}");
+    };
+    claims_tweak(move |token| token.extend(claims.clone()))
+}
+
+/// A tweak that leaves claim `name` out of the ID token.
+fn remove_claim(
+    name: &'static str,
+) -> impl Fn(&mut Map<String, Value>, &mut Map<String, Value>) -> SignAs + Send + Sync + 'static {
+    claims_tweak(move |claims| {
+        claims.remove(name);
+    })
+}
+
 /// The login succeeded: 303 back to the return path with a session cookie, and
 /// the browser's next request reaches the upstream as [`USER`].
 async fn assert_signed_in(gw: &TestGateway, login: &Login) {
@@ -206,6 +225,16 @@ async fn assert_rejected(gw: &TestGateway, login: &Login, reason: &str) {
     );
 }
 
+/// A new gateway + IdP whose ID token goes through `tweak`: its login is
+/// rejected for `reason`.
+async fn assert_tweak_rejected<F>(tweak: F, reason: &str)
+where
+    F: Fn(&mut Map<String, Value>, &mut Map<String, Value>) -> SignAs + Send + Sync + 'static,
+{
+    let (login, gw) = login_with_tweak(tweak).await;
+    assert_rejected(&gw, &login, reason).await;
+}
+
 /// `/.gateway/me` of a signed-in browser.
 async fn me(gw: &TestGateway, client: &reqwest::Client) -> Value {
     let response = bounded("me", client.get(gw.url("/.gateway/me")).send())
@@ -224,12 +253,7 @@ fn html_browser(gw: &TestGateway) -> reqwest::Client {
             .parse()
             .expect("accept"),
     );
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&gw.cert_pem).expect("pem"))
-        .resolve("localhost", gw.addr)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
+    client_builder(&gw.cert_pem, gw.addr)
         .cookie_store(true)
         .default_headers(headers)
         .build()
@@ -256,63 +280,52 @@ async fn valid_login_is_accepted_and_forwards_the_user() {
 
 #[tokio::test]
 async fn corrupt_signature_is_rejected() {
-    let (login, gw) = login_with_tweak(|_, _| SignAs::CorruptSignature).await;
-    assert_rejected(&gw, &login, "bad_signature").await;
+    assert_tweak_rejected(|_, _| SignAs::CorruptSignature, "bad_signature").await;
 }
 
 #[tokio::test]
 async fn unsigned_alg_none_token_is_rejected() {
-    let (login, gw) = login_with_tweak(|_, _| SignAs::Unsigned).await;
-    assert_rejected(&gw, &login, "algorithm_not_allowed").await;
+    assert_tweak_rejected(|_, _| SignAs::Unsigned, "algorithm_not_allowed").await;
 }
 
 #[tokio::test]
 async fn hs256_signed_with_the_client_secret_is_rejected() {
-    let (login, gw) =
-        login_with_tweak(|_, _| SignAs::Hs256(CLIENT_SECRET.as_bytes().to_vec())).await;
-    assert_rejected(&gw, &login, "algorithm_not_allowed").await;
+    assert_tweak_rejected(
+        |_, _| SignAs::Hs256(CLIENT_SECRET.as_bytes().to_vec()),
+        "algorithm_not_allowed",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- iss, aud
 
 #[tokio::test]
 async fn wrong_issuer_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("iss".into(), json!("https://evil.example/v2.0"));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "wrong_issuer").await;
+    let evil = set_claims(json!({"iss": "https://evil.example/v2.0"}));
+    assert_tweak_rejected(evil, "wrong_issuer").await;
 }
 
 #[tokio::test]
 async fn issuer_with_a_trailing_slash_is_rejected() {
     let gw = anonymous_gateway().await;
     let issuer = format!("{}/", gw.idp.token_issuer());
-    set_tweak(
-        &gw,
-        claims_tweak(move |claims| {
-            claims.insert("iss".into(), json!(issuer));
-        }),
-    );
+    set_tweak(&gw, set_claims(json!({ "iss": issuer })));
     let login = login(&gw).await;
     assert_rejected(&gw, &login, "wrong_issuer").await;
 }
 
 #[tokio::test]
 async fn wrong_audience_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("aud".into(), json!("some-other-app"));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "wrong_audience").await;
+    let other_app = set_claims(json!({"aud": "some-other-app"}));
+    assert_tweak_rejected(other_app, "wrong_audience").await;
 }
 
 #[tokio::test]
 async fn audience_array_containing_the_client_is_accepted() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("aud".into(), json!([CLIENT_ID, "some-other-app"]));
-        claims.insert("azp".into(), json!(CLIENT_ID));
-    }))
+    let (login, gw) = login_with_tweak(set_claims(json!({
+        "aud": [CLIENT_ID, "some-other-app"],
+        "azp": CLIENT_ID,
+    })))
     .await;
     assert_signed_in(&gw, &login).await;
 }
@@ -321,105 +334,74 @@ async fn audience_array_containing_the_client_is_accepted() {
 
 #[tokio::test]
 async fn expired_token_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        let now = now();
-        claims.insert("iat".into(), json!(now - 7200));
-        claims.insert("nbf".into(), json!(now - 7200));
-        claims.insert("exp".into(), json!(now - 3600));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "expired").await;
+    let now = now();
+    let expired = set_claims(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}));
+    assert_tweak_rejected(expired, "expired").await;
 }
 
 #[tokio::test]
 async fn token_expired_within_the_clock_skew_is_accepted() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        let now = now();
-        claims.insert("iat".into(), json!(now - 3600));
-        claims.insert("nbf".into(), json!(now - 3600));
-        claims.insert("exp".into(), json!(now - 30));
-    }))
+    let now = now();
+    let (login, gw) = login_with_tweak(set_claims(json!({
+        "iat": now - 3600,
+        "nbf": now - 3600,
+        "exp": now - 30,
+    })))
     .await;
     assert_signed_in(&gw, &login).await;
 }
 
 #[tokio::test]
 async fn token_with_nbf_in_the_future_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("nbf".into(), json!(now() + 600));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "not_yet_valid").await;
+    let not_yet = set_claims(json!({"nbf": now() + 600}));
+    assert_tweak_rejected(not_yet, "not_yet_valid").await;
 }
 
 #[tokio::test]
 async fn token_with_fractional_nbf_in_the_future_is_rejected() {
     // RFC 7519 NumericDate may be non-integer.
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("nbf".into(), json!(now() as f64 + 600.5));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "not_yet_valid").await;
+    let not_yet = set_claims(json!({"nbf": now() as f64 + 600.5}));
+    assert_tweak_rejected(not_yet, "not_yet_valid").await;
 }
 
 #[tokio::test]
 async fn token_with_nbf_as_a_string_is_rejected() {
     // Not a NumericDate: fail closed rather than skip the check.
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.insert("nbf".into(), json!((now() + 600).to_string()));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "invalid_claim_format").await;
+    let text_nbf = set_claims(json!({"nbf": (now() + 600).to_string()}));
+    assert_tweak_rejected(text_nbf, "invalid_claim_format").await;
 }
 
 #[tokio::test]
 async fn missing_iat_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.remove("iat");
-    }))
-    .await;
-    assert_rejected(&gw, &login, "missing_iat").await;
+    assert_tweak_rejected(remove_claim("iat"), "missing_iat").await;
 }
 
 #[tokio::test]
 async fn iat_far_in_the_future_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        let now = now();
-        claims.insert("iat".into(), json!(now + 3600));
-        claims.insert("exp".into(), json!(now + 7200));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "issued_in_future").await;
+    let now = now();
+    let future = set_claims(json!({"iat": now + 3600, "exp": now + 7200}));
+    assert_tweak_rejected(future, "issued_in_future").await;
 }
 
 // ---------------------------------------------------------------- sub, nonce
 
 #[tokio::test]
 async fn missing_sub_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.remove("sub");
-    }))
-    .await;
-    assert_rejected(&gw, &login, "missing_sub").await;
+    assert_tweak_rejected(remove_claim("sub"), "missing_sub").await;
 }
 
 #[tokio::test]
 async fn nonce_mismatch_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
+    let other_nonce = claims_tweak(|claims| {
         assert!(claims.contains_key("nonce"), "the IdP echoes the nonce");
         claims.insert("nonce".into(), json!("not-the-nonce-of-this-login"));
-    }))
-    .await;
-    assert_rejected(&gw, &login, "nonce_mismatch").await;
+    });
+    assert_tweak_rejected(other_nonce, "nonce_mismatch").await;
 }
 
 #[tokio::test]
 async fn missing_nonce_is_rejected() {
-    let (login, gw) = login_with_tweak(claims_tweak(|claims| {
-        claims.remove("nonce");
-    }))
-    .await;
-    assert_rejected(&gw, &login, "missing_nonce").await;
+    assert_tweak_rejected(remove_claim("nonce"), "missing_nonce").await;
 }
 
 // ---------------------------------------------------------------- keys
@@ -529,13 +511,7 @@ async fn multi_tenant_tid_that_is_not_a_guid_is_rejected() {
     // GUID rule of Microsoft's recipe can reject the token.
     let gw = multi_tenant_gateway(&[TENANT, "contoso"]).await;
     let issuer = format!("{}/contoso/v2.0", gw.idp.base_url());
-    set_tweak(
-        &gw,
-        claims_tweak(move |claims| {
-            claims.insert("tid".into(), json!("contoso"));
-            claims.insert("iss".into(), json!(issuer));
-        }),
-    );
+    set_tweak(&gw, set_claims(json!({"tid": "contoso", "iss": issuer})));
     let login = login(&gw).await;
     assert_rejected(&gw, &login, "tenant_not_guid").await;
 }
@@ -763,15 +739,7 @@ async fn an_aadsts_html_page_names_both_readers_and_every_id() {
         "AADSTS50105: The signed in user is not assigned to a role for the application.".into(),
     )));
     let client = html_browser(&gw);
-    let start = format!(
-        "{}?rd={}",
-        gw.url("/.gateway/sign_in"),
-        urlencode(RETURN_TO)
-    );
-    let first = bounded("sign_in", client.get(start).send())
-        .await
-        .expect("sign_in");
-    let response = bounded("login", gw.follow_login(&client, first)).await;
+    let response = bounded("login", gw.sign_in(&client, RETURN_TO)).await;
     let description = query_param(response.url().as_str(), "error_description").unwrap_or_default();
     let request_id = response
         .headers()
@@ -888,20 +856,10 @@ async fn max_age_refuses_an_older_authentication() {
     let fresh = login(&gw).await;
     assert_signed_in(&gw, &fresh).await;
     let stale = now() - 3600;
-    set_tweak(
-        &gw,
-        claims_tweak(move |claims| {
-            claims.insert("auth_time".into(), json!(stale));
-        }),
-    );
+    set_tweak(&gw, set_claims(json!({ "auth_time": stale })));
     let old = login(&gw).await;
     assert_rejected(&gw, &old, "authentication_too_old").await;
-    set_tweak(
-        &gw,
-        claims_tweak(|claims| {
-            claims.remove("auth_time");
-        }),
-    );
+    set_tweak(&gw, remove_claim("auth_time"));
     let missing = login(&gw).await;
     assert_rejected(&gw, &missing, "missing_auth_time").await;
 }
@@ -997,15 +955,7 @@ async fn idp_redirect_uri_mismatch_page_shows_the_exact_callback_url() {
     gw.idp
         .set_authorize_error(Some(("invalid_request".into(), description.into())));
     let client = html_browser(&gw);
-    let start = format!(
-        "{}?rd={}",
-        gw.url("/.gateway/sign_in"),
-        urlencode(RETURN_TO)
-    );
-    let first = bounded("sign_in", client.get(start).send())
-        .await
-        .expect("sign_in");
-    let response = bounded("login", gw.follow_login(&client, first)).await;
+    let response = bounded("login", gw.sign_in(&client, RETURN_TO)).await;
     let login = read_login(response, client).await;
 
     assert_eq!(login.status, 400, "body: {}", login.body);
