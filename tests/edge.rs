@@ -42,21 +42,13 @@ fn received(log: &Log) -> Vec<Received> {
     log.lock().unwrap().clone()
 }
 
-/// Sends `request_head` (without the final blank line) exactly as written over
-/// HTTP/1.1 and returns the status code and the whole answer.
-async fn raw_request(gw: &TestGateway, request_head: &str) -> (u16, String) {
-    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
-    let request = format!("{request_head}\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text)
-}
-
-async fn raw_get(gw: &TestGateway, path: &str) -> (u16, String) {
-    raw_request(gw, &format!("GET {path} HTTP/1.1\r\nHost: localhost")).await
+/// `GET <path>` exactly as written, with the session `cookie`.
+async fn raw_get_signed_in(gw: &TestGateway, path: &str, cookie: &str) -> (u16, String) {
+    raw_request(
+        gw,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}"),
+    )
+    .await
 }
 
 /// Public static files, a secret area that needs sign-in, and a denied one.
@@ -96,11 +88,7 @@ async fn paths_an_upstream_reads_differently_are_refused_not_forwarded() {
         ("/%E2%84%AA", "read as ASCII"),
     ];
     for (path, why) in cases {
-        let (status, text) = raw_request(
-            &gw,
-            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}"),
-        )
-        .await;
+        let (status, text) = raw_get_signed_in(&gw, path, &cookie).await;
         assert_eq!(status, 400, "{path}: {text}");
         assert!(text.contains("bad_path"), "{path}: {text}");
         assert!(
@@ -110,11 +98,7 @@ async fn paths_an_upstream_reads_differently_are_refused_not_forwarded() {
     }
     // A trailing slash is no way around a rule: `/secret/` is `/secret`.
     for path in ["/secret/", "/SECRET/", "/admin/"] {
-        let (status, text) = raw_request(
-            &gw,
-            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}"),
-        )
-        .await;
+        let (status, text) = raw_get_signed_in(&gw, path, &cookie).await;
         assert_eq!(status, 403, "{path}: {text}");
     }
     assert!(
@@ -145,15 +129,10 @@ async fn forward_auth_applies_the_same_path_rule_to_x_original_uri() {
         ("/secret%23x", 400, "encoded separator"),
         ("/static/app.js", 202, ""),
     ] {
-        let response = client
+        let check = client
             .get(gw.url("/.gateway/auth"))
-            .header("x-original-uri", uri)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), status, "{uri}");
-        let body = response.text().await.unwrap();
-        assert!(body.contains(why), "{uri}: {body}");
+            .header("x-original-uri", uri);
+        assert_answers(check, status, why).await;
     }
 }
 
@@ -216,30 +195,18 @@ async fn method_override_headers_are_refused_where_rules_depend_on_the_method() 
         "x-http-method",
         "x-method-override",
     ] {
-        let response = client
-            .get(gw.url("/reports/q3"))
-            .header(name, "DELETE")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{name}");
-        let body = response.text().await.unwrap();
-        assert!(body.contains("method_override"), "{name}: {body}");
+        let overridden = client.get(gw.url("/reports/q3")).header(name, "DELETE");
+        assert_answers(overridden, 400, "method_override").await;
     }
     assert!(received(&log).is_empty(), "{:?}", received(&log));
     // Forward-auth: the proxy in front would pass the override on.
-    let response = client
+    let check = client
         .get(gw.url("/.gateway/auth"))
         .header("x-original-uri", "/reports/q3")
-        .header("x-http-method-override", "DELETE")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(response.text().await.unwrap().contains("method_override"));
+        .header("x-http-method-override", "DELETE");
+    assert_answers(check, 400, "method_override").await;
     // Without the override, the GET is public.
-    let response = client.get(gw.url("/reports/q3")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(status_of(client.get(gw.url("/reports/q3"))).await, 200);
 }
 
 #[tokio::test]
@@ -306,32 +273,16 @@ async fn a_cross_site_request_cannot_sign_the_user_out() {
     let forged = browser
         .get(gw.url("/.gateway/sign_out"))
         .header("sec-fetch-site", "cross-site")
-        .header("accept", "image/avif,image/webp,*/*")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 403);
-    let body = forged.text().await.unwrap();
-    assert!(body.contains("cross_site_sign_out"), "{body}");
+        .header("accept", "image/avif,image/webp,*/*");
+    assert_answers(forged, 403, "cross_site_sign_out").await;
     // A form another site POSTs.
     let forged = browser
         .post(gw.url("/.gateway/sign_out"))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 403);
-    assert!(forged.text().await.unwrap().contains("cross_site_sign_out"));
+        .header("origin", "https://evil.example");
+    assert_answers(forged, 403, "cross_site_sign_out").await;
     // Still signed in.
-    assert_eq!(
-        browser
-            .get(gw.url("/.gateway/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let me = || browser.get(gw.url("/.gateway/me"));
+    assert_eq!(status_of(me()).await, 200);
     // A link without fetch metadata (an old browser) gets a page whose button
     // POSTs from this origin; that POST signs out.
     let page = navigate(browser.get(gw.url("/.gateway/sign_out")))
@@ -345,12 +296,7 @@ async fn a_cross_site_request_cannot_sign_the_user_out() {
         "{html}"
     );
     assert_eq!(
-        browser
-            .get(gw.url("/.gateway/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(me()).await,
         200,
         "the page alone signs nobody out"
     );
@@ -362,15 +308,7 @@ async fn a_cross_site_request_cannot_sign_the_user_out() {
         .await
         .unwrap();
     assert_eq!(out.status(), 302, "signed out, on to the IdP's logout");
-    assert_eq!(
-        browser
-            .get(gw.url("/.gateway/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status_of(me()).await, 401);
 }
 
 #[tokio::test]
@@ -419,14 +357,7 @@ async fn hsts_is_sent_when_the_certificate_is_not_self_signed() {
         .anonymous()
         .start()
         .await;
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap(),
-        )
-        .resolve("localhost", gw.addr)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
+    let client = client_builder(&std::fs::read(&pki.ca_file).unwrap(), gw.addr)
         .build()
         .unwrap();
     let response = client.get(gw.url("/console")).send().await.unwrap();
@@ -457,15 +388,7 @@ async fn upstream_set_cookie_for_a_gateway_cookie_name_is_dropped() {
     assert_eq!(response.status(), 200);
     assert_eq!(set_cookies(&response), ["console=1; Path=/"]);
     // The session survives.
-    assert_eq!(
-        gw.http1()
-            .get(gw.url("/.gateway/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(gw.http1().get(gw.url("/.gateway/me"))).await, 200);
 }
 
 #[tokio::test]
@@ -646,16 +569,12 @@ async fn a_malformed_chunked_body_is_the_clients_400_not_an_upstream_failure() {
     let (upstream, bodies) = body_reading_upstream().await;
     let gw = gateway(upstream).start().await;
     let cookie = gw.cookie_header();
-    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
     // One good chunk, then a chunk size that is not hexadecimal.
     let request = format!(
         "POST /api/upload HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\
          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n"
     );
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let (_, answer) = raw_exchange(&gw, &request).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("bad_request_body"), "{answer}");
     assert!(answer.contains("chunk"), "the reason is named: {answer}");
@@ -753,12 +672,7 @@ async fn identity_values_the_gateway_would_have_to_alter_are_refused_at_sign_in(
         assert!(page.contains("unsendable_identity"), "{page}");
         assert!(page.contains(&format!("claim `{claim}`")), "{page}");
         assert_eq!(
-            browser
-                .get(gw.url("/console"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            status_of(browser.get(gw.url("/console"))).await,
             401,
             "no session for {user:?}"
         );

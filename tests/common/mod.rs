@@ -5,6 +5,7 @@
 
 pub mod pki;
 pub mod process;
+pub mod requests;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +26,8 @@ use tokio::net::TcpListener;
 
 #[allow(unused_imports)]
 pub use oidc_gateway::{empty_body, full_body};
+#[allow(unused_imports)]
+pub use requests::*;
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_ID: &str = "test-client";
