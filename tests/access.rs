@@ -27,7 +27,7 @@ async fn counting_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             for (name, value) in req.headers() {
                 forward = forward.header(name, value);
             }
-            let body = forward.send().await.unwrap().bytes().await.unwrap();
+            let body = send(forward).await.bytes().await.unwrap();
             Response::new(full_body(body))
         }
     })
@@ -41,10 +41,7 @@ async fn a_user_who_fails_the_rules_gets_a_403_naming_them_never_a_loop() {
         .section("[access]\ngroups = [\"admins-only\"]")
         .start()
         .await;
-    let page = navigate(gw.http1().get(gw.url("/console")))
-        .send()
-        .await
-        .unwrap();
+    let page = send(navigate(gw.http1().get(gw.url("/console")))).await;
     assert_eq!(page.status(), 403);
     assert!(
         !page.headers().contains_key("location"),
@@ -53,7 +50,7 @@ async fn a_user_who_fails_the_rules_gets_a_403_naming_them_never_a_loop() {
     let html = page.text().await.unwrap();
     assert!(html.contains(USER), "names who is signed in: {html}");
     assert!(html.contains("/.gateway/sign_out"), "offers a way out");
-    let api = gw.http1().get(gw.url("/api/data")).send().await.unwrap();
+    let api = send(gw.http1().get(gw.url("/api/data"))).await;
     assert_eq!(api.status(), 403);
     let json: serde_json::Value = api.json().await.unwrap();
     assert_eq!(json["error"], "forbidden");
@@ -81,7 +78,7 @@ async fn each_rule_kind_admits_and_refuses() {
             .section(&format!("[access]\n{rule}"))
             .start()
             .await;
-        let status = gw.http1().get(gw.url("/")).send().await.unwrap().status();
+        let status = status_of(gw.http1().get(gw.url("/"))).await;
         assert_eq!(status, expected, "{rule}");
     }
 }
@@ -96,9 +93,8 @@ async fn app_roles_from_the_token_are_honoured() {
     let mut claims = serde_json::Map::new();
     claims.insert("roles".into(), serde_json::json!(["Console.Admin"]));
     gw.idp.set_user_override(USER, Some(claims));
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 200);
+    let browser = gw.signed_in_browser().await;
+    assert_eq!(status_of(browser.get(gw.url("/"))).await, 200);
 }
 
 #[tokio::test]
@@ -118,9 +114,8 @@ async fn email_domain_is_an_exact_match_on_a_single_at_address() {
         let mut claims = serde_json::Map::new();
         claims.insert("preferred_username".into(), address.into());
         gw.idp.set_user_override(USER, Some(claims));
-        let browser = gw.fresh_browser();
-        assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-        let status = browser.get(gw.url("/")).send().await.unwrap().status();
+        let browser = gw.signed_in_browser().await;
+        let status = status_of(browser.get(gw.url("/"))).await;
         assert_eq!(status, expected, "{address}");
     }
 }
@@ -157,9 +152,8 @@ async fn overage_bearer_gateway() -> TestGateway {
 #[tokio::test]
 async fn overage_user_is_admitted_by_a_group_known_only_to_graph() {
     let gw = overage_gateway().await;
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let response = browser.get(gw.url("/console")).send().await.unwrap();
+    let browser = gw.signed_in_browser().await;
+    let response = send(browser.get(gw.url("/console"))).await;
     assert_eq!(response.status(), 200, "admitted by the group from Graph");
     let echo: serde_json::Value = response.json().await.unwrap();
     let groups = echoed(&echo, "x-forwarded-groups");
@@ -167,14 +161,7 @@ async fn overage_user_is_admitted_by_a_group_known_only_to_graph() {
     let groups: Vec<&str> = groups[0].split(',').collect();
     assert_eq!(groups.len(), 251, "every group, over three Graph pages");
     assert!(groups.contains(&GRAPH_ONLY_GROUP));
-    let me: serde_json::Value = browser
-        .get(gw.url("/.gateway/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(browser.get(gw.url("/.gateway/me"))).await;
     assert_eq!(
         me["groups"].as_array().map(Vec::len),
         Some(251),
@@ -223,7 +210,7 @@ async fn overage_user_is_refused_with_the_reason_when_graph_fails() {
                 "{mode:?}: {advice:?} in {message}"
             );
         }
-        let after = browser.get(gw.url("/console")).send().await.unwrap();
+        let after = send(browser.get(gw.url("/console"))).await;
         assert_eq!(after.status(), 401, "still signed out");
     }
     assert_eq!(gw.idp.claim_source_requests(), 0);
@@ -259,12 +246,12 @@ async fn overage_user_is_refused_when_graph_does_not_answer_in_time() {
 
 /// An API request with `token` as its bearer token.
 async fn bearer_request(gw: &TestGateway, token: &str) -> reqwest::Response {
-    gw.fresh_browser()
-        .get(gw.url("/api/data"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
+    send(
+        gw.fresh_browser()
+            .get(gw.url("/api/data"))
+            .bearer_auth(token),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -332,15 +319,12 @@ async fn public_routes_forward_anonymously_without_identity() {
     let (upstream, hits) = counting_echo().await;
     let gw = gateway(upstream).section(ROUTES).anonymous().start().await;
     let client = gw.fresh_browser();
-    let echo: serde_json::Value = client
-        .get(gw.url("/public/logo.png?v=1"))
-        .header("x-forwarded-user", "admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(
+        client
+            .get(gw.url("/public/logo.png?v=1"))
+            .header("x-forwarded-user", "admin"),
+    )
+    .await;
     assert_eq!(echo["uri"], "/public/logo.png?v=1");
     assert!(
         echoed(&echo, "x-forwarded-user").is_empty(),
@@ -349,15 +333,7 @@ async fn public_routes_forward_anonymously_without_identity() {
     assert!(echoed(&echo, "x-gateway-assertion").is_empty());
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // The route is GET/HEAD only: a POST there needs sign-in.
-    assert_eq!(
-        client
-            .post(gw.url("/public/form"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(status_of(client.post(gw.url("/public/form"))).await, 401);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
@@ -366,15 +342,7 @@ async fn stricter_and_deny_routes_apply_on_the_normalized_path() {
     let (upstream, hits) = counting_echo().await;
     let gw = gateway(upstream).section(ROUTES).start().await;
     let client = gw.http1();
-    assert_eq!(
-        client
-            .get(gw.url("/console"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(client.get(gw.url("/console"))).await, 200);
     for path in [
         "/admin/users",
         "/ADMIN/users",
@@ -384,35 +352,17 @@ async fn stricter_and_deny_routes_apply_on_the_normalized_path() {
         "/admin;x=1/users",
         "/public/..;/admin",
     ] {
-        let status = client.get(gw.url(path)).send().await.unwrap().status();
+        let status = status_of(client.get(gw.url(path))).await;
         assert!(status == 403 || status == 400, "{path} answered {status}");
     }
     for path in ["/internal/metrics", "/INTERNAL/x"] {
-        assert_eq!(
-            client.get(gw.url(path)).send().await.unwrap().status(),
-            403,
-            "{path}"
-        );
+        assert_eq!(status_of(client.get(gw.url(path))).await, 403, "{path}");
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,
         "only /console reached the upstream"
     );
-}
-
-/// Sends `GET <path>` exactly as written (HTTP clients resolve `..` before
-/// sending; attackers do not), returns the status code and body.
-async fn raw_get(gw: &TestGateway, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test]
@@ -448,7 +398,7 @@ async fn skip_auth_routes_never_match_the_query_or_fragment() {
         "/secret%23/public/a",
         "/public%23/../secret",
     ] {
-        let status = client.get(gw.url(path)).send().await.unwrap().status();
+        let status = status_of(client.get(gw.url(path))).await;
         assert!(status == 401 || status == 400, "{path} answered {status}");
     }
     assert_eq!(
@@ -465,22 +415,10 @@ async fn health_probe_user_agents_get_nothing_beyond_health() {
     let gw = gateway(upstream).anonymous().start().await;
     let client = gw.fresh_browser();
     for agent in ["kube-probe/1.29", "ELB-HealthChecker/2.0", "GoogleHC/1.0"] {
-        let status = client
-            .get(gw.url("/console"))
-            .header("user-agent", agent)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = status_of(client.get(gw.url("/console")).header("user-agent", agent)).await;
         assert_eq!(status, 401, "{agent}");
         assert_eq!(
-            client
-                .get(gw.url("/healthz"))
-                .header("user-agent", agent)
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            status_of(client.get(gw.url("/healthz")).header("user-agent", agent)).await,
             200
         );
     }
@@ -492,7 +430,7 @@ async fn open_redirects_through_the_deep_link_are_neutralised() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     for path in ["//evil.example/x", "/%2F%2Fevil.example/x"] {
         let browser = gw.fresh_browser();
-        let start = navigate(browser.get(gw.url(path))).send().await.unwrap();
+        let start = send(navigate(browser.get(gw.url(path)))).await;
         if start.status() == 400 {
             continue; // refused outright: no redirect at all
         }
@@ -507,15 +445,18 @@ async fn open_redirects_through_the_deep_link_are_neutralised() {
     }
 }
 
-const RUSTDESK: &str = "[rustdesk]\nenabled = true";
+/// An anonymous test browser's gateway with the RustDesk preset on, in front of `upstream`.
+async fn rustdesk_gateway(upstream: std::net::SocketAddr) -> TestGateway {
+    gateway(upstream)
+        .section("[rustdesk]\nenabled = true")
+        .anonymous()
+        .start()
+        .await
+}
 
 #[tokio::test]
 async fn rustdesk_client_api_reaches_the_console_untouched() {
-    let gw = gateway(echo_upstream().await)
-        .section(RUSTDESK)
-        .anonymous()
-        .start()
-        .await;
+    let gw = rustdesk_gateway(echo_upstream().await).await;
     let client = gw.fresh_http1();
     for path in [
         "/api/heartbeat",
@@ -526,15 +467,15 @@ async fn rustdesk_client_api_reaches_the_console_untouched() {
         "/api/devices/cli",
         "/api/currentUser",
     ] {
-        let response = client
-            .post(gw.url(path))
-            .header("authorization", "Bearer rustdesk-client-token")
-            .header("x-forwarded-user", "admin")
-            .header("content-type", "application/json")
-            .body("{\"id\":\"123\"}")
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            client
+                .post(gw.url(path))
+                .header("authorization", "Bearer rustdesk-client-token")
+                .header("x-forwarded-user", "admin")
+                .header("content-type", "application/json")
+                .body("{\"id\":\"123\"}"),
+        )
+        .await;
         assert_eq!(response.status(), 200, "{path}");
         let echo: serde_json::Value = response.json().await.unwrap();
         assert_eq!(
@@ -550,35 +491,22 @@ async fn rustdesk_client_api_reaches_the_console_untouched() {
     }
     // Not on the list: the console's web UI still needs sign-in.
     assert_eq!(
-        client
-            .get(gw.url("/api/admin/settings"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status_of(client.get(gw.url("/api/admin/settings"))).await,
         401
     );
-    let web = navigate(gw.fresh_browser().get(gw.url("/")))
-        .send()
-        .await
-        .unwrap();
+    let web = send(navigate(gw.fresh_browser().get(gw.url("/")))).await;
     assert_eq!(web.status(), 302);
 }
 
 #[tokio::test]
 async fn rustdesk_client_api_never_sees_html_or_a_gateway_5xx() {
-    let gw = gateway(closed_port().await)
-        .section(RUSTDESK)
-        .anonymous()
-        .start()
-        .await;
-    let response = gw
-        .fresh_http1()
-        .get(gw.url("/api/heartbeat"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let gw = rustdesk_gateway(closed_port().await).await;
+    let response = send(
+        gw.fresh_http1()
+            .get(gw.url("/api/heartbeat"))
+            .header("accept", "text/html"),
+    )
+    .await;
     assert_eq!(
         response.status(),
         424,
@@ -599,18 +527,13 @@ async fn rustdesk_client_api_never_sees_html_or_a_gateway_5xx() {
 #[tokio::test]
 async fn rustdesk_foreign_callbacks_go_to_the_console_and_ours_do_not() {
     let (upstream, hits) = counting_echo().await;
-    let gw = gateway(upstream)
-        .section(RUSTDESK)
-        .anonymous()
-        .start()
-        .await;
+    let gw = rustdesk_gateway(upstream).await;
     // RustDesk's own OIDC login for a desktop client: a state we never issued.
-    let foreign = gw
-        .fresh_browser()
-        .get(gw.url("/api/oidc/callback?code=rd-code&state=rustdesk-state-123"))
-        .send()
-        .await
-        .unwrap();
+    let foreign = send(
+        gw.fresh_browser()
+            .get(gw.url("/api/oidc/callback?code=rd-code&state=rustdesk-state-123")),
+    )
+    .await;
     assert_eq!(foreign.status(), 200);
     let echo: serde_json::Value = foreign.json().await.unwrap();
     assert_eq!(
@@ -619,8 +542,7 @@ async fn rustdesk_foreign_callbacks_go_to_the_console_and_ours_do_not() {
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // Our own login's callback is finished by the gateway, not forwarded.
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
+    gw.signed_in_browser().await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,
@@ -630,18 +552,13 @@ async fn rustdesk_foreign_callbacks_go_to_the_console_and_ours_do_not() {
 
 #[tokio::test]
 async fn rustdesk_websockets_pass_without_a_browser_login() {
-    let gw = gateway(echo_upstream().await)
-        .section(RUSTDESK)
-        .anonymous()
-        .start()
-        .await;
-    let response = gw
-        .fresh_http1()
-        .get(gw.url("/ws/id"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let gw = rustdesk_gateway(echo_upstream().await).await;
+    let response = send(
+        gw.fresh_http1()
+            .get(gw.url("/ws/id"))
+            .header("accept", "text/html"),
+    )
+    .await;
     assert_eq!(
         response.status(),
         200,
@@ -657,16 +574,12 @@ async fn bearer_tokens_from_the_issuer_pass_with_identity() {
         .start()
         .await;
     let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
-    let echo: serde_json::Value = gw
-        .fresh_http1()
-        .get(gw.url("/api/data"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(
+        gw.fresh_http1()
+            .get(gw.url("/api/data"))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(echoed(&echo, "x-forwarded-user"), [USER]);
     assert_eq!(echoed(&echo, "x-gateway-assertion").len(), 1);
 }
@@ -713,13 +626,12 @@ async fn bad_bearer_tokens_get_401_invalid_token() {
         ),
         ("tampered", tampered, "bad_signature"),
     ] {
-        let response = gw
-            .fresh_http1()
-            .get(gw.url("/api/data"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            gw.fresh_http1()
+                .get(gw.url("/api/data"))
+                .bearer_auth(&token),
+        )
+        .await;
         assert_eq!(response.status(), 401, "{name}");
         let challenge = response.headers()["www-authenticate"]
             .to_str()
@@ -738,13 +650,12 @@ async fn bad_bearer_tokens_get_401_invalid_token() {
 async fn bearer_tokens_are_ignored_when_bearer_is_off() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
-    let response = gw
-        .fresh_http1()
-        .get(gw.url("/api/data"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        gw.fresh_http1()
+            .get(gw.url("/api/data"))
+            .bearer_auth(&token),
+    )
+    .await;
     assert_eq!(response.status(), 401);
     assert!(response
         .headers()
@@ -757,24 +668,14 @@ async fn the_assertion_verifies_with_the_published_key_and_is_reused() {
     let upstream = echo_upstream().await;
     let gw = gateway(upstream).start().await;
     let client = gw.http1();
-    let jwks: jsonwebtoken::jwk::JwkSet = client
-        .get(gw.url("/.gateway/jwks.json"))
-        .send()
+    let jwks: jsonwebtoken::jwk::JwkSet = send(client.get(gw.url("/.gateway/jwks.json")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let mut assertions = Vec::new();
     for _ in 0..2 {
-        let echo: serde_json::Value = client
-            .get(gw.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo = json_of(client.get(gw.url("/"))).await;
         assertions.push(echoed(&echo, "x-gateway-assertion")[0].to_string());
     }
     assert_eq!(
@@ -819,7 +720,7 @@ async fn login_starts_and_signed_in_traffic_are_never_rate_limited() {
         .await;
     let anonymous = gw.fresh_browser();
     for _ in 0..30 {
-        let start = navigate(anonymous.get(gw.url("/x"))).send().await.unwrap();
+        let start = send(navigate(anonymous.get(gw.url("/x")))).await;
         assert_eq!(
             start.status(),
             302,
@@ -827,25 +728,15 @@ async fn login_starts_and_signed_in_traffic_are_never_rate_limited() {
         );
     }
     for _ in 0..30 {
-        assert_eq!(
-            gw.http1().get(gw.url("/")).send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(status_of(gw.http1().get(gw.url("/"))).await, 200);
     }
 }
 
 // ---- unspoofable identity: object ids, vouched-for addresses, the user claim ----
 
-/// A new browser, signed in at `gw` (the callback answered 303).
-async fn signed_in(gw: &TestGateway) -> reqwest::Client {
-    let browser = gw.fresh_browser();
-    assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    browser
-}
-
 /// `GET /` of `browser` is refused with 403: the JSON answer.
 async fn refused(gw: &TestGateway, browser: &reqwest::Client) -> serde_json::Value {
-    let denied = browser.get(gw.url("/")).send().await.unwrap();
+    let denied = send(browser.get(gw.url("/"))).await;
     assert_eq!(denied.status(), 403);
     denied.json().await.unwrap()
 }
@@ -860,7 +751,7 @@ async fn forwarded(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = request.send().await.unwrap();
+    let response = send(request).await;
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -883,7 +774,7 @@ async fn a_forged_email_of_an_allowed_domain_is_refused_with_its_reason() {
     const MALLORY: &str = "mallory@evil.example";
     let gw = gateway_for(MALLORY, "[access]\nemail_domains = [\"contoso.example\"]").await;
     gw.idp.set_unverified_email(MALLORY, "boss@contoso.example");
-    let json = refused(&gw, &signed_in(&gw).await).await;
+    let json = refused(&gw, &gw.signed_in_browser().await).await;
     assert_eq!(json["reason"], "unverified_address", "{json}");
     assert!(
         json["message"]
@@ -898,7 +789,7 @@ async fn a_forged_email_of_an_allowed_domain_is_refused_with_its_reason() {
     verified.insert("email".into(), "boss@contoso.example".into());
     verified.insert("xms_edov".into(), true.into());
     gw.idp.set_user_override(MALLORY, Some(verified));
-    forwarded(&gw, &signed_in(&gw).await, &[]).await;
+    forwarded(&gw, &gw.signed_in_browser().await, &[]).await;
 }
 
 #[tokio::test]
@@ -910,7 +801,7 @@ async fn a_guests_home_address_does_not_satisfy_a_domain_rule() {
         "https://sts.windows.net/99999999-8888-7777-6666-555555555555/".into(),
     );
     gw.idp.set_user_override(USER, Some(guest));
-    let json = refused(&gw, &signed_in(&gw).await).await;
+    let json = refused(&gw, &gw.signed_in_browser().await).await;
     assert_eq!(json["reason"], "unverified_address", "{json}");
 }
 
@@ -921,7 +812,7 @@ async fn users_are_matched_by_object_id_and_oid_and_tid_reach_the_upstream() {
     let gw = gateway_for(USER, &format!("[access]\nusers = [\"{oid}\"]")).await;
     let echo = forwarded(
         &gw,
-        &signed_in(&gw).await,
+        &gw.signed_in_browser().await,
         &[
             ("X-Forwarded-Oid", "00000000-0000-0000-0000-000000000bad"),
             ("x_forwarded_tid", "00000000-0000-0000-0000-000000000bad"),
@@ -938,7 +829,7 @@ async fn users_are_matched_by_object_id_and_oid_and_tid_reach_the_upstream() {
         &format!("[access]\nusers = [\"{oid}\"]"),
     )
     .await;
-    let json = refused(&other, &signed_in(&other).await).await;
+    let json = refused(&other, &other.signed_in_browser().await).await;
     assert_eq!(json["reason"], "user", "{json}");
 }
 
@@ -950,7 +841,12 @@ async fn user_claim_oid_fills_the_user_header_under_configured_names() {
     )
     .await;
     let oid = gw.idp.object_id(USER);
-    let echo = forwarded(&gw, &signed_in(&gw).await, &[("x-entra-object", "spoofed")]).await;
+    let echo = forwarded(
+        &gw,
+        &gw.signed_in_browser().await,
+        &[("x-entra-object", "spoofed")],
+    )
+    .await;
     assert_eq!(echoed(&echo, "x-forwarded-user"), [oid.as_str()]);
     assert_eq!(echoed(&echo, "x-entra-object"), [oid.as_str()]);
     assert_eq!(echoed(&echo, "x-entra-tenant"), [TENANT]);
@@ -976,5 +872,5 @@ async fn a_token_without_the_user_claim_is_refused_at_sign_in_with_its_name() {
             .contains("claim `upn` (headers.user_claim) is missing"),
         "{json}"
     );
-    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 401);
+    assert_eq!(status_of(browser.get(gw.url("/"))).await, 401);
 }

@@ -297,6 +297,18 @@ impl TestGateway {
             .expect("client")
     }
 
+    /// Another browser, signed in through the whole login (the callback answered 303).
+    pub async fn signed_in_browser(&self) -> reqwest::Client {
+        let browser = self.fresh_browser();
+        let callback = self.sign_in(&browser, "/").await;
+        assert_eq!(
+            callback.status(),
+            303,
+            "the login ends with 303 to the return path"
+        );
+        browser
+    }
+
     /// Another browser that speaks HTTP/1.1 only (WebSocket upgrades).
     pub fn fresh_http1(&self) -> reqwest::Client {
         self.client_builder()
