@@ -14,10 +14,10 @@ const BOUND: Duration = Duration::from_secs(20);
 async fn deep_link_login_returns_to_the_exact_page_signed_in() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     let browser = gw.fresh_browser();
-    let first = navigate(browser.get(gw.url("/console/devices?page=2&q=a%20b")))
-        .send()
-        .await
-        .unwrap();
+    let first = send(navigate(
+        browser.get(gw.url("/console/devices?page=2&q=a%20b")),
+    ))
+    .await;
     assert_eq!(first.status(), 302);
     let authorize = location(&first);
     assert!(authorize.starts_with(&gw.idp.base_url()), "{authorize}");
@@ -67,14 +67,7 @@ async fn deep_link_login_returns_to_the_exact_page_signed_in() {
     }
     assert!(!session_cookie.contains("Domain"), "{session_cookie}");
 
-    let page: serde_json::Value = browser
-        .get(gw.url("/console/devices?page=2&q=a%20b"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = json_of(browser.get(gw.url("/console/devices?page=2&q=a%20b"))).await;
     assert_eq!(page["uri"], "/console/devices?page=2&q=a%20b");
     assert_eq!(echoed(&page, "x-forwarded-user"), [USER]);
     let cookies = echoed(&page, "cookie");
@@ -92,11 +85,7 @@ async fn form_post_login_completes_with_a_cross_site_capable_flow_cookie() {
         .start()
         .await;
     let browser = gw.fresh_browser();
-    let start = browser
-        .get(format!("{}?rd=%2Freport", gw.url("/.gateway/sign_in")))
-        .send()
-        .await
-        .unwrap();
+    let start = send(browser.get(format!("{}?rd=%2Freport", gw.url("/.gateway/sign_in")))).await;
     assert_eq!(start.status(), 302);
     let flow_cookie = set_cookies(&start)
         .into_iter()
@@ -113,14 +102,7 @@ async fn form_post_login_completes_with_a_cross_site_capable_flow_cookie() {
         Some("form_post")
     );
 
-    let form_page = browser
-        .get(authorize)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form_page = send(browser.get(authorize)).await.text().await.unwrap();
     let field = |name: &str| {
         let marker = format!("name=\"{name}\" value=\"");
         let start = form_page
@@ -130,22 +112,15 @@ async fn form_post_login_completes_with_a_cross_site_capable_flow_cookie() {
         let end = form_page[start..].find('"').unwrap() + start;
         form_page[start..end].replace("&amp;", "&")
     };
-    let callback = browser
-        .post(gw.url("/api/oidc/callback"))
-        .form(&[("code", field("code")), ("state", field("state"))])
-        .send()
-        .await
-        .unwrap();
+    let callback = send(
+        browser
+            .post(gw.url("/api/oidc/callback"))
+            .form(&[("code", field("code")), ("state", field("state"))]),
+    )
+    .await;
     assert_eq!(callback.status(), 303);
     assert_eq!(location(&callback), "/report");
-    let me: serde_json::Value = browser
-        .get(gw.url("/.gateway/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(browser.get(gw.url("/.gateway/me"))).await;
     assert_eq!(me["user"], USER);
 }
 
@@ -156,15 +131,15 @@ async fn logins_in_several_tabs_all_succeed_in_any_order() {
     // Three tabs start logging in before any of them finishes.
     let mut callbacks = Vec::new();
     for tab in ["/tab-a", "/tab-b", "/tab-c"] {
-        let start = navigate(browser.get(gw.url(tab))).send().await.unwrap();
+        let start = send(navigate(browser.get(gw.url(tab)))).await;
         assert_eq!(start.status(), 302);
-        let idp = browser.get(location(&start)).send().await.unwrap();
+        let idp = send(browser.get(location(&start))).await;
         assert_eq!(idp.status(), 302);
         callbacks.push((tab, location(&idp)));
     }
     // …and they come back in reverse order.
     for (tab, callback) in callbacks.into_iter().rev() {
-        let done = browser.get(callback).send().await.unwrap();
+        let done = send(browser.get(callback)).await;
         assert_eq!(done.status(), 303, "tab {tab}");
         assert_eq!(location(&done), tab);
     }
@@ -180,15 +155,15 @@ async fn login_flow_cookies_are_capped_oldest_first() {
     let browser = gw.fresh_browser();
     let mut callbacks = Vec::new();
     for tab in ["/one", "/two", "/three"] {
-        let start = navigate(browser.get(gw.url(tab))).send().await.unwrap();
-        let idp = browser.get(location(&start)).send().await.unwrap();
+        let start = send(navigate(browser.get(gw.url(tab)))).await;
+        let idp = send(browser.get(location(&start))).await;
         callbacks.push(location(&idp));
     }
     // The oldest flow was dropped to keep at most two: its callback is refused.
-    let oldest = browser.get(&callbacks[0]).send().await.unwrap();
+    let oldest = send(browser.get(&callbacks[0])).await;
     assert_eq!(oldest.status(), 400);
     for callback in &callbacks[1..] {
-        assert_eq!(browser.get(callback).send().await.unwrap().status(), 303);
+        assert_eq!(status_of(browser.get(callback)).await, 303);
     }
 }
 
@@ -231,7 +206,7 @@ async fn api_clients_xhr_and_websockets_get_401_json_never_a_redirect() {
         for (k, v) in headers {
             request = request.header(k, v);
         }
-        let response = request.send().await.unwrap();
+        let response = send(request).await;
         assert_eq!(response.status(), 401, "{name}");
         assert!(!response.headers().contains_key("location"), "{name}");
         let body: serde_json::Value = response.json().await.unwrap();
@@ -247,7 +222,7 @@ async fn api_clients_xhr_and_websockets_get_401_json_never_a_redirect() {
         );
     }
     // A POST, even from a browser, is never redirected (the body would be lost).
-    let post = navigate(client.post(gw.url("/form"))).send().await.unwrap();
+    let post = send(navigate(client.post(gw.url("/form")))).await;
     assert_eq!(post.status(), 401);
 }
 
@@ -256,40 +231,25 @@ async fn callback_with_a_state_this_browser_never_started_is_rejected() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     let browser = gw.fresh_browser();
     // A state that was never issued.
-    let forged = browser
-        .get(
-            gw.url("/api/oidc/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let forged = send(browser.get(
+        gw.url("/api/oidc/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    ))
+    .await;
     assert_eq!(forged.status(), 400);
     let body: serde_json::Value = forged.json().await.unwrap();
     assert_eq!(body["error"], "login_state_mismatch");
     assert!(body["login_url"].is_string(), "offers a way to try again");
     // No state at all.
-    let stateless = browser
-        .get(gw.url("/api/oidc/callback?code=abc"))
-        .send()
-        .await
-        .unwrap();
+    let stateless = send(browser.get(gw.url("/api/oidc/callback?code=abc"))).await;
     assert_eq!(stateless.status(), 400);
     // Our own flow cookie, but the state altered.
-    let start = browser
-        .get(gw.url("/.gateway/sign_in"))
-        .send()
-        .await
-        .unwrap();
-    let idp = browser.get(location(&start)).send().await.unwrap();
+    let start = send(browser.get(gw.url("/.gateway/sign_in"))).await;
+    let idp = send(browser.get(location(&start))).await;
     let callback = location(&idp);
     let state = query_param(&callback, "state").unwrap();
     let mut altered = state.clone();
     altered.replace_range(20..21, if &state[20..21] == "A" { "B" } else { "A" });
-    let tampered = browser
-        .get(callback.replace(&state, &altered))
-        .send()
-        .await
-        .unwrap();
+    let tampered = send(browser.get(callback.replace(&state, &altered))).await;
     assert_eq!(tampered.status(), 400);
     assert_eq!(
         gw.idp.token_requests(),
@@ -303,21 +263,17 @@ async fn login_csrf_an_attackers_callback_does_not_sign_the_victim_in() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     // The attacker starts a login in their own browser and stops at the callback URL…
     let attacker = gw.fresh_browser();
-    let start = attacker
-        .get(gw.url("/.gateway/sign_in"))
-        .send()
-        .await
-        .unwrap();
-    let idp = attacker.get(location(&start)).send().await.unwrap();
+    let start = send(attacker.get(gw.url("/.gateway/sign_in"))).await;
+    let idp = send(attacker.get(location(&start))).await;
     let trap = location(&idp);
     // …and makes the victim's browser open it.
     let victim = gw.fresh_browser();
-    let response = victim.get(&trap).send().await.unwrap();
+    let response = send(victim.get(&trap)).await;
     assert_eq!(response.status(), 400);
     assert!(set_cookies(&response)
         .iter()
         .all(|c| !c.starts_with("__Host-oidc-gateway=")));
-    let me = victim.get(gw.url("/.gateway/me")).send().await.unwrap();
+    let me = send(victim.get(gw.url("/.gateway/me"))).await;
     assert_eq!(me.status(), 401);
 }
 
@@ -325,31 +281,22 @@ async fn login_csrf_an_attackers_callback_does_not_sign_the_victim_in() {
 async fn a_replayed_callback_is_refused_and_creates_no_session() {
     let gw = gateway(echo_upstream().await).anonymous().start().await;
     let browser = gw.fresh_browser();
-    let start = browser
-        .get(gw.url("/.gateway/sign_in"))
-        .send()
-        .await
-        .unwrap();
+    let start = send(browser.get(gw.url("/.gateway/sign_in"))).await;
     let flow_cookie = set_cookies(&start)
         .into_iter()
         .find(|c| c.starts_with("__Host-oidc-gateway-flow-"))
         .unwrap();
     let flow_pair = flow_cookie.split(';').next().unwrap().to_string();
-    let idp = browser.get(location(&start)).send().await.unwrap();
+    let idp = send(browser.get(location(&start))).await;
     let callback = location(&idp);
-    assert_eq!(browser.get(&callback).send().await.unwrap().status(), 303);
+    assert_eq!(status_of(browser.get(&callback)).await, 303);
 
     // Replay in the same browser: the flow cookie is gone.
-    let again = browser.get(&callback).send().await.unwrap();
+    let again = send(browser.get(&callback)).await;
     assert_eq!(again.status(), 400);
     // Replay with the old flow cookie restored: the IdP refuses the used code.
     let replayer = gw.fresh_browser();
-    let replay = replayer
-        .get(&callback)
-        .header("cookie", flow_pair)
-        .send()
-        .await
-        .unwrap();
+    let replay = send(replayer.get(&callback).header("cookie", flow_pair)).await;
     assert_eq!(replay.status(), 400);
     let replay_cookies = set_cookies(&replay);
     let body: serde_json::Value = replay.json().await.unwrap();
@@ -382,23 +329,15 @@ async fn sign_out_ends_the_session_here_and_at_the_idp() {
     let gw = gateway(echo_upstream().await).start().await;
     let old_cookie = gw.session_cookie();
     let browser = gw.http1();
-    assert_eq!(
-        browser
-            .get(gw.url("/.gateway/me"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(browser.get(gw.url("/.gateway/me"))).await, 200);
 
-    let out = browser
-        .get(gw.url("/.gateway/sign_out"))
-        // The console's own sign-out link, as a browser follows it.
-        .header("sec-fetch-site", "same-origin")
-        .send()
-        .await
-        .unwrap();
+    let out = send(
+        browser
+            .get(gw.url("/.gateway/sign_out"))
+            // The console's own sign-out link, as a browser follows it.
+            .header("sec-fetch-site", "same-origin"),
+    )
+    .await;
     assert_eq!(out.status(), 302);
     let end_session = location(&out);
     assert!(end_session.contains("/oauth2/v2.0/logout"), "{end_session}");
@@ -406,17 +345,16 @@ async fn sign_out_ends_the_session_here_and_at_the_idp() {
     assert!(set_cookies(&out)
         .iter()
         .any(|c| c.starts_with("__Host-oidc-gateway=;") && c.contains("Max-Age=0")));
-    browser.get(end_session).send().await.unwrap();
+    send(browser.get(end_session)).await;
     assert_eq!(gw.idp.logouts(), vec![Some(hint)]);
 
     // The old cookie is dead server-side, even if a client kept it.
-    let replayed = gw
-        .fresh_browser()
-        .get(gw.url("/api/data"))
-        .header("cookie", old_cookie)
-        .send()
-        .await
-        .unwrap();
+    let replayed = send(
+        gw.fresh_browser()
+            .get(gw.url("/api/data"))
+            .header("cookie", old_cookie),
+    )
+    .await;
     assert_eq!(replayed.status(), 401);
 }
 
@@ -428,13 +366,7 @@ async fn signing_in_again_replaces_the_previous_session() {
     assert_eq!(again.status(), 303);
     let second = gw.session_cookie();
     assert_ne!(first, second, "a new session id after a new login");
-    let stale = gw
-        .fresh_browser()
-        .get(gw.url("/"))
-        .header("cookie", first)
-        .send()
-        .await
-        .unwrap();
+    let stale = send(gw.fresh_browser().get(gw.url("/")).header("cookie", first)).await;
     assert_eq!(stale.status(), 401, "the previous session must be gone");
 }
 
@@ -444,15 +376,7 @@ async fn me_describes_the_session_and_401s_without_one() {
         .idp(|o| o.email_claim = true)
         .start()
         .await;
-    let me: serde_json::Value = gw
-        .http2()
-        .get(gw.url("/.gateway/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json_of(gw.http2().get(gw.url("/.gateway/me"))).await;
     assert_eq!(me["user"], USER);
     assert_eq!(me["tid"], TENANT);
     assert_eq!(
@@ -461,12 +385,7 @@ async fn me_describes_the_session_and_401s_without_one() {
     );
     assert!(me["email"].is_string());
     assert!(me["oid"].is_string());
-    let anonymous = gw
-        .fresh_browser()
-        .get(gw.url("/.gateway/me"))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = send(gw.fresh_browser().get(gw.url("/.gateway/me"))).await;
     assert_eq!(anonymous.status(), 401);
 }
 
@@ -482,14 +401,7 @@ async fn users_without_email_sign_in_and_claims_cannot_inject_headers() {
     gw.idp.set_user_override(USER, Some(claims.clone()));
     let browser = gw.fresh_browser();
     assert_eq!(gw.sign_in(&browser, "/").await.status(), 303);
-    let echo: serde_json::Value = browser
-        .get(gw.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(browser.get(gw.url("/"))).await;
     assert_eq!(
         echoed(&echo, "x-forwarded-user"),
         ["mallory@contoso.example"]
@@ -511,22 +423,18 @@ async fn users_without_email_sign_in_and_claims_cannot_inject_headers() {
         .await
         .unwrap()
         .contains("claim `preferred_username` contains a control character"));
-    assert_eq!(browser.get(gw.url("/")).send().await.unwrap().status(), 401);
+    assert_eq!(status_of(browser.get(gw.url("/"))).await, 401);
 }
 
 #[tokio::test]
 async fn access_token_is_passed_upstream_only_when_configured() {
     let gw = gateway(echo_upstream().await).start().await;
-    let echo: serde_json::Value = gw
-        .http1()
-        .get(gw.url("/"))
-        .header("authorization", "Bearer client-own")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(
+        gw.http1()
+            .get(gw.url("/"))
+            .header("authorization", "Bearer client-own"),
+    )
+    .await;
     assert_eq!(
         echoed(&echo, "authorization"),
         ["Bearer client-own"],
@@ -537,15 +445,7 @@ async fn access_token_is_passed_upstream_only_when_configured() {
         .section("[headers]\npass_access_token = true")
         .start()
         .await;
-    let echo: serde_json::Value = passing
-        .http1()
-        .get(passing.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(passing.http1().get(passing.url("/"))).await;
     let auth = echoed(&echo, "authorization");
     assert_eq!(auth.len(), 1);
     assert!(auth[0].starts_with("Bearer ey"), "{auth:?}");
@@ -587,7 +487,7 @@ async fn idp_down_at_startup_means_not_ready_then_ready_when_it_appears() {
         .unwrap();
     let url = |p: &str| format!("https://localhost:{}{p}", server.https_addr.port());
 
-    let ready = client.get(url("/readyz")).send().await.unwrap();
+    let ready = send(client.get(url("/readyz"))).await;
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert!(
@@ -595,22 +495,19 @@ async fn idp_down_at_startup_means_not_ready_then_ready_when_it_appears() {
         "{body}"
     );
     assert_eq!(
-        client.get(url("/healthz")).send().await.unwrap().status(),
+        status_of(client.get(url("/healthz"))).await,
         200,
         "alive while not ready"
     );
-    let login = navigate(client.get(url("/console"))).send().await.unwrap();
+    let login = send(navigate(client.get(url("/console")))).await;
     assert_eq!(login.status(), 503, "a clear 503, not a crash or a 500");
 
     let idp = DevIdp::start_on(options, reserved).await.unwrap();
     tokio::time::timeout(Duration::from_secs(40), server.readiness.wait_ready())
         .await
         .expect("ready once the IdP answers (retried with backoff)");
-    assert_eq!(
-        client.get(url("/readyz")).send().await.unwrap().status(),
-        200
-    );
-    let login = navigate(client.get(url("/console"))).send().await.unwrap();
+    assert_eq!(status_of(client.get(url("/readyz"))).await, 200);
+    let login = send(navigate(client.get(url("/console")))).await;
     assert_eq!(login.status(), 302);
     assert!(location(&login).starts_with(&idp.base_url()));
     tokio::time::timeout(BOUND, server.shutdown())
@@ -691,11 +588,11 @@ async fn failed_callbacks_trip_the_per_address_limit_before_anything_is_exchange
     let forged = "/api/oidc/callback?code=abc&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let attacker = browser_of(&gw, "198.51.100.7");
     for _ in 0..3 {
-        let response = attacker.get(gw.url(forged)).send().await.unwrap();
+        let response = send(attacker.get(gw.url(forged))).await;
         assert_eq!(response.status(), 400);
     }
     assert_limited(
-        attacker.get(gw.url(forged)).send().await.unwrap(),
+        send(attacker.get(gw.url(forged))).await,
         "too_many_failed_logins",
         60,
     )
