@@ -37,11 +37,7 @@ async fn get_is_proxied_over_http1_and_http2_negotiated_by_alpn() {
         (gw.http1(), reqwest::Version::HTTP_11),
         (gw.http2(), reqwest::Version::HTTP_2),
     ] {
-        let response = client
-            .get(gw.url("/console/page?x=1&y=%20"))
-            .send()
-            .await
-            .unwrap();
+        let response = send(client.get(gw.url("/console/page?x=1&y=%20"))).await;
         assert_eq!(response.version(), expected);
         assert_eq!(response.status(), 200);
         assert!(response.headers().contains_key("x-request-id"));
@@ -77,18 +73,17 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
     })
     .await;
     let gw = gateway(upstream).start().await;
-    let response = gw
-        .http1()
-        .get(gw.url("/"))
-        .header("connection", "keep-alive, x-client-hop")
-        .header("x-client-hop", "1")
-        .header("keep-alive", "timeout=5")
-        .header("te", "trailers")
-        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-        .header("upgrade", "h2c")
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        gw.http1()
+            .get(gw.url("/"))
+            .header("connection", "keep-alive, x-client-hop")
+            .header("x-client-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("upgrade", "h2c"),
+    )
+    .await;
     assert!(!response.headers().contains_key("x-upstream-hop"));
     assert!(!response.headers().contains_key("keep-alive"));
     assert_eq!(response.headers()["x-end-to-end"], "kept");
@@ -102,21 +97,17 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
 #[tokio::test]
 async fn forwarded_headers_are_replaced_for_untrusted_clients() {
     let gw = gateway(echo_upstream().await).start().await;
-    let echo: serde_json::Value = gw
-        .http1()
-        .get(gw.url("/"))
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-proto", "http")
-        .header("x-forwarded-host", "evil.example")
-        .header("forwarded", "for=6.6.6.6")
-        .header("x-real-ip", "6.6.6.6")
-        .header("x-request-id", "attacker-chosen")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(
+        gw.http1()
+            .get(gw.url("/"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-request-id", "attacker-chosen"),
+    )
+    .await;
     assert_eq!(echoed(&echo, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(echoed(&echo, "x-forwarded-proto"), ["https"]);
     assert_eq!(
@@ -136,16 +127,15 @@ async fn forwarded_headers_are_appended_for_trusted_proxies() {
         .server(r#"trusted_proxies = ["127.0.0.0/8"]"#)
         .start()
         .await;
-    let response = gw
-        .http1()
-        .get(gw.url("/"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-proto", "https")
-        .header("x-forwarded-host", "console.example.com")
-        .header("x-request-id", "lb-1234")
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        gw.http1()
+            .get(gw.url("/"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "console.example.com")
+            .header("x-request-id", "lb-1234"),
+    )
+    .await;
     assert_eq!(response.headers()["x-request-id"], "lb-1234");
     let echo: serde_json::Value = response.json().await.unwrap();
     assert_eq!(echoed(&echo, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
@@ -158,20 +148,17 @@ async fn forwarded_headers_are_appended_for_trusted_proxies() {
 async fn spoofed_identity_headers_are_replaced_by_the_session_identity() {
     let gw = gateway(echo_upstream().await).start().await;
     for client in [gw.http1(), gw.http2()] {
-        let echo: serde_json::Value = client
-            .get(gw.url("/"))
-            .header("X-Forwarded-User", "admin")
-            .header("x_forwarded_user", "admin")
-            .header("X-FORWARDED-EMAIL", "admin@corp.example")
-            .header("X-Forwarded_Groups", "admins")
-            .header("x-forwarded-preferred-username", "admin")
-            .header("X-Gateway-Assertion", "forged")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let echo = json_of(
+            client
+                .get(gw.url("/"))
+                .header("X-Forwarded-User", "admin")
+                .header("x_forwarded_user", "admin")
+                .header("X-FORWARDED-EMAIL", "admin@corp.example")
+                .header("X-Forwarded_Groups", "admins")
+                .header("x-forwarded-preferred-username", "admin")
+                .header("X-Gateway-Assertion", "forged"),
+        )
+        .await;
         let headers = echo["headers"].as_object().unwrap();
         for name in headers.keys() {
             assert!(
@@ -206,14 +193,13 @@ async fn spoofed_identity_headers_are_stripped_even_on_anonymous_paths() {
     // upstream later is a public route. Here: the 401 for an anonymous API call
     // must not be influenced by a spoofed user header.
     let gw = gateway(echo_upstream().await).anonymous().start().await;
-    let response = gw
-        .fresh_browser()
-        .get(gw.url("/api/data"))
-        .header("X-Forwarded-User", "admin")
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        gw.fresh_browser()
+            .get(gw.url("/api/data"))
+            .header("X-Forwarded-User", "admin")
+            .header("accept", "application/json"),
+    )
+    .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -221,15 +207,7 @@ async fn spoofed_identity_headers_are_stripped_even_on_anonymous_paths() {
 async fn host_is_preserved_by_default_and_rewritten_on_request() {
     let upstream = echo_upstream().await;
     let preserved = gateway(upstream).start().await;
-    let echo: serde_json::Value = preserved
-        .http2()
-        .get(preserved.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(preserved.http2().get(preserved.url("/"))).await;
     assert_eq!(
         echoed(&echo, "host"),
         [format!("localhost:{}", preserved.addr.port())]
@@ -239,15 +217,7 @@ async fn host_is_preserved_by_default_and_rewritten_on_request() {
         .upstream_option("preserve_host = false")
         .start()
         .await;
-    let echo: serde_json::Value = rewritten
-        .http1()
-        .get(rewritten.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = json_of(rewritten.http1().get(rewritten.url("/"))).await;
     assert_eq!(echoed(&echo, "host"), [upstream.to_string()]);
 }
 
@@ -271,12 +241,12 @@ async fn multiple_set_cookie_headers_and_h2_cookies_survive() {
     let gw = gateway(upstream).start().await;
     for client in [gw.http1(), gw.http2()] {
         // The browser's own cookies plus the gateway's session cookie.
-        let response = client
-            .get(gw.url("/"))
-            .header("cookie", format!("x=1; {}; y=2", gw.session_cookie()))
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            client
+                .get(gw.url("/"))
+                .header("cookie", format!("x=1; {}; y=2", gw.session_cookie())),
+        )
+        .await;
         let set: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
         assert_eq!(set.len(), 3, "{set:?}");
         let cookies: Vec<String> = response.json().await.unwrap();
@@ -320,7 +290,7 @@ async fn download_streams_before_the_upstream_has_finished() {
     })
     .await;
     let gw = gateway(upstream).start().await;
-    let mut response = gw.http1().get(gw.url("/big")).send().await.unwrap();
+    let mut response = send(gw.http1().get(gw.url("/big"))).await;
     let mut received = 0usize;
     let mut gate = Some(first_seen_tx);
     bounded("streamed download", async {
@@ -398,34 +368,8 @@ fn tokio_stream_from<T: Send + 'static>(
 /// An upstream that accepts WebSocket upgrades and echoes every message.
 async fn websocket_echo_upstream() -> std::net::SocketAddr {
     upstream(|mut req: Request<Incoming>| async move {
-        let key = req.headers().get("sec-websocket-key").cloned();
-        let Some(key) = key else {
-            return Response::builder().status(400).body(empty_body()).unwrap();
-        };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            while let Some(Ok(message)) = ws.next().await {
-                if message.is_close() {
-                    break;
-                }
-                if ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", accept)
-            .body(empty_body())
-            .unwrap()
+        websocket::accept(&mut req, websocket::echo)
+            .unwrap_or_else(|| Response::builder().status(400).body(empty_body()).unwrap())
     })
     .await
 }
@@ -500,13 +444,12 @@ async fn websocket_over_http2_extended_connect_is_tunneled() {
 #[tokio::test]
 async fn upstream_down_gives_502_html_for_browsers_and_json_for_apis() {
     let gw = gateway(closed_port().await).start().await;
-    let browser = gw
-        .http1()
-        .get(gw.url("/"))
-        .header("accept", "text/html,application/xhtml+xml")
-        .send()
-        .await
-        .unwrap();
+    let browser = send(
+        gw.http1()
+            .get(gw.url("/"))
+            .header("accept", "text/html,application/xhtml+xml"),
+    )
+    .await;
     assert_eq!(browser.status(), 502);
     assert!(browser.headers()["content-type"]
         .to_str()
@@ -515,13 +458,12 @@ async fn upstream_down_gives_502_html_for_browsers_and_json_for_apis() {
     let page = browser.text().await.unwrap();
     assert!(page.contains("not reachable"), "{page}");
 
-    let api = gw
-        .http2()
-        .get(gw.url("/api/heartbeat"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let api = send(
+        gw.http2()
+            .get(gw.url("/api/heartbeat"))
+            .header("accept", "application/json"),
+    )
+    .await;
     assert_eq!(api.status(), 502);
     let json: serde_json::Value = api.json().await.unwrap();
     assert_eq!(json["error"], "upstream_unavailable");
@@ -591,18 +533,13 @@ async fn https_upstream_with_a_private_ca_is_verified() {
         .upstream_option(&format!("ca_file = \"{}\"", ca_path.display()))
         .start()
         .await;
-    let response = trusted.http1().get(trusted.url("/")).send().await.unwrap();
+    let response = send(trusted.http1().get(trusted.url("/"))).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "over tls");
 
     // Without the CA the upstream's certificate is rejected: 502, never plaintext fallback.
     let untrusted = gateway(addr).upstream_url(&url).start().await;
-    let response = untrusted
-        .http1()
-        .get(untrusted.url("/"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(untrusted.http1().get(untrusted.url("/"))).await;
     assert_eq!(response.status(), 502);
 }
 
@@ -617,15 +554,15 @@ async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
     .await;
     let gw = gateway(upstream).start().await;
     let client = gw.http1();
-    let live = client.get(gw.url("/healthz")).send().await.unwrap();
+    let live = send(client.get(gw.url("/healthz"))).await;
     assert_eq!(live.status(), 200);
     assert_eq!(
         live.json::<serde_json::Value>().await.unwrap()["status"],
         "ok"
     );
-    let ready = client.head(gw.url("/readyz")).send().await.unwrap();
+    let ready = send(client.head(gw.url("/readyz"))).await;
     assert_eq!(ready.status(), 200);
-    let post = client.post(gw.url("/healthz")).send().await.unwrap();
+    let post = send(client.post(gw.url("/healthz"))).await;
     assert_eq!(post.status(), 405);
     assert_eq!(
         hits.load(Ordering::SeqCst),
@@ -635,7 +572,7 @@ async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
 
     // Exact paths only: look-alikes belong to the console.
     for path in ["/healthz/", "/healthz.json", "/api/readyz"] {
-        let response = client.get(gw.url(path)).send().await.unwrap();
+        let response = send(client.get(gw.url(path))).await;
         assert_eq!(response.text().await.unwrap(), "upstream", "{path}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 3);
@@ -643,19 +580,11 @@ async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
     gw.server
         .readiness
         .set_not_ready("test", "a component is not ready");
-    let not_ready = client.get(gw.url("/readyz")).send().await.unwrap();
+    let not_ready = send(client.get(gw.url("/readyz"))).await;
     assert_eq!(not_ready.status(), 503);
     let body: serde_json::Value = not_ready.json().await.unwrap();
     assert_eq!(body["reasons"][0], "test: a component is not ready");
-    assert_eq!(
-        client
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(client.get(gw.url("/healthz"))).await, 200);
 }
 
 #[tokio::test]
@@ -780,15 +709,7 @@ async fn oversized_headers_are_refused_with_431() {
         Err(e) => assert!(e.is_request() || e.is_body() || e.is_connect(), "{e}"),
     }
     // The gateway is unaffected.
-    assert_eq!(
-        gw.http1()
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(gw.http1().get(gw.url("/healthz"))).await, 200);
 }
 
 #[tokio::test]
@@ -814,7 +735,7 @@ async fn plain_http_or_garbage_on_the_tls_port_costs_only_that_connection() {
     let mut sink = Vec::new();
     let _ = bounded("garbage connection closed", garbage.read_to_end(&mut sink)).await;
 
-    let response = gw.http2().get(gw.url("/")).send().await.unwrap();
+    let response = send(gw.http2().get(gw.url("/"))).await;
     assert_eq!(response.status(), 200);
 }
 
@@ -830,24 +751,17 @@ async fn plain_http_listener_redirects_with_308_and_answers_health() {
         .no_proxy()
         .build()
         .unwrap();
-    let response = client
-        .get(format!(
-            "http://localhost:{}/console/x?a=1",
-            http_addr.port()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let response = send(client.get(format!(
+        "http://localhost:{}/console/x?a=1",
+        http_addr.port()
+    )))
+    .await;
     assert_eq!(response.status(), 308);
     assert_eq!(
         response.headers()["location"],
         format!("https://localhost:{}/console/x?a=1", gw.addr.port()).as_str()
     );
-    let health = client
-        .get(format!("http://127.0.0.1:{}/healthz", http_addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let health = send(client.get(format!("http://127.0.0.1:{}/healthz", http_addr.port()))).await;
     assert_eq!(health.status(), 200);
 }
 
@@ -935,7 +849,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
             1 => client.get(gw.url("/empty")),
             _ => client.head(gw.url("/page")),
         };
-        let response = request.send().await.unwrap();
+        let response = send(request).await;
         assert!(
             response.status().is_success(),
             "request {i}: {}",
@@ -958,7 +872,7 @@ async fn requests_succeed_when_the_upstream_closes_idle_connections() {
     let gw = gateway(addr).start().await;
     let client = gw.http1();
     for i in 0..10 {
-        let response = client.get(gw.url("/page")).send().await.unwrap();
+        let response = send(client.get(gw.url("/page"))).await;
         assert_eq!(response.status(), 200, "request {i}");
         assert_eq!(response.text().await.unwrap(), "ok");
     }

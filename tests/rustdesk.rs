@@ -35,10 +35,10 @@ async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
 /// X-Real-IP, X-Forwarded-For, Cookie), then echoes every message.
 async fn websocket_server(name: &'static str) -> SocketAddr {
     upstream(move |mut req: Request<Incoming>| async move {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        if !req.headers().contains_key("sec-websocket-key") {
             let body = serde_json::json!({"server": name, "websocket": false}).to_string();
             return Response::new(full_body(body));
-        };
+        }
         let header = |n: &str| {
             req.headers()
                 .get(n)
@@ -52,30 +52,12 @@ async fn websocket_server(name: &'static str) -> SocketAddr {
             "cookie": header("cookie"),
         })
         .to_string();
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            if ws.send(Message::text(hello)).await.is_err() {
-                return;
+        websocket::accept(&mut req, |mut ws| async move {
+            if ws.send(Message::text(hello)).await.is_ok() {
+                websocket::echo(ws).await;
             }
-            while let Some(Ok(message)) = ws.next().await {
-                if message.is_close() || ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", accept)
-            .body(empty_body())
-            .unwrap()
+        })
+        .expect("a WebSocket handshake")
     })
     .await
 }

@@ -6,6 +6,7 @@
 pub mod pki;
 pub mod process;
 pub mod requests;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
