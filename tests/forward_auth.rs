@@ -897,38 +897,5 @@ for r in routers.values():
     assert r["service"] in http["services"], r
 print("ok")
 "#;
-    let python = Command::new("python3")
-        .arg("-c")
-        .arg("import yaml")
-        .stderr(Stdio::null())
-        .status();
-    if !python.is_ok_and(|s| s.success()) {
-        return skipped(
-            "the YAML parse of dynamic.yml",
-            "python3 with the yaml module is not installed (apt-get install -y python3-yaml)",
-        );
-    }
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write");
-    }
-    let output = child.wait_with_output().expect("python3");
-    assert!(
-        output.status.success(),
-        "dynamic.yml:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    yaml::check_with_python("dynamic.yml", &text, script);
 }

@@ -545,13 +545,7 @@ async fn https_upstream_with_a_private_ca_is_verified() {
 
 #[tokio::test]
 async fn health_paths_are_answered_by_the_gateway_and_never_forwarded() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let upstream = upstream(move |_req: Request<Incoming>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Response::new(full_body("upstream")) }
-    })
-    .await;
+    let (upstream, hits) = counting_upstream("upstream").await;
     let gw = gateway(upstream).start().await;
     let client = gw.http1();
     let live = send(client.get(gw.url("/healthz"))).await;
@@ -800,7 +794,7 @@ async fn several_workers_share_the_port_the_sessions_and_the_drain() {
 /// is `status` with `body`; with `close_after_each` it closes the connection
 /// after every answer (without saying so), like an upstream whose keep-alive
 /// timeout just expired.
-async fn counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+async fn connection_counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -840,7 +834,7 @@ async fn counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsi
 
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let (addr, accepted) = counting_upstream(false).await;
+    let (addr, accepted) = connection_counting_upstream(false).await;
     let gw = gateway(addr).start().await;
     let client = gw.http1();
     for i in 0..30 {
@@ -868,7 +862,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 
 #[tokio::test]
 async fn requests_succeed_when_the_upstream_closes_idle_connections() {
-    let (addr, accepted) = counting_upstream(true).await;
+    let (addr, accepted) = connection_counting_upstream(true).await;
     let gw = gateway(addr).start().await;
     let client = gw.http1();
     for i in 0..10 {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,12 +209,7 @@ async fn web_client_websockets_reach_them_without_the_gateway_cookie_over_h1_and
 async fn the_client_api_reaches_the_console_and_console_pages_still_need_sign_in() {
     let t = topology(|b| b.anonymous()).await;
     let client = t.gw.fresh_browser();
-    let heartbeat = client
-        .post(t.gw.url("/api/heartbeat"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let heartbeat = send(client.post(t.gw.url("/api/heartbeat")).body("{}")).await;
     assert_eq!(heartbeat.status(), 200);
     let echo: serde_json::Value = heartbeat.json().await.unwrap();
     assert_eq!(
@@ -222,7 +217,7 @@ async fn the_client_api_reaches_the_console_and_console_pages_still_need_sign_in
         "the console's echo answered: {echo}"
     );
 
-    let page = client.get(t.gw.url("/")).send().await.unwrap();
+    let page = send(client.get(t.gw.url("/"))).await;
     assert_eq!(
         page.status(),
         401,
@@ -230,20 +225,10 @@ async fn the_client_api_reaches_the_console_and_console_pages_still_need_sign_in
     );
     let body: serde_json::Value = page.json().await.unwrap();
     assert_eq!(body["error"], "unauthenticated");
-    let navigation = navigate(client.get(t.gw.url("/web/")))
-        .send()
-        .await
-        .unwrap();
+    let navigation = send(navigate(client.get(t.gw.url("/web/")))).await;
     assert_eq!(navigation.status(), 302, "a browser is sent to sign in");
     // A plain GET of /ws/id without Upgrade is the hbbs stand-in's, not the console's.
-    let plain: serde_json::Value = client
-        .get(t.gw.url("/ws/id"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain = json_of(client.get(t.gw.url("/ws/id"))).await;
     assert_eq!(plain["server"], "hbbs");
 }
 
@@ -272,16 +257,12 @@ async fn behind_a_trusted_proxy_hbbs_gets_only_the_client_address_the_gateway_de
         "hbbr takes the first entry unchecked: only the decided address is sent"
     );
     // The console keeps the usual appended chain.
-    let echo: serde_json::Value =
+    let echo: serde_json::Value = json_of(
         t.gw.fresh_browser()
             .get(t.gw.url("/api/heartbeat"))
-            .header("x-forwarded-for", "198.51.100.7, 203.0.113.9")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .header("x-forwarded-for", "198.51.100.7, 203.0.113.9"),
+    )
+    .await;
     assert_eq!(
         echoed(&echo, "x-forwarded-for"),
         ["198.51.100.7, 203.0.113.9, 127.0.0.1"]
@@ -325,7 +306,7 @@ async fn one_connection_held(
         .await;
     let holding = tokio::spawn({
         let request = gw.http1().get(gw.url("/hold"));
-        async move { request.send().await.unwrap().text().await.unwrap() }
+        async move { send(request).await.text().await.unwrap() }
     });
     bounded("the first request reaches the console", arrived.recv()).await;
     (gw, release, holding)
@@ -336,7 +317,7 @@ async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_cl
     let (gw, release, holding) = one_connection_held("300ms").await;
     let client = gw.http1();
 
-    let busy = client.get(gw.url("/page")).send().await.unwrap();
+    let busy = send(client.get(gw.url("/page"))).await;
     assert_eq!(busy.status(), 503);
     let body: serde_json::Value = busy.json().await.unwrap();
     assert_eq!(body["error"], "upstream_busy", "{body}");
@@ -347,12 +328,7 @@ async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_cl
             .contains("max_connections"),
         "{body}"
     );
-    let api = gw
-        .fresh_browser()
-        .get(gw.url("/api/heartbeat"))
-        .send()
-        .await
-        .unwrap();
+    let api = send(gw.fresh_browser().get(gw.url("/api/heartbeat"))).await;
     assert_eq!(api.status(), 424, "RustDesk clients retry around a 5xx");
     assert_eq!(
         api.headers()["content-type"],
@@ -367,7 +343,7 @@ async fn at_the_upstream_cap_requests_get_503_with_the_reason_and_json_424_on_cl
         bounded("the held request", holding).await.unwrap(),
         "console /hold"
     );
-    let after = client.get(gw.url("/page")).send().await.unwrap();
+    let after = send(client.get(gw.url("/page"))).await;
     assert_eq!(after.status(), 200, "the connection is free again");
     assert_eq!(after.text().await.unwrap(), "console /page");
 }
@@ -379,7 +355,7 @@ async fn a_request_waiting_for_the_cap_gets_the_connection_handed_back() {
     let second = tokio::spawn({
         let request = client.get(gw.url("/next"));
         async move {
-            let response = request.send().await.unwrap();
+            let response = send(request).await;
             (response.status(), response.text().await.unwrap())
         }
     });
@@ -403,12 +379,7 @@ async fn an_open_tunnel_keeps_its_upstream_connection_under_the_cap() {
     assert_eq!(hello(&mut first).await["server"], "hbbr");
 
     // The relay's only connection is the open tunnel: a second one is refused (JSON, 4xx).
-    let refused =
-        t.gw.fresh_http1()
-            .get(t.gw.url("/ws/relay"))
-            .send()
-            .await
-            .unwrap();
+    let refused = send(t.gw.fresh_http1().get(t.gw.url("/ws/relay"))).await;
     assert_eq!(refused.status(), 424);
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "upstream_busy", "{body}");
@@ -418,33 +389,17 @@ async fn an_open_tunnel_keeps_its_upstream_connection_under_the_cap() {
     drop(first);
     // The slot is freed when the tunnel ends; a request waiting for it (up to
     // connect_timeout) then gets it.
-    let second: serde_json::Value =
-        t.gw.fresh_http1()
-            .get(t.gw.url("/ws/relay"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .expect("the relay is reachable again after the tunnel closed");
+    let second: serde_json::Value = send(t.gw.fresh_http1().get(t.gw.url("/ws/relay")))
+        .await
+        .json()
+        .await
+        .expect("the relay is reachable again after the tunnel closed");
     assert_eq!(second["server"], "hbbr");
-}
-
-/// A console answering "console", counting the requests it gets.
-async fn counting_console() -> (SocketAddr, Arc<AtomicUsize>) {
-    let requests = Arc::new(AtomicUsize::new(0));
-    let seen = requests.clone();
-    let console = upstream(move |_req: Request<Incoming>| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async { Response::new(full_body("console")) }
-    })
-    .await;
-    (console, requests)
 }
 
 #[tokio::test]
 async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
-    let (console, requests) = counting_console().await;
+    let (console, requests) = counting_upstream("console").await;
     let gw = gateway(console).start().await;
     for upgrade in ["h2c", "websocket, h2c", "TLS/1.2"] {
         let mut tls = gw.tls_connect(&[b"http/1.1"]).await;
@@ -484,7 +439,7 @@ async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
         "a refused upgrade reached the console"
     );
     // The same signed-in browser without an upgrade is forwarded.
-    let ok = gw.http1().get(gw.url("/")).send().await.unwrap();
+    let ok = send(gw.http1().get(gw.url("/"))).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
@@ -492,7 +447,7 @@ async fn h2c_and_other_upgrades_are_refused_before_the_upstream() {
 #[tokio::test]
 async fn an_http2_extended_connect_for_another_protocol_is_refused_with_the_reason() {
     use http_body_util::BodyExt;
-    let (console, requests) = counting_console().await;
+    let (console, requests) = counting_upstream("console").await;
     let gw = gateway(console).start().await;
     let mut sender = gw.h2_connection().await;
     for protocol in ["webtransport", "connect-udp", "WebSocket2"] {
@@ -599,40 +554,7 @@ assert env["OIDC_GATEWAY__SESSION__SECRET_FILE"] == "/run/secrets/session_secret
 assert set(gateway["secrets"]) <= set(doc["secrets"]), gateway["secrets"]
 print("ok")
 "#;
-    let has_yaml = std::process::Command::new("python3")
-        .args(["-c", "import yaml"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if has_yaml {
-        use std::io::Write;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(compose.as_bytes())
-            .expect("write");
-        let output = child.wait_with_output().expect("python3");
-        assert!(
-            output.status.success(),
-            "compose.yaml:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    } else {
-        // CI installs python3-yaml (.ci/run): there, a missing parser is a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with the yaml module is required in CI (apt-get install -y python3-yaml)"
-        );
-        eprintln!("SKIPPED the YAML parse of compose.yaml: python3-yaml is not installed");
-    }
+    yaml::check_with_python("compose.yaml", &compose, script);
     for never in ["21114:", "21118:", "21119:", "network_mode: host"] {
         assert!(
             !compose
@@ -731,14 +653,7 @@ async fn a_route_reaches_its_named_upstream_with_an_assertion_for_that_upstream(
         ("/page", "console", console),
         ("/grafana/d/home", "grafana", grafana),
     ] {
-        let answer: serde_json::Value = client
-            .get(gw.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = json_of(client.get(gw.url(path))).await;
         assert_eq!(answer["server"], name, "{path}: {answer}");
         assert_eq!(
             answer["uri"], path,
@@ -753,11 +668,6 @@ async fn a_route_reaches_its_named_upstream_with_an_assertion_for_that_upstream(
         assert_eq!(claims["preferred_username"], USER);
     }
     // The named upstream's route still needs sign-in.
-    let anonymous = gw
-        .fresh_browser()
-        .get(gw.url("/grafana/d/home"))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = send(gw.fresh_browser().get(gw.url("/grafana/d/home"))).await;
     assert_eq!(anonymous.status(), 401);
 }

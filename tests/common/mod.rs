@@ -7,10 +7,12 @@ pub mod pki;
 pub mod process;
 pub mod requests;
 pub mod websocket;
+pub mod yaml;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -465,6 +467,18 @@ pub async fn echo_upstream() -> SocketAddr {
         response
     })
     .await
+}
+
+/// An upstream that answers every request with `body`, and how many it got.
+pub async fn counting_upstream(body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let addr = upstream(move |_req: Request<Incoming>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move { Response::new(full_body(body)) }
+    })
+    .await;
+    (addr, requests)
 }
 
 /// The values of header `name` in an echo upstream's JSON.
