@@ -469,6 +469,42 @@ fn front_files(gw: &TestGateway) -> FrontFiles {
 
 /// The gateway behind a front on `front_port`, and the echo application (its
 /// upstream, which the front proxies to).
+impl FrontFiles {
+    /// The example's placeholders for the gateway, the application and the
+    /// front's own certificate (every front example has them).
+    fn placeholders(&self, gw: &TestGateway, app: SocketAddr) -> Vec<(&'static str, String)> {
+        vec![
+            ("TLS_CERT", self.cert.display().to_string()),
+            ("TLS_KEY", self.key.display().to_string()),
+            ("GATEWAY_ADDR", gw.addr.to_string()),
+            ("GATEWAY_TLS_NAME", "localhost".into()),
+            ("GATEWAY_CA", self.gateway_ca.display().to_string()),
+            ("APP_ADDR", app.to_string()),
+        ]
+    }
+}
+
+/// Starts the front `name` with `command` (its logs: its output plus
+/// `extra_logs`) and waits until it listens on 127.0.0.1:`port`.
+async fn start_front(
+    name: &'static str,
+    command: Command,
+    files: FrontFiles,
+    extra_logs: &[PathBuf],
+    port: u16,
+) -> Front {
+    let mut process = Process::spawn(name, command, files.dir.path(), extra_logs);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    process.wait_listening(addr).await;
+    Front {
+        name,
+        addr,
+        cert_pem: files.cert_pem,
+        _process: process,
+        _dir: files.dir,
+    }
+}
+
 async fn gateway_behind_front(front_port: u16) -> (TestGateway, SocketAddr) {
     let app = echo_upstream().await;
     let gw = gateway(app)
@@ -712,19 +748,10 @@ async fn nginx_example_with_auth_request() {
     let (gw, app) = gateway_behind_front(port).await;
     let files = front_files(&gw);
     let dir = files.dir.path().to_path_buf();
-    let server = render(
-        &example("nginx/oidc-gateway.conf"),
-        &[
-            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("SERVER_NAME", "localhost".into()),
-            ("TLS_CERT", files.cert.display().to_string()),
-            ("TLS_KEY", files.key.display().to_string()),
-            ("GATEWAY_ADDR", gw.addr.to_string()),
-            ("GATEWAY_TLS_NAME", "localhost".into()),
-            ("GATEWAY_CA", files.gateway_ca.display().to_string()),
-            ("APP_ADDR", app.to_string()),
-        ],
-    );
+    let mut placeholders = files.placeholders(&gw, app);
+    placeholders.push(("LISTEN_ADDR", format!("127.0.0.1:{port}")));
+    placeholders.push(("SERVER_NAME", "localhost".into()));
+    let server = render(&example("nginx/oidc-gateway.conf"), &placeholders);
     std::fs::write(dir.join("oidc-gateway.conf"), server).expect("write server block");
     // A minimal main configuration around the example; one process
     // (master_process off) so that killing it leaves nothing behind.
@@ -774,16 +801,7 @@ async fn nginx_example_with_auth_request() {
         .arg(&conf)
         .arg("-g")
         .arg(&globals);
-    let mut process = Process::spawn("nginx", command, &dir, &[error_log]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    process.wait_listening(addr).await;
-    let front = Front {
-        name: "nginx",
-        addr,
-        cert_pem: files.cert_pem,
-        _process: process,
-        _dir: files.dir,
-    };
+    let front = start_front("nginx", command, files, &[error_log], port).await;
     check_front(&front, &gw).await;
 }
 
@@ -799,18 +817,9 @@ async fn caddy_example_with_forward_auth() {
     let (gw, app) = gateway_behind_front(port).await;
     let files = front_files(&gw);
     let dir = files.dir.path().to_path_buf();
-    let site = render(
-        &example("caddy/Caddyfile"),
-        &[
-            ("SITE_ADDRESS", format!("https://localhost:{port}")),
-            ("TLS_CERT", files.cert.display().to_string()),
-            ("TLS_KEY", files.key.display().to_string()),
-            ("GATEWAY_ADDR", gw.addr.to_string()),
-            ("GATEWAY_TLS_NAME", "localhost".into()),
-            ("GATEWAY_CA", files.gateway_ca.display().to_string()),
-            ("APP_ADDR", app.to_string()),
-        ],
-    );
+    let mut placeholders = files.placeholders(&gw, app);
+    placeholders.push(("SITE_ADDRESS", format!("https://localhost:{port}")));
+    let site = render(&example("caddy/Caddyfile"), &placeholders);
     // Global options for a throw-away instance: no admin endpoint, nothing
     // written outside the temporary directory, no HTTP→HTTPS redirect listener.
     let caddyfile = format!(
@@ -830,16 +839,7 @@ async fn caddy_example_with_forward_auth() {
         .env("HOME", &dir)
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .env("XDG_DATA_HOME", dir.join("data"));
-    let mut process = Process::spawn("caddy", command, &dir, &[]);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    process.wait_listening(addr).await;
-    let front = Front {
-        name: "caddy",
-        addr,
-        cert_pem: files.cert_pem,
-        _process: process,
-        _dir: files.dir,
-    };
+    let front = start_front("caddy", command, files, &[], port).await;
     check_front(&front, &gw).await;
 }
 
