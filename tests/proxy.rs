@@ -11,15 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Bound for anything that would otherwise hang when the behaviour is broken.
 const BOUND: Duration = Duration::from_secs(30);
@@ -374,33 +372,10 @@ async fn websocket_echo_upstream() -> std::net::SocketAddr {
     .await
 }
 
-/// A WebSocket handshake request carrying the signed-in browser's cookies.
-fn websocket_request(
-    gw: &TestGateway,
-    path: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("wss://localhost:{}{path}", gw.addr.port())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("cookie", gw.cookie_header().parse().unwrap());
-    request
-}
-
 #[tokio::test]
 async fn websocket_over_http1_upgrade_is_tunneled() {
     let gw = gateway(websocket_echo_upstream().await).start().await;
-    let tls = gw.tls_connect(&[b"http/1.1"]).await;
-    let request = websocket_request(&gw, "/ws/id");
-    let (mut ws, response) = bounded(
-        "websocket handshake",
-        tokio_tungstenite::client_async(request, tls),
-    )
-    .await
-    .expect("handshake through the gateway");
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut ws = websocket::over_http1(&gw, "/ws/id", Some(&gw.cookie_header()), &[]).await;
     for text in ["hello", "through", "the gateway"] {
         ws.send(Message::text(text)).await.unwrap();
         let echo = bounded("echo", ws.next()).await.unwrap().unwrap();
@@ -416,26 +391,7 @@ async fn websocket_over_http1_upgrade_is_tunneled() {
 #[tokio::test]
 async fn websocket_over_http2_extended_connect_is_tunneled() {
     let gw = gateway(websocket_echo_upstream().await).start().await;
-    let mut sender = gw.h2_connection().await;
-
-    let mut request = Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(gw.url("/ws/relay"))
-        .header("sec-websocket-version", "13")
-        .header("cookie", gw.cookie_header())
-        .body(empty_body())
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut response = bounded("extended CONNECT", sender.send_request(request))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let upgraded = bounded("h2 upgrade", hyper::upgrade::on(&mut response))
-        .await
-        .unwrap();
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    let mut ws = websocket::over_h2(&gw, "/ws/relay", Some(&gw.cookie_header())).await;
     ws.send(Message::text("over h2")).await.unwrap();
     let echo = bounded("h2 echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echo.into_text().unwrap().as_str(), "over h2");
@@ -645,9 +601,7 @@ async fn shutdown_lets_open_websockets_finish_then_closes_them_at_the_grace_peri
         .server(r#"shutdown_grace = "1s""#)
         .start()
         .await;
-    let tls = gw.tls_connect(&[b"http/1.1"]).await;
-    let request = websocket_request(&gw, "/ws/id");
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    let mut ws = websocket::over_http1(&gw, "/ws/id", Some(&gw.cookie_header()), &[]).await;
     let TestGateway { server, .. } = gw;
     server.begin_shutdown();
     let drained = tokio::spawn(server.wait());

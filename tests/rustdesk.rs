@@ -14,10 +14,8 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -83,72 +81,6 @@ async fn topology(configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder) -> T
 
 type Ws<S> = WebSocketStream<S>;
 
-/// A WebSocket over HTTP/1.1 Upgrade, with `cookie` when given (the web client)
-/// or no credentials at all (a desktop client), plus extra headers.
-async fn ws_h1(
-    gw: &TestGateway,
-    path: &str,
-    cookie: Option<&str>,
-    extra: &[(&str, &str)],
-) -> Ws<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("wss://localhost:{}{path}", gw.addr.port())
-        .into_client_request()
-        .unwrap();
-    if let Some(cookie) = cookie {
-        request
-            .headers_mut()
-            .insert("cookie", cookie.parse().unwrap());
-    }
-    for (name, value) in extra {
-        request.headers_mut().insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    let tls = gw.tls_connect(&[b"http/1.1"]).await;
-    let (ws, response) = bounded(
-        "websocket handshake",
-        tokio_tungstenite::client_async(request, tls),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("handshake to {path} through the gateway: {e}"));
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws
-}
-
-/// A WebSocket over HTTP/2 extended CONNECT (RFC 8441).
-async fn ws_h2(
-    gw: &TestGateway,
-    path: &str,
-    cookie: Option<&str>,
-) -> Ws<TokioIo<hyper::upgrade::Upgraded>> {
-    let mut sender = gw.h2_connection().await;
-    let mut request = Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(gw.url(path))
-        .header("sec-websocket-version", "13");
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
-    }
-    let mut request = request.body(empty_body()).unwrap();
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut response = bounded("extended CONNECT", sender.send_request(request))
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "extended CONNECT to {path}"
-    );
-    let upgraded = bounded("h2 upgrade", hyper::upgrade::on(&mut response))
-        .await
-        .unwrap();
-    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await
-}
-
 /// The stand-in's first message: who it is and what it received.
 async fn hello<S>(ws: &mut Ws<S>) -> serde_json::Value
 where
@@ -177,7 +109,7 @@ where
 async fn desktop_websockets_without_credentials_reach_hbbs_and_hbbr() {
     let t = topology(|b| b.anonymous()).await;
     for (path, server) in [("/ws/id", "hbbs"), ("/ws/relay", "hbbr")] {
-        let mut ws = ws_h1(&t.gw, path, None, &[]).await;
+        let mut ws = websocket::over_http1(&t.gw, path, None, &[]).await;
         let hello = hello(&mut ws).await;
         assert_eq!(hello["server"], server, "{path}: {hello}");
         assert_eq!(hello["path"], path, "the path is forwarded unchanged");
@@ -190,8 +122,8 @@ async fn web_client_websockets_reach_them_without_the_gateway_cookie_over_h1_and
     let t = topology(|b| b).await;
     let cookie = format!("{}; theme=dark", t.gw.session_cookie());
     for (path, server) in [("/ws/id", "hbbs"), ("/ws/relay", "hbbr")] {
-        let mut h1 = ws_h1(&t.gw, path, Some(&cookie), &[]).await;
-        let mut h2 = ws_h2(&t.gw, path, Some(&cookie)).await;
+        let mut h1 = websocket::over_http1(&t.gw, path, Some(&cookie), &[]).await;
+        let mut h2 = websocket::over_h2(&t.gw, path, Some(&cookie)).await;
         for (protocol, hello) in [("h1", hello(&mut h1).await), ("h2", hello(&mut h2).await)] {
             assert_eq!(hello["server"], server, "{protocol} {path}: {hello}");
             assert_eq!(hello["path"], path, "{protocol}");
@@ -237,7 +169,7 @@ async fn hbbs_and_hbbr_see_the_gateways_view_of_the_client_never_a_spoof() {
     let t = topology(|b| b.anonymous()).await;
     let spoof = [("x-real-ip", "6.6.6.6"), ("x-forwarded-for", "6.6.6.6")];
     for path in ["/ws/id", "/ws/relay"] {
-        let mut ws = ws_h1(&t.gw, path, None, &spoof).await;
+        let mut ws = websocket::over_http1(&t.gw, path, None, &spoof).await;
         let hello = hello(&mut ws).await;
         assert_eq!(hello["x-real-ip"], "127.0.0.1", "{path}: {hello}");
         assert_eq!(hello["x-forwarded-for"], "127.0.0.1", "{path}: {hello}");
@@ -249,7 +181,7 @@ async fn behind_a_trusted_proxy_hbbs_gets_only_the_client_address_the_gateway_de
     let t = topology(|b| b.anonymous().server("trusted_proxies = [\"127.0.0.1/32\"]")).await;
     // The proxy appended the client it saw (203.0.113.9) to what the client claimed.
     let chain = [("x-forwarded-for", "198.51.100.7, 203.0.113.9")];
-    let mut ws = ws_h1(&t.gw, "/ws/relay", None, &chain).await;
+    let mut ws = websocket::over_http1(&t.gw, "/ws/relay", None, &chain).await;
     let hello = hello(&mut ws).await;
     assert_eq!(hello["x-real-ip"], "203.0.113.9", "{hello}");
     assert_eq!(
@@ -375,7 +307,7 @@ async fn an_open_tunnel_keeps_its_upstream_connection_under_the_cap() {
             .upstream_option("connect_timeout = \"2s\"")
     })
     .await;
-    let mut first = ws_h1(&t.gw, "/ws/relay", None, &[]).await;
+    let mut first = websocket::over_http1(&t.gw, "/ws/relay", None, &[]).await;
     assert_eq!(hello(&mut first).await["server"], "hbbr");
 
     // The relay's only connection is the open tunnel: a second one is refused (JSON, 4xx).
@@ -492,7 +424,7 @@ async fn a_silent_tunnel_ends_after_the_tunnel_idle_timeout_while_a_busy_one_sta
             .upstream_option("tunnel_idle_timeout = \"600ms\"")
     })
     .await;
-    let mut ws = ws_h1(&t.gw, "/ws/relay", None, &[]).await;
+    let mut ws = websocket::over_http1(&t.gw, "/ws/relay", None, &[]).await;
     assert_eq!(hello(&mut ws).await["server"], "hbbr");
 
     // Traffic every 200 ms for three idle timeouts: the tunnel stays.
