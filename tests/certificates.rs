@@ -95,13 +95,19 @@ fn pinning_error(result: Result<impl Sized, std::io::Error>) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_reload_serves_the_new_pair_to_new_connections_and_open_ones_keep_working() {
-    let gw = gateway(echo_upstream().await)
-        .tls("reload_interval = \"0s\"")
+/// A gateway (no one signed in) that checks its certificate files every
+/// `interval` ("0s": only when asked to reload).
+async fn reloading_gateway(interval: &str) -> TestGateway {
+    gateway(echo_upstream().await)
+        .tls(&format!("reload_interval = \"{interval}\""))
         .anonymous()
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_reload_serves_the_new_pair_to_new_connections_and_open_ones_keep_working() {
+    let gw = reloading_gateway("0s").await;
     let old = leaf(&gw.cert_pem);
     let mut open = http1_over(
         connect_pinned(&gw, old.clone())
@@ -132,11 +138,7 @@ async fn a_reload_serves_the_new_pair_to_new_connections_and_open_ones_keep_work
 
 #[tokio::test]
 async fn changed_files_are_picked_up_without_a_signal() {
-    let gw = gateway(echo_upstream().await)
-        .tls("reload_interval = \"50ms\"")
-        .anonymous()
-        .start()
-        .await;
+    let gw = reloading_gateway("50ms").await;
     let mut info = gw.server.certificate.subscribe();
     let (cert, key) = new_pair();
     write_pair(&gw, &cert, &key);
@@ -150,11 +152,7 @@ async fn changed_files_are_picked_up_without_a_signal() {
 
 #[tokio::test]
 async fn a_broken_new_pair_keeps_the_old_certificate_and_says_why() {
-    let gw = gateway(echo_upstream().await)
-        .tls("reload_interval = \"0s\"")
-        .anonymous()
-        .start()
-        .await;
+    let gw = reloading_gateway("0s").await;
     let old = leaf(&gw.cert_pem);
     let old_key = std::fs::read_to_string(&gw.settings.config.tls.key).expect("key");
     let mut info = gw.server.certificate.subscribe();
