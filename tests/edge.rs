@@ -213,13 +213,12 @@ async fn method_override_headers_are_refused_where_rules_depend_on_the_method() 
 async fn method_override_headers_stay_where_no_rule_depends_on_the_method() {
     let (upstream, log) = recording_upstream().await;
     let gw = gateway(upstream).section(METHOD_ROUTES).start().await;
-    let response = gw
-        .http1()
-        .post(gw.url("/app/form"))
-        .header("x-http-method-override", "PUT")
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        gw.http1()
+            .post(gw.url("/app/form"))
+            .header("x-http-method-override", "PUT"),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(received(&log)[0].headers["x-http-method-override"], "PUT");
 }
@@ -230,20 +229,19 @@ async fn method_override_headers_stay_where_no_rule_depends_on_the_method() {
 async fn connection_cannot_remove_headers_the_gateway_sets() {
     let (upstream, log) = recording_upstream().await;
     let gw = gateway(upstream).start().await;
-    let response = gw
-        .http1()
-        .get(gw.url("/console"))
-        .header(
-            "connection",
-            "keep-alive, X-Forwarded-User, X-Forwarded-Groups, X-Gateway-Assertion, \
+    let response = send(
+        gw.http1()
+            .get(gw.url("/console"))
+            .header(
+                "connection",
+                "keep-alive, X-Forwarded-User, X-Forwarded-Groups, X-Gateway-Assertion, \
              X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, X-Request-Id, \
              Host, Authorization, Cookie, x-client-hop",
-        )
-        .header("authorization", "Basic dXNlcjpwdw==")
-        .header("x-client-hop", "1")
-        .send()
-        .await
-        .unwrap();
+            )
+            .header("authorization", "Basic dXNlcjpwdw==")
+            .header("x-client-hop", "1"),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let got = received(&log);
     let headers = &got[0].headers;
@@ -285,10 +283,7 @@ async fn a_cross_site_request_cannot_sign_the_user_out() {
     assert_eq!(status_of(me()).await, 200);
     // A link without fetch metadata (an old browser) gets a page whose button
     // POSTs from this origin; that POST signs out.
-    let page = navigate(browser.get(gw.url("/.gateway/sign_out")))
-        .send()
-        .await
-        .unwrap();
+    let page = send(navigate(browser.get(gw.url("/.gateway/sign_out")))).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
@@ -300,13 +295,13 @@ async fn a_cross_site_request_cannot_sign_the_user_out() {
         200,
         "the page alone signs nobody out"
     );
-    let out = browser
-        .post(gw.url("/.gateway/sign_out"))
-        .header("origin", format!("https://localhost:{}", gw.addr.port()))
-        .header("sec-fetch-site", "same-origin")
-        .send()
-        .await
-        .unwrap();
+    let out = send(
+        browser
+            .post(gw.url("/.gateway/sign_out"))
+            .header("origin", format!("https://localhost:{}", gw.addr.port()))
+            .header("sec-fetch-site", "same-origin"),
+    )
+    .await;
     assert_eq!(out.status(), 302, "signed out, on to the IdP's logout");
     assert_eq!(status_of(me()).await, 401);
 }
@@ -316,14 +311,11 @@ async fn gateway_pages_and_redirects_carry_security_headers() {
     let (upstream, _log) = recording_upstream().await;
     let gw = gateway(upstream).anonymous().start().await;
     let browser = gw.fresh_browser();
-    let redirect = navigate(browser.get(gw.url("/console")))
-        .send()
-        .await
-        .unwrap();
+    let redirect = send(navigate(browser.get(gw.url("/console")))).await;
     assert_eq!(redirect.status(), 302);
-    let error = browser.get(gw.url("/a//b")).send().await.unwrap();
+    let error = send(browser.get(gw.url("/a//b"))).await;
     assert_eq!(error.status(), 400);
-    let json = browser.get(gw.url("/console")).send().await.unwrap();
+    let json = send(browser.get(gw.url("/console"))).await;
     assert_eq!(json.status(), 401);
     for response in [&redirect, &error, &json] {
         let h = response.headers();
@@ -360,7 +352,7 @@ async fn hsts_is_sent_when_the_certificate_is_not_self_signed() {
     let client = client_builder(&std::fs::read(&pki.ca_file).unwrap(), gw.addr)
         .build()
         .unwrap();
-    let response = client.get(gw.url("/console")).send().await.unwrap();
+    let response = send(client.get(gw.url("/console"))).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         response.headers()["strict-transport-security"],
@@ -384,7 +376,7 @@ async fn upstream_set_cookie_for_a_gateway_cookie_name_is_dropped() {
     })
     .await;
     let gw = gateway(upstream).start().await;
-    let response = gw.http1().get(gw.url("/console")).send().await.unwrap();
+    let response = send(gw.http1().get(gw.url("/console"))).await;
     assert_eq!(response.status(), 200);
     assert_eq!(set_cookies(&response), ["console=1; Path=/"]);
     // The session survives.
@@ -398,10 +390,10 @@ async fn a_login_cookie_never_passes_4096_bytes_the_return_path_is_shortened() {
     let browser = gw.fresh_browser();
     // Short enough to be a return path (≤ 4096), too long for the sealed cookie.
     let long_query = "q=".to_string() + &"x".repeat(3500);
-    let start = navigate(browser.get(gw.url(&format!("/deep/link?{long_query}"))))
-        .send()
-        .await
-        .unwrap();
+    let start = send(navigate(
+        browser.get(gw.url(&format!("/deep/link?{long_query}"))),
+    ))
+    .await;
     assert_eq!(start.status(), 302);
     for cookie in set_cookies(&start) {
         assert!(cookie.len() <= 4096, "a {}-byte cookie", cookie.len());
@@ -613,7 +605,7 @@ async fn idle_upstream_connections_close_at_pool_idle_timeout_without_another_re
         socket.read_to_end(&mut after).await.unwrap();
         (answered.elapsed(), after)
     });
-    let response = gw.http1().get(gw.url("/x")).send().await.unwrap();
+    let response = send(gw.http1().get(gw.url("/x"))).await;
     assert_eq!(response.text().await.unwrap(), "ok");
     let (idle_for, after) = tokio::time::timeout(std::time::Duration::from_secs(20), upstream)
         .await
@@ -662,10 +654,7 @@ async fn identity_values_the_gateway_would_have_to_alter_are_refused_at_sign_in(
             .start()
             .await;
         let browser = gw.fresh_browser();
-        let start = navigate(browser.get(gw.url("/console")))
-            .send()
-            .await
-            .unwrap();
+        let start = send(navigate(browser.get(gw.url("/console")))).await;
         let done = gw.follow_login(&browser, start).await;
         assert_eq!(done.status(), 403, "{user:?} {groups:?}");
         let page = done.text().await.unwrap();
@@ -700,13 +689,12 @@ async fn a_bearer_caller_whose_identity_would_need_altering_is_refused_with_the_
             unreachable!()
         };
         let token = gw.idp.mint_id_token(USER, None, extra);
-        let response = gw
-            .fresh_http1()
-            .get(gw.url("/api/data"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            gw.fresh_http1()
+                .get(gw.url("/api/data"))
+                .bearer_auth(&token),
+        )
+        .await;
         assert!(
             [401, 403].contains(&response.status().as_u16()),
             "{claim}: {}",
@@ -730,7 +718,7 @@ async fn headers_and_assertion_carry_the_same_identity_values() {
         .idp(|idp| idp.auto_login = Some("zoë.müller@contoso.example".into()))
         .start()
         .await;
-    let response = gw.http1().get(gw.url("/console")).send().await.unwrap();
+    let response = send(gw.http1().get(gw.url("/console"))).await;
     assert_eq!(response.status(), 200);
     let got = received(&log);
     let headers = &got[0].headers;
