@@ -52,6 +52,13 @@ async fn start(options: DevIdpOptions) -> DevIdp {
     DevIdp::start(options).await.expect("dev IdP starts")
 }
 
+/// Starts the IdP with the test [`options`] changed by `change`.
+async fn start_with(change: impl FnOnce(&mut DevIdpOptions)) -> DevIdp {
+    let mut options = options();
+    change(&mut options);
+    start(options).await
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
@@ -192,6 +199,13 @@ fn assert_refused(answer: &(StatusCode, Value), status: StatusCode, error: &str,
         "expected {error} for {aadsts}: {body}"
     );
     assert_aadsts(body, aadsts);
+}
+
+/// Asserts that the token endpoint refused the grant (400 `invalid_grant`) for
+/// the reason `aadsts` names.
+#[track_caller]
+fn assert_invalid_grant(answer: &(StatusCode, Value), aadsts: &str) {
+    assert_refused(answer, StatusCode::BAD_REQUEST, "invalid_grant", aadsts);
 }
 
 /// Asserts that Entra's `error_description` in `body` starts with `aadsts`.
@@ -351,11 +365,7 @@ async fn discovery_has_entra_fields() {
 
 #[tokio::test]
 async fn multi_tenant_discovery_uses_the_issuer_template() {
-    let idp = start(DevIdpOptions {
-        multi_tenant: true,
-        ..options()
-    })
-    .await;
+    let idp = start_with(|o| o.multi_tenant = true).await;
     let base = idp.base_url();
     assert_eq!(idp.issuer(), format!("{base}/organizations/v2.0"));
     let doc = get_json(&format!(
@@ -384,11 +394,7 @@ async fn multi_tenant_discovery_uses_the_issuer_template() {
 async fn a_declared_issuer_is_the_one_of_discovery_tokens_and_keys() {
     // An External ID tenant's issuer, served from the IdP's own address.
     let ciam = format!("https://{TENANT}.ciamlogin.com/{TENANT}/v2.0");
-    let idp = start(DevIdpOptions {
-        issuer: Some(ciam.clone()),
-        ..options()
-    })
-    .await;
+    let idp = start_with(|o| o.issuer = Some(ciam.clone())).await;
     assert_eq!(idp.issuer(), ciam);
     let doc = get_json(&idp.discovery_url()).await;
     assert_eq!(doc["issuer"], json!(ciam));
@@ -413,11 +419,7 @@ async fn a_declared_issuer_is_the_one_of_discovery_tokens_and_keys() {
 
 #[tokio::test]
 async fn emails_are_verified_unless_forged() {
-    let idp = start(DevIdpOptions {
-        email_claim: true,
-        ..options()
-    })
-    .await;
+    let idp = start_with(|o| o.email_claim = true).await;
     let (_, claims) = decode(&idp.mint_id_token("bob@contoso.example", None, Map::new()));
     assert_eq!(claims["email"], "bob@contoso.example");
     assert_eq!(
@@ -627,12 +629,7 @@ async fn wrong_verifier_is_invalid_grant_and_burns_the_code() {
         )
         .send(&idp)
         .await;
-    assert_refused(
-        &answer,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        "AADSTS501481: The Code_Verifier does not match",
-    );
+    assert_invalid_grant(&answer, "AADSTS501481: The Code_Verifier does not match");
     let (_, body) = redeem(&idp, &code).await;
     assert_aadsts(&body, "AADSTS54005");
 }
@@ -642,10 +639,8 @@ async fn code_replay_is_refused() {
     let idp = start(options()).await;
     let code = get_code(&idp, &[]).await;
     assert_eq!(redeem(&idp, &code).await.0, StatusCode::OK);
-    assert_refused(
+    assert_invalid_grant(
         &redeem(&idp, &code).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
         "AADSTS54005: OAuth2 Authorization code was already redeemed",
     );
     assert_eq!(idp.token_requests(), 2);
@@ -663,12 +658,7 @@ async fn redirect_uri_mismatch_is_invalid_grant() {
         .with("redirect_uri", "https://gateway.example:8443/other")
         .send(&idp)
         .await;
-    assert_refused(
-        &answer,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        "AADSTS500112",
-    );
+    assert_invalid_grant(&answer, "AADSTS500112");
 }
 
 #[tokio::test]
@@ -1053,11 +1043,7 @@ async fn logout_redirects_back_with_state_and_records_the_hint() {
 
 #[tokio::test]
 async fn login_form_signs_in_the_typed_user() {
-    let idp = start(DevIdpOptions {
-        auto_login: None,
-        ..options()
-    })
-    .await;
+    let idp = start_with(|o| o.auto_login = None).await;
     let hostile = "\"><script>alert(1)</script>";
     let url = authorize_url(&idp, &[("state", hostile), ("login_hint", "eve")]);
     let response = client().get(url.clone()).send().await.unwrap();
@@ -1189,23 +1175,14 @@ async fn on_behalf_of_trades_a_users_token_for_a_graph_token_like_entra() {
         (forged, "AADSTS50013"),
         (expired, "AADSTS500133"),
     ] {
-        assert_refused(
-            &on_behalf_of(&idp, &assertion).await,
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            code,
-        );
+        assert_invalid_grant(&on_behalf_of(&idp, &assertion).await, code);
     }
     assert_eq!(idp.on_behalf_of_grants(), 1);
 }
 
 #[tokio::test]
 async fn a_user_in_more_than_200_groups_gets_entras_overage_marker_and_graph_lists_them() {
-    let idp = start(DevIdpOptions {
-        auto_login: None,
-        ..options()
-    })
-    .await;
+    let idp = start_with(|o| o.auto_login = None).await;
     let url = authorize_url(&idp, &[]);
     let response = submit_login_form(
         &url,
