@@ -85,11 +85,7 @@ async fn each_rule_kind_admits_and_refuses() {
 
 #[tokio::test]
 async fn app_roles_from_the_token_are_honoured() {
-    let gw = gateway(echo_upstream().await)
-        .section("[access]\nroles = [\"Console.Admin\"]")
-        .anonymous()
-        .start()
-        .await;
+    let gw = gateway_for(USER, "[access]\nroles = [\"Console.Admin\"]").await;
     let mut claims = serde_json::Map::new();
     claims.insert("roles".into(), serde_json::json!(["Console.Admin"]));
     gw.idp.set_user_override(USER, Some(claims));
@@ -106,11 +102,7 @@ async fn email_domain_is_an_exact_match_on_a_single_at_address() {
         ("a@sub.contoso.example", 403),
         ("a@contoso.example.evil.example", 403),
     ] {
-        let gw = gateway(echo_upstream().await)
-            .section("[access]\nemail_domains = [\"contoso.example\"]")
-            .anonymous()
-            .start()
-            .await;
+        let gw = gateway_for(USER, "[access]\nemail_domains = [\"contoso.example\"]").await;
         let mut claims = serde_json::Map::new();
         claims.insert("preferred_username".into(), address.into());
         gw.idp.set_user_override(USER, Some(claims));
@@ -568,11 +560,7 @@ async fn rustdesk_websockets_pass_without_a_browser_login() {
 
 #[tokio::test]
 async fn bearer_tokens_from_the_issuer_pass_with_identity() {
-    let gw = gateway(echo_upstream().await)
-        .section("[bearer]\nenabled = true")
-        .anonymous()
-        .start()
-        .await;
+    let gw = gateway_for(USER, "[bearer]\nenabled = true").await;
     let token = gw.idp.mint_id_token(USER, None, serde_json::Map::new());
     let echo = json_of(
         gw.fresh_http1()
@@ -586,11 +574,7 @@ async fn bearer_tokens_from_the_issuer_pass_with_identity() {
 
 #[tokio::test]
 async fn bad_bearer_tokens_get_401_invalid_token() {
-    let gw = gateway(echo_upstream().await)
-        .section("[bearer]\nenabled = true")
-        .anonymous()
-        .start()
-        .await;
+    let gw = gateway_for(USER, "[bearer]\nenabled = true").await;
     let mut expired = serde_json::Map::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -756,7 +740,7 @@ async fn forwarded(
     response.json().await.unwrap()
 }
 
-/// A gateway with `access` rules whose IdP signs in `user` (not yet signed in).
+/// A gateway with config `sections` whose IdP signs in `user` (not yet signed in).
 async fn gateway_for(user: &str, sections: &str) -> TestGateway {
     let user = user.to_string();
     gateway(echo_upstream().await)
