@@ -744,10 +744,10 @@ async fn several_workers_share_the_port_the_sessions_and_the_drain() {
     );
 }
 
-/// A raw HTTP/1.1 upstream that counts the connections it accepts. Each answer
-/// is `status` with `body`; with `close_after_each` it closes the connection
-/// after every answer (without saying so), like an upstream whose keep-alive
-/// timeout just expired.
+/// A raw HTTP/1.1 upstream that counts the connections it accepts. It answers
+/// 200 "ok" (a HEAD without the body, `/empty` with 204); with
+/// `close_after_each` it closes the connection after every answer (without
+/// saying so), like an upstream whose keep-alive timeout just expired.
 async fn connection_counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
