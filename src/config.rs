@@ -830,13 +830,31 @@ impl fmt::Debug for SessionConfig {
             .field("redis_url", &"<redacted>")
             .field("redis_url_file", &self.redis_url_file)
             .field("redis_ca_file", &self.redis_ca_file)
-            // Sentinel URLs may hold a password: only how many there are.
-            .field("redis_sentinels", &self.redis_sentinels.len())
+            .field(
+                "redis_sentinels",
+                &self
+                    .redis_sentinels
+                    .iter()
+                    .map(|url| without_userinfo(url))
+                    .collect::<Vec<_>>(),
+            )
             .field("redis_sentinel_master", &self.redis_sentinel_master)
             .field("redis_prefix", &self.redis_prefix)
             .field("cache_ttl", &self.cache_ttl)
             .field("refresh", &self.refresh)
             .finish()
+    }
+}
+
+/// A URL with its `user:password@` part redacted (for Debug and logs).
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None if url.contains('@') => "<redacted>".into(),
+        None => url.to_string(),
     }
 }
 
@@ -3387,9 +3405,10 @@ url = "http://127.0.0.1:21114"
             ["redis://:pw@10.0.0.1:26379", "redis://10.0.0.2:26379"]
         );
         assert_eq!(s.config.session.redis_url, "", "optional with Sentinel");
+        let debug = format!("{:?}", s.config);
         assert!(
-            !format!("{:?}", s.config).contains("pw@"),
-            "a Sentinel URL may hold a password: never printed"
+            !debug.contains("pw@") && debug.contains("redis://<redacted>@10.0.0.1:26379"),
+            "a Sentinel URL may hold a password: never printed: {debug}"
         );
         let s = load_str(
             MINIMAL,

@@ -863,6 +863,31 @@ async fn a_gateway_whose_sentinel_is_unreachable_starts_not_ready_naming_sentine
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_a_primary_over_tls_with_a_private_ca_keep_sessions() {
+    let Some(primary) = RedisServer::start_tls("sentinel_tls").await else {
+        return;
+    };
+    let Some(sentinel) = RedisServer::start_sentinel("sentinel_tls", &primary, &[]).await else {
+        return;
+    };
+    let site = Site::new().await;
+    // rediss:// to the Sentinel and (redis_url's scheme) to the primary it
+    // names, both trusting the private CA.
+    let session = format!(
+        "{}\nredis_url = \"rediss://127.0.0.1/\"\nredis_ca_file = \"{}\"",
+        sentinel_session(&sentinel, "1s").replace("redis://127.0.0.1", "rediss://127.0.0.1"),
+        primary.ca_file().display()
+    );
+    let gateway = Replica::start(&site, &session).await;
+    let browser = site.browser();
+    gateway.wait_ready(&browser).await;
+    browser.sign_in(&gateway).await;
+    assert_signed_in(browser.get(&gateway, "/").await, "signed in over TLS").await;
+    let keys = session_keys(&primary).await;
+    assert_eq!(keys.len(), 1, "the session in the TLS primary: {keys:?}");
+}
+
 // ------------------------------------------------------- front-channel logout
 
 #[tokio::test]

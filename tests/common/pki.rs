@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct PrivateCa {
     /// The CA's certificate (what the gateway is told to trust).
     pub ca_file: PathBuf,

@@ -169,12 +169,12 @@ impl RedisServer {
     /// Starts one; None (after saying SKIPPED) only where `redis-server` is
     /// not installed — `.ci/run` installs it, so CI never skips.
     pub async fn start(test: &str) -> Option<RedisServer> {
-        RedisServer::launch(test, RedisRole::Primary).await
+        RedisServer::launch(test, RedisRole::Primary, None).await
     }
 
     /// A replica of `primary`, once it has copied the primary's data.
     pub async fn start_replica(test: &str, primary: &RedisServer) -> Option<RedisServer> {
-        let replica = RedisServer::launch(test, RedisRole::ReplicaOf(primary.port)).await?;
+        let replica = RedisServer::launch(test, RedisRole::ReplicaOf(primary.port), None).await?;
         replica
             .poll("the replica is in sync with its primary", async |server| {
                 server.info_field("replication", "master_link_status").await == Some("up".into())
@@ -184,13 +184,20 @@ impl RedisServer {
     }
 
     /// A Sentinel monitoring `primary` as [`SENTINEL_MASTER`], once it knows
-    /// each of `replicas` as a healthy replica (a failover needs one).
+    /// each of `replicas` as a healthy replica (a failover needs one). With a
+    /// TLS primary it speaks only TLS too, with the primary's certificate, and
+    /// reaches the primary over TLS.
     pub async fn start_sentinel(
         test: &str,
         primary: &RedisServer,
         replicas: &[&RedisServer],
     ) -> Option<RedisServer> {
-        let sentinel = RedisServer::launch(test, RedisRole::SentinelOf(primary.port)).await?;
+        let sentinel = RedisServer::launch(
+            test,
+            RedisRole::SentinelOf(primary.port),
+            primary.tls.clone(),
+        )
+        .await?;
         sentinel.wait_until_replicas_known(replicas).await;
         Some(sentinel)
     }
@@ -304,7 +311,11 @@ impl RedisServer {
         self.poll_within(what, DEADLINE, holds).await;
     }
 
-    async fn launch(test: &str, role: RedisRole) -> Option<RedisServer> {
+    async fn launch(
+        test: &str,
+        role: RedisRole,
+        tls: Option<super::pki::PrivateCa>,
+    ) -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -320,7 +331,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            tls: None,
+            tls,
             role,
         };
         server.resume().await;
@@ -393,12 +404,22 @@ impl RedisServer {
     fn sentinel_conf(&self, primary: u16) -> PathBuf {
         let conf = self.dir.path().join("sentinel.conf");
         if !conf.exists() {
+            let listen = match &self.tls {
+                None => format!("port {}\n", self.port),
+                Some(pki) => format!(
+                    "port 0\ntls-port {}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    self.port,
+                    pki.cert_file.display(),
+                    pki.key_file.display(),
+                    pki.ca_file.display()
+                ),
+            };
             let text = format!(
-                "bind 127.0.0.1\nport {}\ndir {}\n\
+                "bind 127.0.0.1\n{listen}dir {}\n\
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 3000\n",
-                self.port,
                 self.dir.path().display()
             );
             std::fs::write(&conf, text).expect("write sentinel.conf");
