@@ -821,6 +821,7 @@ async fn a_killed_primary_is_replaced_by_the_replica_sentinel_promotes_and_nobod
         .wait_for_promotion(&setup.replica, Duration::from_secs(60))
         .await;
     sessions_follow_the_new_primary(&site, &gateway, &first, &setup, token_requests).await;
+    gateway.wait_ready(&first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -861,6 +862,32 @@ async fn a_gateway_whose_sentinel_is_unreachable_starts_not_ready_naming_sentine
         "signed in once Sentinel answers",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_name_no_sentinel_monitors_is_not_ready_and_names_the_key() {
+    let Some(primary) = RedisServer::start("sentinel_wrong_name").await else {
+        return;
+    };
+    let Some(sentinel) = RedisServer::start_sentinel("sentinel_wrong_name", &primary, &[]).await
+    else {
+        return;
+    };
+    let site = Site::new().await;
+    let session = sentinel_session(&sentinel, "1s").replace(
+        &format!("\"{}\"", common::process::SENTINEL_MASTER),
+        "\"not-monitored\"",
+    );
+    let gateway = Replica::start(&site, &session).await;
+    let body = gateway
+        .wait_not_ready_saying(&site.browser(), "the unknown name", |body| {
+            body.contains("not-monitored")
+        })
+        .await;
+    assert!(
+        body.contains("no Redis Sentinel names") && body.contains("session.redis_sentinel_master"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
