@@ -49,13 +49,7 @@ struct Pebble {
 fn programs_present() -> bool {
     for program in [PEBBLE, CHALLTESTSRV] {
         if !Path::new(program).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{program} is missing in CI: .ci/run installs the pebble package"
-            );
-            eprintln!(
-                "SKIPPED ACME test: {program} is missing (install with: apt-get install -y pebble)"
-            );
+            common::missing::program_missing("ACME test", program, "apt-get install -y pebble");
             return false;
         }
     }

@@ -5,7 +5,8 @@
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian:
 //! `apt-get install -y chromium chromium-driver`); without them the test says
-//! so on stderr and passes. Everything runs on loopback. With
+//! SKIPPED on stderr and passes, except in CI (`CI` set), where it fails.
+//! Everything runs on loopback. With
 //! `BROWSER_TEST_KEEP=1` (or when the test fails) the working directory with
 //! the process logs and screenshots is kept and its path printed.
 
@@ -15,6 +16,10 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// Only the missing-program rule of the shared harness (the rest of it is unused here).
+#[path = "common/missing.rs"]
+mod missing;
 
 use base64::Engine as _;
 use oidc_gateway::session::cookies::{FLOW_COOKIE_PREFIX, SESSION_COOKIE};
@@ -39,11 +44,11 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 async fn demo_sign_in_with_headless_chromium() {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         if !Path::new(tool).exists() {
-            eprintln!(
-                "SKIPPED browser test: {tool} is missing \
-                 (install with: apt-get install -y chromium chromium-driver)"
+            return missing::program_missing(
+                "browser test",
+                tool,
+                "apt-get install -y chromium chromium-driver",
             );
-            return;
         }
     }
     let started = Instant::now();

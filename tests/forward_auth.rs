@@ -722,25 +722,23 @@ async fn check_front(front: &Front, gw: &TestGateway) {
     assert_eq!(response.status(), 401, "{who}: spoofed public path");
 }
 
-fn skipped(what: &str, why: &str) {
-    eprintln!("SKIPPED {what}: {why}");
-}
-
 #[tokio::test]
 async fn nginx_example_with_auth_request() {
     let Some(nginx) = find_program("nginx") else {
-        return skipped(
+        return common::missing::program_missing(
             "nginx example test",
-            "nginx is not installed (apt-get install -y nginx-light)",
+            "nginx",
+            "apt-get install -y nginx-light",
         );
     };
     let version = Command::new(&nginx).arg("-V").output().expect("nginx -V");
     let build = String::from_utf8_lossy(&version.stderr).into_owned()
         + &String::from_utf8_lossy(&version.stdout);
     if !build.contains("with-http_auth_request_module") {
-        return skipped(
+        return common::missing::program_missing(
             "nginx example test",
-            "this nginx lacks the auth_request module (Debian's nginx-light/nginx have it)",
+            "nginx's auth_request module",
+            "Debian's nginx-light and nginx have it",
         );
     }
 
@@ -808,9 +806,10 @@ async fn nginx_example_with_auth_request() {
 #[tokio::test]
 async fn caddy_example_with_forward_auth() {
     let Some(caddy) = find_program("caddy") else {
-        return skipped(
+        return common::missing::program_missing(
             "Caddy example test",
-            "caddy is not installed (apt-get install -y caddy)",
+            "caddy",
+            "apt-get install -y caddy",
         );
     };
     let port = free_port();

@@ -3,6 +3,7 @@
 //! that trust exactly the gateway's certificate.
 #![allow(dead_code)]
 
+pub mod missing;
 pub mod pki;
 pub mod process;
 pub mod requests;

@@ -322,8 +322,10 @@ impl RedisServer {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            eprintln!(
-                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server)"
+            super::missing::program_missing(
+                test,
+                "redis-server",
+                "apt-get install -y redis-server",
             );
             return None;
         }
