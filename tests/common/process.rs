@@ -169,12 +169,13 @@ impl RedisServer {
     /// Starts one; None (after saying SKIPPED) only where `redis-server` is
     /// not installed — `.ci/run` installs it, so CI never skips.
     pub async fn start(test: &str) -> Option<RedisServer> {
-        RedisServer::launch(test, RedisRole::Primary, None).await
+        RedisServer::launch(test, RedisRole::Primary, |_| None).await
     }
 
     /// A replica of `primary`, once it has copied the primary's data.
     pub async fn start_replica(test: &str, primary: &RedisServer) -> Option<RedisServer> {
-        let replica = RedisServer::launch(test, RedisRole::ReplicaOf(primary.port), None).await?;
+        let replica =
+            RedisServer::launch(test, RedisRole::ReplicaOf(primary.port), |_| None).await?;
         replica
             .poll("the replica is in sync with its primary", async |server| {
                 server.info_field("replication", "master_link_status").await == Some("up".into())
@@ -192,11 +193,9 @@ impl RedisServer {
         primary: &RedisServer,
         replicas: &[&RedisServer],
     ) -> Option<RedisServer> {
-        let sentinel = RedisServer::launch(
-            test,
-            RedisRole::SentinelOf(primary.port),
-            primary.tls.clone(),
-        )
+        let sentinel = RedisServer::launch(test, RedisRole::SentinelOf(primary.port), |_| {
+            primary.tls.clone()
+        })
         .await?;
         sentinel.wait_until_replicas_known(replicas).await;
         Some(sentinel)
@@ -311,10 +310,12 @@ impl RedisServer {
         self.poll_within(what, DEADLINE, holds).await;
     }
 
+    /// Starts one in a directory of its own; `tls` gives the certificate it
+    /// serves TLS with (issued into that directory, or another server's), if any.
     async fn launch(
         test: &str,
         role: RedisRole,
-        tls: Option<super::pki::PrivateCa>,
+        tls: impl FnOnce(&Path) -> Option<super::pki::PrivateCa>,
     ) -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
@@ -329,11 +330,12 @@ impl RedisServer {
             );
             return None;
         }
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut server = RedisServer {
             child: None,
             port: free_port(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            tls,
+            tls: tls(dir.path()),
+            dir,
             role,
         };
         server.resume().await;
@@ -343,16 +345,15 @@ impl RedisServer {
     /// One that speaks only TLS, with a certificate for 127.0.0.1 issued by a
     /// private CA (`ca_file`); clients are not asked for a certificate.
     pub async fn start_tls(test: &str) -> Option<RedisServer> {
-        let mut server = RedisServer::start(test).await?;
-        server.stop();
-        server.tls = Some(super::pki::issue(
-            server.dir.path(),
-            "redis",
-            "test Redis CA",
-            &["127.0.0.1"],
-        ));
-        server.resume().await;
-        Some(server)
+        RedisServer::launch(test, RedisRole::Primary, |dir| {
+            Some(super::pki::issue(
+                dir,
+                "redis",
+                "test Redis CA",
+                &["127.0.0.1"],
+            ))
+        })
+        .await
     }
 
     /// `redis://127.0.0.1:PORT/`, or `rediss://` when it serves TLS.
